@@ -1,0 +1,188 @@
+"""Make a small, randomly initialised model folder in the diffusers Stable Diffusion layout.
+
+The folder has the same parts as an SD 1.x checkpoint (tokenizer, text encoder, UNet, VAE,
+scheduler, `model_index.json`), so everything that loads SD 1.x loads it, but it builds in
+seconds on a CPU. The tokenizer's byte-pair merges are learned here from a small word list.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+# Words the tiny tokenizer learns merges for; any other text still tokenizes, byte by byte.
+TOKENIZER_CORPUS = (
+    "a an the small large red green blue yellow purple orange white black gray "
+    "circle square triangle in on at of to above below left right top bottom center "
+    "middle background photo of cat dog tree house car sky sea mountain painting "
+    "portrait city night day sun moon flower river forest beautiful detailed"
+)
+
+
+@dataclass
+class TinyModelConfig:
+    """Sizes of the tiny model. The defaults build in about a second and run a step in milliseconds."""
+
+    sample_size: int = 64  # image side in pixels; the UNet works on sample_size / vae_factor
+    text_hidden_size: int = 32
+    text_layers: int = 2
+    text_heads: int = 2
+    max_position_embeddings: int = 77
+    unet_channels: tuple[int, ...] = (32, 64)
+    unet_layers_per_block: int = 1
+    unet_attention_head_dim: int = 8
+    vae_channels: tuple[int, ...] = (32, 64)
+    latent_channels: int = 4
+    vocab_merges: int = 400
+    seed: int = 0
+    scheduler: dict = field(
+        default_factory=lambda: {
+            "beta_start": 0.00085,
+            "beta_end": 0.012,
+            "beta_schedule": "scaled_linear",
+            "num_train_timesteps": 1000,
+            "prediction_type": "epsilon",
+            "clip_sample": False,
+            "set_alpha_to_one": False,
+            "steps_offset": 1,
+        }
+    )
+
+
+def learn_bpe_merges(words: list[str], num_merges: int) -> list[tuple[str, str]]:
+    """Byte-pair merges in CLIP's form (a word's last symbol ends in `</w>`), most frequent pair first.
+
+    Ties go to the alphabetically first pair, so the same words always give the same merges.
+    """
+    counts: dict[tuple[str, ...], int] = {}
+    for word in words:
+        symbols = tuple(word[:-1]) + (word[-1] + "</w>",)
+        counts[symbols] = counts.get(symbols, 0) + 1
+    merges = []
+    for _ in range(num_merges):
+        pairs: dict[tuple[str, str], int] = {}
+        for symbols, count in counts.items():
+            for pair in zip(symbols, symbols[1:]):
+                pairs[pair] = pairs.get(pair, 0) + count
+        if not pairs:
+            break
+        best = min(pairs, key=lambda pair: (-pairs[pair], pair))
+        merges.append(best)
+        merged = {}
+        for symbols, count in counts.items():
+            out, i = [], 0
+            while i < len(symbols):
+                if symbols[i : i + 2] == best:
+                    out.append(best[0] + best[1])
+                    i += 2
+                else:
+                    out.append(symbols[i])
+                    i += 1
+            merged[tuple(out)] = count
+        counts = merged
+    return merges
+
+
+def make_clip_tokenizer(corpus: str = TOKENIZER_CORPUS, num_merges: int = 400):
+    """A `CLIPTokenizer` with merges learned from `corpus`; other text falls back to single bytes."""
+    from tokenizers import pre_tokenizers
+    from transformers import CLIPTokenizer
+
+    merges = learn_bpe_merges(corpus.lower().split(), num_merges)
+    # CLIP's vocabulary: every byte alone and as a word end, then each merge's result, then specials.
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())  # a set: sort it for a stable vocabulary
+    vocab: dict[str, int] = {}
+    for token in alphabet + [ch + "</w>" for ch in alphabet]:
+        vocab.setdefault(token, len(vocab))
+    for left, right in merges:
+        vocab.setdefault(left + right, len(vocab))
+    for token in ["<|startoftext|>", "<|endoftext|>"]:
+        vocab[token] = len(vocab)
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
+
+
+def make_tiny_model(out_dir: str | Path, config: TinyModelConfig | None = None) -> Path:
+    """Write a randomly initialised SD-layout model folder to `out_dir` and return its path."""
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    config = config or TinyModelConfig()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(config.seed)
+
+    tokenizer = make_clip_tokenizer(num_merges=config.vocab_merges)
+    tokenizer.save_pretrained(out / "tokenizer")
+
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=config.text_hidden_size,
+            intermediate_size=4 * config.text_hidden_size,
+            num_hidden_layers=config.text_layers,
+            num_attention_heads=config.text_heads,
+            max_position_embeddings=config.max_position_embeddings,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            hidden_act="quick_gelu",
+        )
+    )
+    text_encoder.save_pretrained(out / "text_encoder")
+
+    vae_factor = 2 ** (len(config.vae_channels) - 1)
+    channels = list(config.unet_channels)
+    unet = UNet2DConditionModel(
+        sample_size=config.sample_size // vae_factor,
+        in_channels=config.latent_channels,
+        out_channels=config.latent_channels,
+        block_out_channels=channels,
+        layers_per_block=config.unet_layers_per_block,
+        down_block_types=["CrossAttnDownBlock2D"] * (len(channels) - 1) + ["DownBlock2D"],
+        up_block_types=["UpBlock2D"] + ["CrossAttnUpBlock2D"] * (len(channels) - 1),
+        cross_attention_dim=config.text_hidden_size,
+        attention_head_dim=config.unet_attention_head_dim,
+        norm_num_groups=min(32, channels[0]),
+    )
+    unet.save_pretrained(out / "unet")
+
+    vae_channels = list(config.vae_channels)
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D"] * len(vae_channels),
+        up_block_types=["UpDecoderBlock2D"] * len(vae_channels),
+        block_out_channels=vae_channels,
+        latent_channels=config.latent_channels,
+        norm_num_groups=min(32, vae_channels[0]),
+        sample_size=config.sample_size,
+    )
+    vae.save_pretrained(out / "vae")
+
+    DDIMScheduler(**config.scheduler).save_pretrained(out / "scheduler")
+
+    model_index = {
+        "_class_name": "StableDiffusionPipeline",
+        "_diffusers_version": _diffusers_version(),
+        "feature_extractor": [None, None],
+        "requires_safety_checker": False,
+        "safety_checker": [None, None],
+        "scheduler": ["diffusers", "DDIMScheduler"],
+        "text_encoder": ["transformers", "CLIPTextModel"],
+        "tokenizer": ["transformers", "CLIPTokenizer"],
+        "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"],
+    }
+    (out / "model_index.json").write_text(json.dumps(model_index, indent=2) + "\n")
+    tiny_config = asdict(config)
+    (out / "tiny_config.json").write_text(json.dumps(tiny_config, indent=2) + "\n")
+    return out
+
+
+def _diffusers_version() -> str:
+    import diffusers
+
+    return diffusers.__version__
