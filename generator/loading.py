@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from generator.schedulers import scheduler_name_for_config
+from generator.model_info import ModelDefaults, ModelLoadError, read_json, read_model_info
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -22,23 +21,6 @@ REQUIRED_FILES = {
     "scheduler": [("scheduler_config.json",)],
 }
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
-
-# Used when the folder's `generator.json` does not set them.
-FALLBACK_DEFAULTS = {"steps": 30, "guidance_scale": 7.5}
-
-
-class ModelLoadError(ValueError):
-    """The model folder is missing, incomplete or corrupt; the message says what and where."""
-
-
-@dataclass
-class ModelDefaults:
-    width: int
-    height: int
-    steps: int
-    guidance_scale: float
-    scheduler: str
-
 
 @dataclass
 class LoadedModel:
@@ -109,7 +91,7 @@ def check_model_folder(path: str | Path) -> Path:
     for config in [path / "model_index.json", path / "scheduler" / "scheduler_config.json"] + [
         path / part / "config.json" for part in ("text_encoder", "unet", "vae")
     ]:
-        _read_json(config)
+        read_json(config)
     return path
 
 
@@ -154,27 +136,10 @@ def load_model(
     for module in (text_encoder, unet, vae):
         module.to(device).eval().requires_grad_(False)
 
-    scheduler_config = _read_json(path / "scheduler" / "scheduler_config.json")
-    vae_factor = 2 ** (len(vae.config.block_out_channels) - 1)
-    sample_size = unet.config.sample_size
-    side = (sample_size if isinstance(sample_size, int) else sample_size[0]) * vae_factor
-    defaults = {
-        "width": side,
-        "height": side,
-        "steps": FALLBACK_DEFAULTS["steps"],
-        "guidance_scale": FALLBACK_DEFAULTS["guidance_scale"],
-        "scheduler": scheduler_name_for_config(scheduler_config),
-    }
-    # An optional `generator.json` holds the defaults this model was tuned for.
-    if (path / "generator.json").is_file():
-        overrides = _read_json(path / "generator.json").get("defaults", {})
-        unknown = set(overrides) - set(defaults)
-        if unknown:
-            raise ModelLoadError(f"{path / 'generator.json'}: unknown defaults {sorted(unknown)}")
-        defaults.update(overrides)
-
+    scheduler_config = read_json(path / "scheduler" / "scheduler_config.json")
+    info = read_model_info(path, name)
     return LoadedModel(
-        name=name or path.resolve().name,
+        name=info.name,
         path=path,
         content_hash=hash_model_folder(path),
         tokenizer=tokenizer,
@@ -184,12 +149,5 @@ def load_model(
         scheduler_config=scheduler_config,
         device=device,
         dtype=dtype,
-        defaults=ModelDefaults(**defaults),
+        defaults=info.defaults,
     )
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ModelLoadError(f"{path} is not valid JSON: {error}") from error

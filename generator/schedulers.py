@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import diffusers
-
 # name → (diffusers class name, settings laid over the model's own scheduler config)
 SCHEDULERS: dict[str, tuple[str, dict]] = {
     "ddim": ("DDIMScheduler", {}),
@@ -32,6 +30,8 @@ def check_scheduler_name(name: str) -> None:
 def make_scheduler(name: str, model_scheduler_config: dict):
     """A fresh scheduler `name`, keeping the model's training schedule (betas, prediction type)."""
     check_scheduler_name(name)
+    import diffusers  # here, not at the top: the web service reads this table without torch
+
     class_name, settings = SCHEDULERS[name]
     scheduler_class = getattr(diffusers, class_name)
     return scheduler_class.from_config(dict(model_scheduler_config), **settings)
