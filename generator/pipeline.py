@@ -16,13 +16,11 @@ from dataclasses import asdict, dataclass, field, replace
 import torch
 from PIL import Image
 
+from generator.limits import MAX_IMAGES_PER_REQUEST, MAX_SEED, MAX_SIDE
 from generator.loading import LoadedModel
 from generator.pngmeta import png_bytes
 from generator.schedulers import SCHEDULERS, make_scheduler, scheduler_settings
 
-MAX_IMAGES_PER_REQUEST = 16
-MAX_SIDE = 4096
-MAX_SEED = 2**63 - 1
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,53 @@
+# The two commands: `make demo` runs the main job on embedded defaults; `make test` passes the tests.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/postgres
+TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
+
+.PHONY: demo serve test lint install install-dev tiny-model clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(VENV)/.installed: $(BIN)/python requirements.txt
+	$(BIN)/pip install --quiet -r requirements.txt
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.txt
+	$(BIN)/pip install --quiet -r requirements-dev.txt
+	touch $@
+
+install: $(VENV)/.installed
+install-dev: $(VENV)/.installed-dev
+
+# The default model until the built-in trained model lands: a tiny random model, made once.
+tiny-model: $(VENV)/.installed
+	test -f var/models/tiny/model_index.json || $(BIN)/python -m generator make-tiny --out var/models/tiny
+
+# Migrate, start the API and a worker on SQLite and the file broker, submit a prompt, save the PNG under out/.
+demo: $(VENV)/.installed tiny-model
+	$(BIN)/python manage.py migrate --verbosity 0
+	$(BIN)/python scripts/demo.py
+
+# API on :8000 and one worker in the foreground (Ctrl-C stops both). Set DATABASE_URL/REDIS_URL for real parts.
+serve: $(VENV)/.installed tiny-model
+	$(BIN)/python manage.py migrate --verbosity 0
+	$(BIN)/python scripts/serve.py
+
+lint: $(VENV)/.installed-dev
+	$(BIN)/ruff check .
+
+# Chromium (Debian package) drives the admin in a real browser; installed once if missing.
+/usr/bin/chromium:
+	command -v apt-get >/dev/null && (apt-get install -y -q chromium || (apt-get update -q && apt-get install -y -q chromium))
+
+test: $(VENV)/.installed-dev /usr/bin/chromium
+	$(BIN)/ruff check .
+	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) $(BIN)/python -m pytest -q
+
+clean:
+	rm -rf var out .pytest_cache

@@ -1,0 +1,132 @@
+"""The admin, for staff review: thumbnails in the list, full images and parameters on a job's page."""
+
+import base64
+
+from django.contrib import admin, messages
+from django.utils.html import format_html, format_html_join
+
+from diffusion_api.jobs import services
+from diffusion_api.jobs.models import Job, JobImage, ReviewStatus
+
+PARAMETER_FIELDS = (
+    "model",
+    "prompt",
+    "negative_prompt",
+    "width",
+    "height",
+    "steps",
+    "guidance_scale",
+    "scheduler",
+    "seed",
+    "num_images",
+)
+
+
+def _data_uri(image: JobImage) -> str:
+    return "data:image/png;base64," + base64.b64encode(bytes(image.png)).decode("ascii")
+
+
+class JobImageInline(admin.TabularInline):
+    model = JobImage
+    fields = ("index", "seed", "width", "height", "picture")
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
+    @admin.display(description="image")
+    def picture(self, image: JobImage) -> str:
+        return format_html(
+            '<img class="job-image" src="{}" width="{}" height="{}" alt="image {}">',
+            _data_uri(image),
+            max(image.width, 256),
+            max(image.height, 256),
+            image.index,
+        )
+
+
+@admin.register(Job)
+class JobAdmin(admin.ModelAdmin):
+    list_display = ("short_id", "owner", "status", "prompt", "thumbnails", "review_status", "created_at")
+    list_filter = ("status", "review_status", "model", "scheduler")
+    search_fields = ("prompt", "owner__username")
+    list_select_related = ("owner",)
+    list_per_page = 25
+    actions = ("cancel_jobs", "retry_jobs", "approve_jobs", "flag_jobs")
+    inlines = (JobImageInline,)
+    fieldsets = (
+        ("Review", {"fields": ("review_status", "reviewed_by", "reviewed_at")}),
+        (
+            "Job",
+            {
+                "fields": (
+                    "id",
+                    "owner",
+                    "status",
+                    "error",
+                    "attempts",
+                    "worker",
+                    "progress_step",
+                    "progress_total",
+                    "cancel_requested",
+                    "retry_of",
+                )
+            },
+        ),
+        ("Parameters", {"fields": PARAMETER_FIELDS}),
+        ("Timings", {"fields": ("created_at", "started_at", "finished_at")}),
+    )
+
+    def get_readonly_fields(self, request, obj=None):
+        # Only the review verdict is edited here; every other change goes through an action.
+        return [f.name for f in Job._meta.fields if f.name != "review_status"]
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).prefetch_related("images")
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def save_model(self, request, obj, form, change):
+        if "review_status" in form.changed_data:
+            services.job_review(job=obj, reviewer=request.user, verdict=obj.review_status)
+
+    @admin.display(description="id")
+    def short_id(self, job: Job) -> str:
+        return str(job.id)[:8]
+
+    @admin.display(description="images")
+    def thumbnails(self, job: Job) -> str:
+        return format_html_join(
+            "",
+            '<img class="job-thumbnail" src="{}" width="48" height="48" alt="thumbnail {}" style="margin:1px">',
+            ((_data_uri(image), image.index) for image in job.images.all()),
+        )
+
+    @admin.action(description="Cancel selected jobs")
+    def cancel_jobs(self, request, queryset):
+        done = 0
+        for job in queryset:
+            try:
+                services.job_cancel(job=job)
+                done += 1
+            except services.JobConflict:
+                pass
+        self.message_user(request, f"Canceled {done} of {queryset.count()} jobs (finished jobs are left alone).")
+
+    @admin.action(description="Retry selected jobs as new jobs")
+    def retry_jobs(self, request, queryset):
+        new = [services.job_retry(job=job) for job in queryset]
+        self.message_user(request, f"Queued {len(new)} new jobs.", messages.SUCCESS)
+
+    @admin.action(description="Mark reviewed: approved")
+    def approve_jobs(self, request, queryset):
+        for job in queryset:
+            services.job_review(job=job, reviewer=request.user, verdict=ReviewStatus.APPROVED)
+
+    @admin.action(description="Mark reviewed: flagged")
+    def flag_jobs(self, request, queryset):
+        for job in queryset:
+            services.job_review(job=job, reviewer=request.user, verdict=ReviewStatus.FLAGGED)

@@ -1,0 +1,34 @@
+"""The models the service offers, read from their folders' JSON files (the web process never loads torch)."""
+
+from functools import lru_cache
+from pathlib import Path
+
+from django.conf import settings
+
+from generator.model_info import ModelInfo, ModelLoadError, read_model_info
+
+
+class ModelUnavailable(Exception):
+    pass
+
+
+def model_names() -> list[str]:
+    return list(settings.MODELS)
+
+
+def model_info(name: str) -> ModelInfo:
+    if name not in settings.MODELS:
+        raise ModelUnavailable(f"unknown model {name!r}; available: {', '.join(settings.MODELS)}")
+    path = Path(settings.MODELS[name])
+    config = path / "unet" / "config.json"
+    if not config.is_file():
+        raise ModelUnavailable(f"model {name!r} is not ready: {path} has no unet/config.json")
+    try:
+        return _read(str(path), name, config.stat().st_mtime_ns)
+    except ModelLoadError as error:
+        raise ModelUnavailable(f"model {name!r} cannot be read: {error}") from error
+
+
+@lru_cache(maxsize=32)
+def _read(path: str, name: str, mtime_ns: int) -> ModelInfo:  # mtime in the key: a replaced model is read again
+    return read_model_info(path, name)

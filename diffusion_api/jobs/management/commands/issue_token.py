@@ -1,0 +1,24 @@
+from django.contrib.auth import get_user_model
+from django.core.management.base import BaseCommand
+from rest_framework.authtoken.models import Token
+
+
+class Command(BaseCommand):
+    help = "Create the user if needed and print an API token for them."
+
+    def add_arguments(self, parser):
+        parser.add_argument("username")
+        parser.add_argument("--staff", action="store_true", help="make the user staff (sees every job, uses the admin)")
+        parser.add_argument("--password", help="set this password (for the admin and the token endpoint)")
+
+    def handle(self, *args, username: str, staff: bool, password: str | None, **options):
+        user, created = get_user_model().objects.get_or_create(username=username)
+        if staff and not user.is_staff:
+            user.is_staff = True
+        if password:
+            user.set_password(password)
+        elif created:
+            user.set_unusable_password()
+        user.save()
+        token, _ = Token.objects.get_or_create(user=user)
+        self.stdout.write(token.key)

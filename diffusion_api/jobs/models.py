@@ -1,0 +1,103 @@
+"""Jobs and their images. State changes happen in services.py, as guarded updates, never in save()."""
+
+import uuid
+
+from django.conf import settings
+from django.db import models
+
+
+class JobStatus(models.TextChoices):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELED = "canceled"
+
+
+TERMINAL_STATUSES = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED)
+
+
+class ReviewStatus(models.TextChoices):
+    UNREVIEWED = "unreviewed"
+    APPROVED = "approved"
+    FLAGGED = "flagged"
+
+
+class Job(models.Model):
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="jobs")
+    status = models.CharField(max_length=16, choices=JobStatus.choices, default=JobStatus.QUEUED, db_index=True)
+
+    # The request, as resolved (defaults filled in, seed drawn).
+    model = models.CharField(max_length=100)
+    prompt = models.TextField()
+    negative_prompt = models.TextField(blank=True, default="")
+    width = models.PositiveIntegerField()
+    height = models.PositiveIntegerField()
+    steps = models.PositiveIntegerField()
+    guidance_scale = models.FloatField()
+    scheduler = models.CharField(max_length=32)
+    seed = models.BigIntegerField()
+    num_images = models.PositiveSmallIntegerField()
+
+    # Progress and outcome.
+    progress_step = models.PositiveIntegerField(default=0)
+    progress_total = models.PositiveIntegerField(default=0)
+    cancel_requested = models.BooleanField(default=False)
+    error = models.TextField(blank=True, default="")
+    attempts = models.PositiveIntegerField(default=0)
+    worker = models.CharField(max_length=200, blank=True, default="")
+
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    # Review by staff in the admin.
+    review_status = models.CharField(max_length=16, choices=ReviewStatus.choices, default=ReviewStatus.UNREVIEWED)
+    reviewed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    reviewed_at = models.DateTimeField(null=True, blank=True)
+    retry_of = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="retries")
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["owner", "-created_at"]), models.Index(fields=["status", "created_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.id} ({self.status})"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+    @property
+    def percent(self) -> float:
+        if self.status == JobStatus.SUCCEEDED:
+            return 100.0
+        return round(100.0 * self.progress_step / self.progress_total, 1) if self.progress_total else 0.0
+
+
+class JobImage(models.Model):
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="images")
+    index = models.PositiveSmallIntegerField()
+    seed = models.BigIntegerField()
+    width = models.PositiveIntegerField()
+    height = models.PositiveIntegerField()
+    png = models.BinaryField()  # in the database, so every server and worker sees the same result
+
+    class Meta:
+        ordering = ["job", "index"]
+        constraints = [models.UniqueConstraint(fields=["job", "index"], name="one_image_per_job_index")]
+
+    def __str__(self) -> str:
+        return f"{self.job_id} #{self.index}"
+
+
+class WorkerHeartbeat(models.Model):
+    """Each live worker writes here every few seconds; health reads it (works with any broker)."""
+
+    hostname = models.CharField(max_length=200, primary_key=True)
+    pid = models.PositiveIntegerField()
+    last_seen = models.DateTimeField()
+    models = models.JSONField(default=list)  # the models this worker serves

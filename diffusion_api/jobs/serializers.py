@@ -1,0 +1,189 @@
+"""Input checking and output shapes. Types are strict: "64" is not an integer, 1.5 is not an integer."""
+
+import base64
+import math
+
+from django.conf import settings
+from rest_framework import serializers
+from rest_framework.reverse import reverse
+
+from diffusion_api.jobs.models import Job, JobStatus
+from generator.limits import MAX_SEED
+from generator.schedulers import SCHEDULERS
+
+
+class StrictIntegerField(serializers.IntegerField):
+    default_error_messages = {"invalid": "must be an integer (a JSON number without a fraction), not {kind}."}
+
+    def to_internal_value(self, data):
+        if isinstance(data, bool) or not isinstance(data, int):
+            self.fail("invalid", kind=type(data).__name__)
+        return super().to_internal_value(data)
+
+
+class StrictFloatField(serializers.FloatField):
+    default_error_messages = {"invalid": "must be a number, not {kind}."}
+
+    def to_internal_value(self, data):
+        if isinstance(data, bool) or not isinstance(data, int | float) or not math.isfinite(data):
+            self.fail("invalid", kind=type(data).__name__ if not isinstance(data, float) else "a non-finite number")
+        return super().to_internal_value(data)
+
+
+class StrictCharField(serializers.CharField):
+    default_error_messages = {"invalid": "must be a string."}
+
+    def to_internal_value(self, data):
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+def _range(low, high) -> dict:
+    message = f"must be from {low} to {high}."
+    return {"min_value": low, "max_value": high, "error_messages": {"min_value": message, "max_value": message}}
+
+
+class JobCreateSerializer(serializers.Serializer):
+    prompt = StrictCharField()  # this field and the next three get their limits in get_fields()
+    negative_prompt = StrictCharField(required=False)
+    width = StrictIntegerField(required=False, **_range(8, 8192))
+    height = StrictIntegerField(required=False, **_range(8, 8192))
+    steps = StrictIntegerField(required=False)
+    guidance_scale = StrictFloatField(required=False)
+    num_images = StrictIntegerField(required=False)
+    scheduler = StrictCharField(required=False)
+    seed = StrictIntegerField(required=False, **_range(0, MAX_SEED))
+    model = StrictCharField(required=False)
+
+    def get_fields(self):
+        # Limits are settings: read them when a serializer is made, not when the module is imported.
+        fields = super().get_fields()
+        fields["steps"] = StrictIntegerField(required=False, **_range(1, settings.JOB_MAX_STEPS))
+        fields["guidance_scale"] = StrictFloatField(required=False, **_range(0.0, settings.JOB_MAX_GUIDANCE))
+        fields["num_images"] = StrictIntegerField(required=False, default=1, **_range(1, settings.JOB_MAX_IMAGES))
+        limit = settings.JOB_MAX_PROMPT_CHARS
+        length = {"max_length": limit, "error_messages": {"max_length": f"must be at most {limit} characters."}}
+        fields["prompt"] = StrictCharField(allow_blank=False, **length)
+        fields["negative_prompt"] = StrictCharField(
+            required=False, default="", allow_blank=True, trim_whitespace=False, **length
+        )
+        return fields
+
+    def to_internal_value(self, data):
+        if not isinstance(data, dict):
+            raise serializers.ValidationError({"non_field_errors": ["the body must be a JSON object."]})
+        unknown = sorted(set(data) - set(self.fields))
+        if unknown:
+            raise serializers.ValidationError(
+                {name: [f"unknown field; allowed fields: {', '.join(self.fields)}."] for name in unknown}
+            )
+        return super().to_internal_value(data)
+
+    def validate_scheduler(self, value: str) -> str:
+        if value not in SCHEDULERS:
+            raise serializers.ValidationError(f"unknown scheduler {value!r}; known: {', '.join(SCHEDULERS)}.")
+        return value
+
+    def validate_model(self, value: str) -> str:
+        if value not in settings.MODELS:
+            raise serializers.ValidationError(f"unknown model {value!r}; available: {', '.join(settings.MODELS)}.")
+        return value
+
+
+class JobSummarySerializer(serializers.ModelSerializer):
+    """A job in a list: no image data."""
+
+    url = serializers.SerializerMethodField()
+    progress = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Job
+        fields = [
+            "id",
+            "url",
+            "status",
+            "prompt",
+            "model",
+            "width",
+            "height",
+            "num_images",
+            "progress",
+            "created_at",
+            "finished_at",
+        ]
+
+    def get_url(self, job: Job) -> str:
+        return reverse("jobs:detail", kwargs={"job_id": job.id}, request=self.context.get("request"))
+
+    def get_progress(self, job: Job) -> dict:
+        return {"step": job.progress_step, "total": job.progress_total, "percent": job.percent}
+
+
+class JobDetailSerializer(JobSummarySerializer):
+    """A job with its resolved parameters and, when it succeeded, its images as base64 PNG."""
+
+    queue_position = serializers.SerializerMethodField()
+    parameters = serializers.SerializerMethodField()
+    timings = serializers.SerializerMethodField()
+    images = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Job
+        fields = [
+            "id",
+            "url",
+            "status",
+            "progress",
+            "queue_position",
+            "parameters",
+            "timings",
+            "error",
+            "attempts",
+            "cancel_requested",
+            "images",
+        ]
+
+    def get_queue_position(self, job: Job) -> int | None:
+        return self.context.get("queue_position")
+
+    def get_parameters(self, job: Job) -> dict:
+        return {
+            "prompt": job.prompt,
+            "negative_prompt": job.negative_prompt,
+            "width": job.width,
+            "height": job.height,
+            "steps": job.steps,
+            "guidance_scale": job.guidance_scale,
+            "scheduler": job.scheduler,
+            "seed": job.seed,
+            "num_images": job.num_images,
+            "model": job.model,
+        }
+
+    def get_timings(self, job: Job) -> dict:
+        run_seconds = None
+        if job.started_at and job.finished_at:
+            run_seconds = round((job.finished_at - job.started_at).total_seconds(), 3)
+        return {
+            "created_at": job.created_at,
+            "started_at": job.started_at,
+            "finished_at": job.finished_at,
+            "run_seconds": run_seconds,
+        }
+
+    def get_images(self, job: Job) -> list[dict] | None:
+        if job.status != JobStatus.SUCCEEDED:
+            return None
+        request = self.context.get("request")
+        return [
+            {
+                "index": image.index,
+                "seed": image.seed,
+                "width": image.width,
+                "height": image.height,
+                "url": reverse("jobs:image", kwargs={"job_id": job.id, "index": image.index}, request=request),
+                "png_base64": base64.b64encode(bytes(image.png)).decode("ascii"),
+            }
+            for image in job.images.order_by("index")
+        ]

@@ -1,0 +1,170 @@
+"""Every write to jobs. Each state change is a guarded UPDATE: a job only moves forward."""
+
+import secrets
+from uuid import UUID
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
+
+from diffusion_api.jobs import catalog
+from diffusion_api.jobs.models import Job, JobImage, JobStatus, ReviewStatus
+from diffusion_api.jobs.queue import publish_job
+from generator.schedulers import SCHEDULERS
+
+
+class JobConflict(Exception):
+    """The job's state does not allow the operation (e.g. cancel a finished job)."""
+
+
+def job_create(
+    *,
+    owner,
+    prompt: str,
+    negative_prompt: str = "",
+    width: int | None = None,
+    height: int | None = None,
+    steps: int | None = None,
+    guidance_scale: float | None = None,
+    scheduler: str | None = None,
+    seed: int | None = None,
+    num_images: int = 1,
+    model: str | None = None,
+    retry_of: Job | None = None,
+) -> Job:
+    """Resolve defaults, check the limits, store the job and queue it once the transaction commits."""
+    model = model or settings.DEFAULT_MODEL
+    try:
+        info = catalog.model_info(model)
+    except catalog.ModelUnavailable as error:
+        raise ValidationError({"model": str(error)}) from error
+    defaults = info.defaults
+    width = defaults.width if width is None else width
+    height = defaults.height if height is None else height
+    steps = defaults.steps if steps is None else steps
+    guidance_scale = defaults.guidance_scale if guidance_scale is None else guidance_scale
+    scheduler = defaults.scheduler if scheduler is None else scheduler
+    seed = secrets.randbelow(2**32) if seed is None else seed
+
+    errors = {}
+    factor = info.vae_scale_factor
+    for name, value in (("width", width), ("height", height)):
+        if value % factor or not factor <= value <= settings.JOB_MAX_SIDE:
+            errors[name] = (
+                f"must be a multiple of {factor} from {factor} to {settings.JOB_MAX_SIDE} for model {model!r}"
+            )
+    if width * height > settings.JOB_MAX_PIXELS:
+        errors.setdefault("width", f"width × height must be at most {settings.JOB_MAX_PIXELS} pixels")
+    if scheduler not in SCHEDULERS:
+        errors["scheduler"] = f"unknown scheduler {scheduler!r}; known: {', '.join(SCHEDULERS)}"
+    if errors:
+        raise ValidationError(errors)
+
+    job = Job.objects.create(
+        owner=owner,
+        model=model,
+        prompt=prompt,
+        negative_prompt=negative_prompt,
+        width=width,
+        height=height,
+        steps=steps,
+        guidance_scale=guidance_scale,
+        scheduler=scheduler,
+        seed=seed,
+        num_images=num_images,
+        progress_total=steps,
+        retry_of=retry_of,
+    )
+    transaction.on_commit(lambda: publish_job(job_id=job.id))
+    return job
+
+
+def job_claim(*, job_id: UUID, worker: str) -> Job | None:
+    """Move a queued job to running for this worker; None if it is not queued (a repeated delivery)."""
+    claimed = Job.objects.filter(id=job_id, status=JobStatus.QUEUED).update(
+        status=JobStatus.RUNNING,
+        started_at=timezone.now(),
+        attempts=F("attempts") + 1,
+        progress_step=0,
+        worker=worker,
+    )
+    return Job.objects.get(id=job_id) if claimed else None
+
+
+def job_report_progress(*, job_id: UUID, step: int, total: int) -> bool:
+    """Store progress of a running job; return True when the job should stop (canceled, or no longer ours)."""
+    Job.objects.filter(id=job_id, status=JobStatus.RUNNING).update(progress_step=step, progress_total=total)
+    row = Job.objects.filter(id=job_id).values_list("status", "cancel_requested").first()
+    return row is None or row[0] != JobStatus.RUNNING or row[1]
+
+
+def job_succeed(*, job_id: UUID, images: list[dict]) -> bool:
+    """Store the images and end the job in one transaction; False (nothing stored) if it is no longer running."""
+    with transaction.atomic():
+        ended = Job.objects.filter(id=job_id, status=JobStatus.RUNNING).update(
+            status=JobStatus.SUCCEEDED, finished_at=timezone.now(), progress_step=F("progress_total")
+        )
+        if not ended:
+            return False
+        JobImage.objects.bulk_create(JobImage(job_id=job_id, **image) for image in images)
+    return True
+
+
+def job_fail(*, job_id: UUID, error: str) -> bool:
+    return bool(
+        Job.objects.filter(id=job_id, status__in=[JobStatus.QUEUED, JobStatus.RUNNING]).update(
+            status=JobStatus.FAILED, error=error[:10_000], finished_at=timezone.now()
+        )
+    )
+
+
+def job_mark_canceled(*, job_id: UUID) -> bool:
+    """The worker stopped a running job because cancel was asked for."""
+    return bool(
+        Job.objects.filter(id=job_id, status=JobStatus.RUNNING).update(
+            status=JobStatus.CANCELED, finished_at=timezone.now()
+        )
+    )
+
+
+def job_cancel(*, job: Job) -> Job:
+    """A queued job ends at once; a running one is asked to stop at its next step."""
+    now = timezone.now()
+    if Job.objects.filter(id=job.id, status=JobStatus.QUEUED).update(
+        status=JobStatus.CANCELED, cancel_requested=True, finished_at=now
+    ):
+        job.refresh_from_db()
+        return job
+    if not Job.objects.filter(id=job.id, status=JobStatus.RUNNING).update(cancel_requested=True):
+        job.refresh_from_db()
+        raise JobConflict(f"job is {job.status}; only queued or running jobs can be canceled")
+    job.refresh_from_db()
+    return job
+
+
+def job_retry(*, job: Job) -> Job:
+    """A new job with the same parameters (seed included), owned by the same user."""
+    return job_create(
+        owner=job.owner,
+        prompt=job.prompt,
+        negative_prompt=job.negative_prompt,
+        width=job.width,
+        height=job.height,
+        steps=job.steps,
+        guidance_scale=job.guidance_scale,
+        scheduler=job.scheduler,
+        seed=job.seed,
+        num_images=job.num_images,
+        model=job.model,
+        retry_of=job,
+    )
+
+
+def job_review(*, job: Job, reviewer, verdict: str) -> Job:
+    if verdict not in (ReviewStatus.APPROVED, ReviewStatus.FLAGGED, ReviewStatus.UNREVIEWED):
+        raise ValueError(f"unknown review verdict {verdict!r}")
+    Job.objects.filter(id=job.id).update(review_status=verdict, reviewed_by=reviewer, reviewed_at=timezone.now())
+    job.refresh_from_db()
+    return job

@@ -1,0 +1,162 @@
+"""Thin views: parse, call a service or selector, shape the answer."""
+
+from django.conf import settings
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db import connection
+from django.http import Http404, HttpResponse
+from django.utils import timezone
+from rest_framework import status
+from rest_framework.exceptions import ValidationError
+from rest_framework.pagination import PageNumberPagination
+from rest_framework.permissions import AllowAny
+from rest_framework.response import Response
+from rest_framework.reverse import reverse
+from rest_framework.views import APIView
+
+from diffusion_api.celery import app as celery_app
+from diffusion_api.jobs import catalog, selectors, services
+from diffusion_api.jobs.models import JobStatus, WorkerHeartbeat
+from diffusion_api.jobs.serializers import JobCreateSerializer, JobDetailSerializer, JobSummarySerializer
+from generator.schedulers import SCHEDULERS
+
+
+def _get_job_or_404(request, job_id):
+    job = selectors.job_get(user=request.user, job_id=job_id)
+    if job is None:
+        raise Http404("no such job")
+    return job
+
+
+def _detail(request, job, code=status.HTTP_200_OK, headers=None) -> Response:
+    context = {"request": request, "queue_position": selectors.job_queue_position(job=job)}
+    return Response(JobDetailSerializer(job, context=context).data, status=code, headers=headers)
+
+
+class JobListCreateView(APIView):
+    def get(self, request):
+        wanted = request.query_params.get("status")
+        if wanted is not None and wanted not in JobStatus.values:
+            raise ValidationError({"status": [f"must be one of {', '.join(JobStatus.values)}."]})
+        jobs = selectors.job_list(user=request.user, status=wanted)
+        paginator = PageNumberPagination()
+        page = paginator.paginate_queryset(jobs, request, view=self)
+        return paginator.get_paginated_response(
+            JobSummarySerializer(page, many=True, context={"request": request}).data
+        )
+
+    def post(self, request):
+        serializer = JobCreateSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        try:
+            job = services.job_create(owner=request.user, **serializer.validated_data)
+        except DjangoValidationError as error:
+            raise ValidationError(error.message_dict) from error
+        url = reverse("jobs:detail", kwargs={"job_id": job.id}, request=request)
+        return _detail(request, job, code=status.HTTP_202_ACCEPTED, headers={"Location": url})
+
+
+class JobDetailView(APIView):
+    def get(self, request, job_id):
+        return _detail(request, _get_job_or_404(request, job_id))
+
+
+class JobCancelView(APIView):
+    def post(self, request, job_id):
+        job = _get_job_or_404(request, job_id)
+        try:
+            job = services.job_cancel(job=job)
+        except services.JobConflict as error:
+            return Response({"detail": str(error)}, status=status.HTTP_409_CONFLICT)
+        return _detail(request, job, code=status.HTTP_202_ACCEPTED)
+
+
+class JobImageView(APIView):
+    def get(self, request, job_id, index):
+        job = _get_job_or_404(request, job_id)
+        image = selectors.job_image(job=job, index=index) if job.status == JobStatus.SUCCEEDED else None
+        if image is None:
+            raise Http404("no such image")
+        response = HttpResponse(bytes(image.png), content_type="image/png")
+        response["Content-Disposition"] = f'inline; filename="{job.id}-{index}.png"'
+        return response
+
+
+class ModelsView(APIView):
+    def get(self, request):
+        models = []
+        for name in catalog.model_names():
+            try:
+                info = catalog.model_info(name)
+            except catalog.ModelUnavailable as error:
+                models.append({"name": name, "ready": False, "detail": str(error)})
+                continue
+            models.append(
+                {
+                    "name": name,
+                    "ready": True,
+                    "default": name == settings.DEFAULT_MODEL,
+                    "defaults": vars(info.defaults),
+                    "size_multiple_of": info.vae_scale_factor,
+                    "max_prompt_tokens": info.max_prompt_tokens,
+                }
+            )
+        limits = {
+            "max_pixels": settings.JOB_MAX_PIXELS,
+            "max_side": settings.JOB_MAX_SIDE,
+            "max_steps": settings.JOB_MAX_STEPS,
+            "max_images": settings.JOB_MAX_IMAGES,
+            "max_prompt_chars": settings.JOB_MAX_PROMPT_CHARS,
+            "max_guidance_scale": settings.JOB_MAX_GUIDANCE,
+        }
+        return Response({"models": models, "limits": limits})
+
+
+class SchedulersView(APIView):
+    def get(self, request):
+        return Response(
+            {
+                "schedulers": [
+                    {"name": name, "class": cls, "settings": extra} for name, (cls, extra) in SCHEDULERS.items()
+                ]
+            }
+        )
+
+
+class HealthView(APIView):
+    """Database, broker and workers, each on its own; 503 when the database or broker is down."""
+
+    authentication_classes = []
+    permission_classes = [AllowAny]
+
+    def get(self, request):
+        checks = {"database": _check_database(), "broker": _check_broker()}
+        checks["workers"] = _check_workers() if checks["database"]["ok"] else {"ok": False, "detail": "database down"}
+        healthy = checks["database"]["ok"] and checks["broker"]["ok"]
+        return Response(
+            {"status": "ok" if healthy and checks["workers"]["ok"] else "degraded" if healthy else "down", **checks},
+            status=status.HTTP_200_OK if healthy else status.HTTP_503_SERVICE_UNAVAILABLE,
+        )
+
+
+def _check_database() -> dict:
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+        return {"ok": True}
+    except Exception as error:
+        return {"ok": False, "detail": f"{type(error).__name__}: {error}"}
+
+
+def _check_broker() -> dict:
+    try:
+        with celery_app.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, timeout=2)
+        return {"ok": True, "transport": conn.transport_cls if isinstance(conn.transport_cls, str) else "custom"}
+    except Exception as error:
+        return {"ok": False, "detail": f"{type(error).__name__}: {error}"}
+
+
+def _check_workers() -> dict:
+    horizon = timezone.now() - timezone.timedelta(seconds=3 * settings.WORKER_HEARTBEAT_SECONDS)
+    alive = list(WorkerHeartbeat.objects.filter(last_seen__gte=horizon).values("hostname", "last_seen", "models"))
+    return {"ok": bool(alive), "alive": len(alive), "workers": alive}

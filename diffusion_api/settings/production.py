@@ -1,0 +1,21 @@
+"""Behind a TLS-terminating proxy, with secrets from the environment. DEBUG stays off."""
+
+import os
+
+from django.core.exceptions import ImproperlyConfigured
+
+from diffusion_api.settings.base import *  # noqa: F403
+from diffusion_api.settings.base import env_bool, env_int
+
+if not os.environ.get("SECRET_KEY"):
+    raise ImproperlyConfigured("SECRET_KEY must be set in production")
+DEBUG = False
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", True)
+SECURE_REDIRECT_EXEMPT = [r"^api/v1/health/$"]  # load-balancer probes speak plain HTTP inside the network
+SESSION_COOKIE_SECURE = True
+CSRF_COOKIE_SECURE = True
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 31536000)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+SECURE_HSTS_PRELOAD = True
+SECURE_CONTENT_TYPE_NOSNIFF = True

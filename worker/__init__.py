@@ -1,0 +1,1 @@
+"""Celery tasks: the only place where Django meets torch."""

@@ -1,0 +1,72 @@
+"""Thin tasks: load the job by id, claim it, call the runner, record the outcome."""
+
+import logging
+import os
+import socket
+import threading
+
+from celery.exceptions import SoftTimeLimitExceeded
+from celery.signals import worker_ready, worker_shutdown
+from django.conf import settings
+from django.db import close_old_connections, connection
+from django.utils import timezone
+
+from diffusion_api.celery import RUN_JOB_TASK, app
+from diffusion_api.jobs import services
+from diffusion_api.jobs.models import WorkerHeartbeat
+from worker import runner
+
+logger = logging.getLogger(__name__)
+WORKER_NAME = f"{socket.gethostname()}:{os.getpid()}"
+
+
+@app.task(name=RUN_JOB_TASK)  # acks_late, reject_on_worker_lost, prefetch and time limits: CELERY_* in settings
+def run_job(job_id: str) -> str:
+    close_old_connections()
+    job = services.job_claim(job_id=job_id, worker=WORKER_NAME)
+    if job is None:
+        logger.info("job %s is not queued (already claimed, canceled or done); skipping", job_id)
+        return "skipped"
+    logger.info("job %s claimed (attempt %d)", job_id, job.attempts)
+    try:
+        outcome = runner.run_job(job)
+    except SoftTimeLimitExceeded:
+        services.job_fail(job_id=job.id, error=f"time limit of {settings.CELERY_TASK_SOFT_TIME_LIMIT}s exceeded")
+        return "failed"
+    except ValueError as error:  # bad parameters the API could not see (e.g. too many prompt tokens)
+        services.job_fail(job_id=job.id, error=str(error))
+        return "failed"
+    except Exception as error:
+        logger.exception("job %s failed", job_id)
+        services.job_fail(job_id=job.id, error=f"{type(error).__name__}: {error}")
+        return "failed"
+    logger.info("job %s %s", job_id, outcome)
+    return outcome
+
+
+_stop_heartbeat = threading.Event()
+
+
+def _heartbeat_forever(hostname: str) -> None:
+    while not _stop_heartbeat.is_set():
+        try:
+            WorkerHeartbeat.objects.update_or_create(
+                hostname=hostname,
+                defaults={"pid": os.getpid(), "last_seen": timezone.now(), "models": list(settings.MODELS)},
+            )
+        except Exception:  # the database may be down for a while; keep trying
+            logger.warning("worker heartbeat failed", exc_info=True)
+        finally:
+            connection.close()
+        _stop_heartbeat.wait(settings.WORKER_HEARTBEAT_SECONDS)
+
+
+@worker_ready.connect
+def start_heartbeat(sender=None, **kwargs) -> None:
+    hostname = getattr(sender, "hostname", None) or WORKER_NAME
+    threading.Thread(target=_heartbeat_forever, args=(hostname,), daemon=True, name="heartbeat").start()
+
+
+@worker_shutdown.connect
+def stop_heartbeat(**kwargs) -> None:
+    _stop_heartbeat.set()
