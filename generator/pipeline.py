@@ -22,7 +22,6 @@ from generator.pngmeta import png_bytes
 from generator.schedulers import SCHEDULERS, make_scheduler, scheduler_settings
 
 
-
 @dataclass(frozen=True)
 class GenerationRequest:
     """What a user asks for. `None` fields take the model's defaults; `seed=None` draws one."""
