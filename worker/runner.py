@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 from pathlib import Path
 
@@ -43,7 +44,7 @@ class ProgressReporter:
     def __init__(self, job_id, interval: float):
         self.job_id = job_id
         self.interval = interval
-        self.last_write = 0.0
+        self.last_write = -math.inf  # the first step always writes
         self.canceled = False
 
     def __call__(self, state) -> None:

@@ -8,7 +8,7 @@ import threading
 from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import worker_ready, worker_shutdown
 from django.conf import settings
-from django.db import close_old_connections, connection
+from django.db import connection
 from django.utils import timezone
 
 from diffusion_api.celery import RUN_JOB_TASK, app
@@ -20,9 +20,10 @@ logger = logging.getLogger(__name__)
 WORKER_NAME = f"{socket.gethostname()}:{os.getpid()}"
 
 
-@app.task(name=RUN_JOB_TASK)  # acks_late, reject_on_worker_lost, prefetch and time limits: CELERY_* in settings
+# acks_late, reject_on_worker_lost, prefetch and time limits: the CELERY_* block in settings.
+# Celery's Django fix-up closes stale database connections around each task.
+@app.task(name=RUN_JOB_TASK)
 def run_job(job_id: str) -> str:
-    close_old_connections()
     job = services.job_claim(job_id=job_id, worker=WORKER_NAME)
     if job is None:
         logger.info("job %s is not queued (already claimed, canceled or done); skipping", job_id)

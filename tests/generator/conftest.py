@@ -1,11 +1,6 @@
 import pytest
 
-from generator import TinyModelConfig, load_model, make_tiny_model
-
-
-@pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory):
-    return make_tiny_model(tmp_path_factory.mktemp("models") / "tiny", TinyModelConfig(sample_size=32))
+from generator import load_model
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,58 @@
+import pytest
+from django.contrib.auth import get_user_model
+from rest_framework.authtoken.models import Token
+from rest_framework.test import APIClient
+
+
+@pytest.fixture(autouse=True)
+def tiny_models_setting(settings, tiny_model_dir):
+    settings.MODELS = {"tiny": tiny_model_dir}
+    settings.DEFAULT_MODEL = "tiny"
+
+
+@pytest.fixture
+def published(monkeypatch):
+    """Job ids handed to the broker, in order (the broker itself is not touched in unit tests)."""
+    sent = []
+    monkeypatch.setattr("diffusion_api.jobs.services.publish_job", lambda *, job_id: sent.append(job_id) or True)
+    return sent
+
+
+def make_user(username: str, staff: bool = False):
+    return get_user_model().objects.create_user(username=username, password="pw-" + username, is_staff=staff)
+
+
+@pytest.fixture
+def alice(db):
+    return make_user("alice")
+
+
+@pytest.fixture
+def bob(db):
+    return make_user("bob")
+
+
+@pytest.fixture
+def staff(db):
+    return make_user("staff", staff=True)
+
+
+def client_for(user) -> APIClient:
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.get_or_create(user=user)[0].key}")
+    return client
+
+
+@pytest.fixture
+def alice_client(alice):
+    return client_for(alice)
+
+
+@pytest.fixture
+def bob_client(bob):
+    return client_for(bob)
+
+
+@pytest.fixture
+def staff_client(staff):
+    return client_for(staff)

@@ -1,0 +1,109 @@
+import io
+
+import pytest
+from django.contrib.auth import get_user_model
+from PIL import Image
+
+from diffusion_api.jobs import services
+from diffusion_api.jobs.models import Job, JobStatus
+from generator import read_manifest
+from worker import runner, tasks
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def user(db):
+    return get_user_model().objects.create_user("worker-test")
+
+
+def test_runs_a_job_and_stores_reproducible_pngs(user, published):
+    job = services.job_create(owner=user, prompt="a red circle", steps=3, num_images=2, seed=9, width=16, height=24)
+    assert tasks.run_job(str(job.id)) == "succeeded"
+    job.refresh_from_db()
+    assert job.status == JobStatus.SUCCEEDED and job.attempts == 1 and job.progress_step == 3
+    images = list(job.images.order_by("index"))
+    assert [(i.index, i.seed, i.width, i.height) for i in images] == [(0, 9, 16, 24), (1, 10, 16, 24)]
+    assert Image.open(io.BytesIO(bytes(images[0].png))).size == (16, 24)
+    assert read_manifest(bytes(images[1].png))["seed"] == 10
+
+    again = services.job_create(owner=user, prompt="a red circle", steps=3, num_images=2, seed=9, width=16, height=24)
+    tasks.run_job(str(again.id))
+    assert bytes(again.images.get(index=0).png) == bytes(images[0].png)
+
+
+def test_a_second_delivery_does_nothing(user, published):
+    job = services.job_create(owner=user, prompt="x", steps=1)
+    assert tasks.run_job(str(job.id)) == "succeeded"
+    assert tasks.run_job(str(job.id)) == "skipped"
+    job.refresh_from_db()
+    assert job.attempts == 1 and job.images.count() == 1
+
+
+def test_cancel_between_steps(user, published, monkeypatch, settings):
+    settings.JOB_PROGRESS_INTERVAL = 0
+    job = services.job_create(owner=user, prompt="x", steps=20)
+    steps_seen = []
+    real_report = services.job_report_progress
+
+    def report_and_cancel_at_three(*, job_id, step, total):
+        steps_seen.append(step)
+        if step == 3:
+            services.job_cancel(job=Job.objects.get(id=job_id))
+        return real_report(job_id=job_id, step=step, total=total)
+
+    monkeypatch.setattr(services, "job_report_progress", report_and_cancel_at_three)
+    assert tasks.run_job(str(job.id)) == "canceled"
+    job.refresh_from_db()
+    assert job.status == JobStatus.CANCELED and job.images.count() == 0
+    assert steps_seen == [1, 2, 3]
+
+
+def test_progress_writes_are_throttled(user, published, monkeypatch, settings):
+    settings.JOB_PROGRESS_INTERVAL = 3600  # only the last step may write
+    job = services.job_create(owner=user, prompt="x", steps=6)
+    writes = []
+    real_report = services.job_report_progress
+    monkeypatch.setattr(
+        services, "job_report_progress", lambda **kw: writes.append(kw["step"]) or real_report(**kw)
+    )
+    tasks.run_job(str(job.id))
+    assert writes == [1, 6]
+
+
+def test_failure_stores_the_message(user, published, monkeypatch):
+    job = services.job_create(owner=user, prompt="x", steps=1)
+
+    def explode(job):
+        raise RuntimeError("CUDA out of memory")
+
+    monkeypatch.setattr(runner, "run_job", explode)
+    assert tasks.run_job(str(job.id)) == "failed"
+    job.refresh_from_db()
+    assert job.status == JobStatus.FAILED and job.error == "RuntimeError: CUDA out of memory" and job.finished_at
+
+
+def test_prompt_too_long_for_the_tokenizer_fails_with_a_clear_message(user, published):
+    job = services.job_create(owner=user, prompt="red " * 90, steps=1)
+    assert tasks.run_job(str(job.id)) == "failed"
+    job.refresh_from_db()
+    assert "prompt is 90 tokens long" in job.error
+
+
+def test_model_is_loaded_once_per_process(user, published, monkeypatch):
+    runner._loaded.clear()
+    loads = []
+    real_load = runner.load_model
+    monkeypatch.setattr(runner, "load_model", lambda *a, **kw: loads.append(a) or real_load(*a, **kw))
+    for _ in range(2):
+        tasks.run_job(str(services.job_create(owner=user, prompt="x", steps=1).id))
+    assert len(loads) == 1
+
+
+def test_task_options_come_from_settings(settings):
+    from diffusion_api.celery import app
+
+    assert app.conf.task_acks_late and app.conf.task_reject_on_worker_lost
+    assert app.conf.worker_prefetch_multiplier == 1
+    assert app.conf.task_time_limit == settings.CELERY_TASK_TIME_LIMIT
+    assert app.conf.task_soft_time_limit == settings.CELERY_TASK_SOFT_TIME_LIMIT
