@@ -135,7 +135,10 @@ def resolve_request(model: LoadedModel, request: GenerationRequest) -> Generatio
     if resolved.scheduler not in SCHEDULERS:
         raise ValueError(f"unknown scheduler {resolved.scheduler!r}; known schedulers: {', '.join(SCHEDULERS)}")
     try:  # some schedulers cap the step count (lcm: its original_inference_steps)
-        make_scheduler(resolved.scheduler, model.scheduler_config).set_timesteps(resolved.steps)
+        scheduler = make_scheduler(resolved.scheduler, model.scheduler_config)
+        scheduler.set_timesteps(resolved.steps)
+        if int(scheduler.timesteps.max()) >= train_steps:  # e.g. ddim's steps_offset at 1000 steps
+            raise ValueError(f"its timesteps would pass the model's {train_steps} training timesteps")
     except ValueError as error:
         raise ValueError(f"scheduler {resolved.scheduler!r} cannot run {resolved.steps} steps: {error}") from error
     return resolved

@@ -177,6 +177,7 @@ def test_cancel_one_request_of_a_batch(tiny_model):
         ({"seed": -1}, "seed must be an integer from 0"),
         ({"scheduler": "nope"}, "known schedulers"),
         ({"scheduler": "lcm", "steps": 60}, "scheduler 'lcm' cannot run 60 steps"),
+        ({"scheduler": "ddim", "steps": 1000}, "scheduler 'ddim' cannot run 1000 steps: its timesteps would pass"),
     ],
 )
 def test_bad_input_raises_before_compute(tiny_model, monkeypatch, fields, message):

@@ -1,0 +1,95 @@
+"""End-to-end: a real gunicorn API, a real Celery worker process, real Redis and real PostgreSQL."""
+
+import os
+import socket
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from urllib.parse import urlparse, urlunparse
+
+import psycopg
+import pytest
+import redis
+import requests
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "scripts"))
+from services import start_api, start_worker, stop, wait_healthy  # noqa: E402
+
+
+def required_env(name: str) -> str:
+    value = os.environ.get(name)
+    if not value:
+        pytest.fail(f"end-to-end tests need {name} (make test sets it; they are not skipped)")
+    return value
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def e2e_database():
+    """A fresh PostgreSQL database for this run, dropped afterwards."""
+    admin_url = required_env("DATABASE_URL")
+    name = f"e2e_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    parts = urlparse(admin_url)
+    yield urlunparse(parts._replace(path=f"/{name}"))
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def e2e_redis():
+    url = required_env("REDIS_URL")
+    redis.Redis.from_url(url).flushdb()
+    return url
+
+
+@pytest.fixture(scope="session")
+def service(tmp_path_factory, tiny_model_dir, e2e_database, e2e_redis):
+    """Start the API under gunicorn and one worker, as production would, and yield how to reach them."""
+    var = tmp_path_factory.mktemp("e2e-var")
+    env = {
+        "DJANGO_SETTINGS_MODULE": "diffusion_api.settings.production",
+        "SECRET_KEY": "e2e-" + uuid.uuid4().hex,
+        "SECURE_SSL_REDIRECT": "false",
+        "DATABASE_URL": e2e_database,
+        "REDIS_URL": e2e_redis,
+        "MODELS": f"tiny={tiny_model_dir}",
+        "GENERATOR_DEVICE": "cpu",
+        "JOB_MAX_STEPS": "1000",
+        "JOB_PROGRESS_INTERVAL": "0.1",
+        "WORKER_HEARTBEAT_SECONDS": "2",
+        "VAR_DIR": str(var),
+        "HF_HUB_OFFLINE": "1",
+    }
+    run_env = {**os.environ, **env}
+    subprocess.run([sys.executable, "manage.py", "migrate", "--verbosity", "0"], cwd=ROOT, env=run_env, check=True)
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    logs = ROOT / "test-output" / "e2e"
+    api = start_api(port, env=env, log=logs / "api.log", gunicorn=True)
+    worker = start_worker(env=env, log=logs / "worker.log")
+    try:
+        wait_healthy(base, timeout=180)
+
+        def token(username: str) -> str:
+            result = subprocess.run([sys.executable, "manage.py", "issue_token", username], cwd=ROOT, env=run_env,
+                                    check=True, capture_output=True, text=True)
+            return result.stdout.strip()
+
+        yield {"base": base, "token": token, "env": run_env}
+    finally:
+        stop(api, worker)
+
+
+def session_for(token: str) -> requests.Session:
+    session = requests.Session()
+    session.headers["Authorization"] = f"Token {token}"
+    return session

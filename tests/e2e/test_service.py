@@ -1,0 +1,57 @@
+import base64
+import io
+import time
+
+import requests
+from PIL import Image
+
+from tests.e2e.conftest import session_for
+
+
+def poll(session: requests.Session, url: str, until, timeout: float = 120.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = session.get(url, timeout=10).json()
+        if until(job):
+            return job
+        time.sleep(0.2)
+    raise AssertionError(f"timed out; last state: {job}")
+
+
+def test_a_job_runs_to_succeeded_and_returns_pngs(service):
+    alice = session_for(service["token"]("alice"))
+    response = alice.post(f"{service['base']}/api/v1/jobs/",
+                          json={"prompt": "a red circle", "width": 48, "height": 32, "steps": 4, "num_images": 2},
+                          timeout=10)
+    assert response.status_code == 202, response.text
+    job = poll(alice, response.json()["url"], lambda j: j["status"] not in ("queued", "running"))
+    assert job["status"] == "succeeded", job
+    assert job["progress"]["percent"] == 100.0 and job["attempts"] == 1
+    sizes = [Image.open(io.BytesIO(base64.b64decode(i["png_base64"]))).size for i in job["images"]]
+    assert sizes == [(48, 32), (48, 32)]
+    png = alice.get(job["images"][0]["url"], timeout=10)
+    assert png.headers["Content-Type"] == "image/png" and png.content == base64.b64decode(job["images"][0]["png_base64"])
+
+
+def test_cancel_a_running_job(service):
+    alice = session_for(service["token"]("alice"))
+    response = alice.post(f"{service['base']}/api/v1/jobs/", json={"prompt": "a long job", "steps": 900}, timeout=10)
+    url = response.json()["url"]
+    running = poll(alice, url, lambda j: j["status"] == "running" and j["progress"]["step"] >= 2)
+    assert running["progress"]["total"] == 900
+
+    bob = session_for(service["token"]("bob"))
+    assert bob.get(url, timeout=10).status_code == 404
+    assert bob.post(f"{url}cancel/", timeout=10).status_code == 404
+
+    assert alice.post(f"{url}cancel/", timeout=10).status_code == 202
+    job = poll(alice, url, lambda j: j["status"] not in ("queued", "running"), timeout=60)
+    assert job["status"] == "canceled" and job["images"] is None
+    assert job["progress"]["step"] < 900
+
+
+def test_health_reports_database_broker_and_worker(service):
+    body = requests.get(f"{service['base']}/api/v1/health/", timeout=10).json()
+    assert body["status"] == "ok"
+    assert body["database"]["ok"] and body["broker"]["ok"] and body["workers"]["alive"] == 1
+    assert body["broker"]["transport"] == "redis"
