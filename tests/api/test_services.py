@@ -14,7 +14,12 @@ def test_create_resolves_defaults_and_publishes_after_commit(alice, published, d
     assert len(callbacks) == 1 and published == [job.id]
     job.refresh_from_db()
     assert (job.status, job.model, job.width, job.height, job.steps, job.scheduler) == (
-        JobStatus.QUEUED, "tiny", 32, 32, 30, "ddim"
+        JobStatus.QUEUED,
+        "tiny",
+        32,
+        32,
+        30,
+        "ddim",
     )
     assert 0 <= job.seed < 2**32 and job.guidance_scale == 7.5 and job.num_images == 1
 

@@ -7,7 +7,7 @@ from PIL import Image
 from rest_framework.test import APIClient
 
 from diffusion_api.jobs import services
-from diffusion_api.jobs.models import Job, JobStatus
+from diffusion_api.jobs.models import Job
 
 pytestmark = pytest.mark.django_db
 JOBS = "/api/v1/jobs/"
@@ -21,15 +21,20 @@ def png(width=32, height=32) -> bytes:
 
 def finish(job: Job) -> None:
     services.job_claim(job_id=job.id, worker="w")
-    images = [{"index": i, "seed": job.seed + i, "width": job.width, "height": job.height, "png": png()}
-              for i in range(job.num_images)]
+    images = [
+        {"index": i, "seed": job.seed + i, "width": job.width, "height": job.height, "png": png()}
+        for i in range(job.num_images)
+    ]
     services.job_succeed(job_id=job.id, images=images)
 
 
 def test_token_endpoint(alice):
     response = APIClient().post("/api/v1/auth/token/", {"username": "alice", "password": "pw-alice"}, format="json")
     assert response.status_code == 200 and len(response.json()["token"]) == 40
-    assert APIClient().post("/api/v1/auth/token/", {"username": "alice", "password": "no"}, format="json").status_code == 400
+    assert (
+        APIClient().post("/api/v1/auth/token/", {"username": "alice", "password": "no"}, format="json").status_code
+        == 400
+    )
 
 
 def test_create_returns_202_with_the_resolved_job(alice_client, published):

@@ -80,8 +80,14 @@ def service(tmp_path_factory, tiny_model_dir, e2e_database, e2e_redis):
         wait_healthy(base, timeout=180)
 
         def token(username: str) -> str:
-            result = subprocess.run([sys.executable, "manage.py", "issue_token", username], cwd=ROOT, env=run_env,
-                                    check=True, capture_output=True, text=True)
+            result = subprocess.run(
+                [sys.executable, "manage.py", "issue_token", username],
+                cwd=ROOT,
+                env=run_env,
+                check=True,
+                capture_output=True,
+                text=True,
+            )
             return result.stdout.strip()
 
         yield {"base": base, "token": token, "env": run_env}

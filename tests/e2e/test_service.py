@@ -20,9 +20,11 @@ def poll(session: requests.Session, url: str, until, timeout: float = 120.0) -> 
 
 def test_a_job_runs_to_succeeded_and_returns_pngs(service):
     alice = session_for(service["token"]("alice"))
-    response = alice.post(f"{service['base']}/api/v1/jobs/",
-                          json={"prompt": "a red circle", "width": 48, "height": 32, "steps": 4, "num_images": 2},
-                          timeout=10)
+    response = alice.post(
+        f"{service['base']}/api/v1/jobs/",
+        json={"prompt": "a red circle", "width": 48, "height": 32, "steps": 4, "num_images": 2},
+        timeout=10,
+    )
     assert response.status_code == 202, response.text
     job = poll(alice, response.json()["url"], lambda j: j["status"] not in ("queued", "running"))
     assert job["status"] == "succeeded", job
@@ -30,7 +32,9 @@ def test_a_job_runs_to_succeeded_and_returns_pngs(service):
     sizes = [Image.open(io.BytesIO(base64.b64decode(i["png_base64"]))).size for i in job["images"]]
     assert sizes == [(48, 32), (48, 32)]
     png = alice.get(job["images"][0]["url"], timeout=10)
-    assert png.headers["Content-Type"] == "image/png" and png.content == base64.b64decode(job["images"][0]["png_base64"])
+    assert png.headers["Content-Type"] == "image/png" and png.content == base64.b64decode(
+        job["images"][0]["png_base64"]
+    )
 
 
 def test_cancel_a_running_job(service):

@@ -64,9 +64,7 @@ def test_progress_writes_are_throttled(user, published, monkeypatch, settings):
     job = services.job_create(owner=user, prompt="x", steps=6)
     writes = []
     real_report = services.job_report_progress
-    monkeypatch.setattr(
-        services, "job_report_progress", lambda **kw: writes.append(kw["step"]) or real_report(**kw)
-    )
+    monkeypatch.setattr(services, "job_report_progress", lambda **kw: writes.append(kw["step"]) or real_report(**kw))
     tasks.run_job(str(job.id))
     assert writes == [1, 6]
 
