@@ -1,0 +1,470 @@
+"""Baseline speed of the project's denoising loop against stock diffusers, on the same modules.
+
+What is measured
+    For each model size, two paths are timed on THE SAME tokenizer, text encoder, UNet and VAE
+    objects (one `generator.load_model` call, fp32, CPU):
+
+    * ours:  `generator.generate(model, [GenerationRequest(...)])`
+    * stock: diffusers `StableDiffusionPipeline` built from those components with a fresh
+             scheduler from `generator.make_scheduler`, `safety_checker=None`, default settings
+             (only the progress bar is switched off).
+
+    Both run one image, the same prompt, an empty negative prompt, classifier-free guidance 7.5,
+    the same scheduler, step count and seed.
+
+    * s/image: wall time of the whole call (prompt checks and text encoding, denoising loop,
+      VAE decode, conversion to PIL; ours also encodes the PNG with its manifest).
+    * s/step: from timestamps taken in the per-step callback (`callback=` for ours,
+      `callback_on_step_end=` for stock; both fire right after `scheduler.step`). The mean of the
+      intervals between consecutive callbacks, i.e. denoising iterations 2..n; the first is left
+      out because its start is not visible from the callback. One iteration is one batched UNet
+      call on (uncond, cond) plus the scheduler step. Note that PNDM with `skip_prk_steps` runs
+      steps + 1 iterations (it repeats one timestep), and both paths do so.
+
+How
+    One untimed warm-up call per path, then `--repeats` timed rounds interleaved
+    ours, stock, ours, stock, ... so slow drifts of the machine hit both paths alike. The table
+    shows medians over the repeats and the ratio ours/stock (< 1: ours is faster).
+
+Model sizes
+    * sd15: the SD 1.5 architecture (UNet, VAE, CLIP ViT-L/14 text tower, PNDM schedule) with
+      random weights from a fixed seed, run at 256x256. The folder is built once and cached under
+      `var/bench-models/` (its name carries a hash of the configs below). The tokenizer is the
+      small one from `generator.tiny`; its token ids all fit the 49408-row embedding, and the
+      text encoder's cost does not depend on which ids go in.
+    * tiny: `make_tiny_model` with its default config, run at 64x64.
+
+Usage
+    python benchmarks/bench_engine.py --size both --steps 4 --repeats 3 [--scheduler pndm] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import hashlib
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+# The script may read and set environment; the library may not. Set before the HF libraries import.
+os.environ["HF_HUB_OFFLINE"] = "1"
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run as a plain script from a checkout
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from diffusers import StableDiffusionPipeline  # noqa: E402
+
+from generator import SCHEDULERS, GenerationRequest, LoadedModel, generate, load_model, make_scheduler  # noqa: E402
+from generator.tiny import make_clip_tokenizer, make_tiny_model  # noqa: E402
+
+PROMPT = "a photo of a red house in the forest at night, detailed painting"
+SEED = 1234
+GUIDANCE_SCALE = 7.5
+WEIGHT_SEED = 0
+DEFAULT_CACHE_DIR = ROOT / "var" / "bench-models"
+
+# Published Stable Diffusion 1.5 configs (runwayml/stable-diffusion-v1-5), written out.
+SD15_UNET = {
+    "sample_size": 64,
+    "in_channels": 4,
+    "out_channels": 4,
+    "center_input_sample": False,
+    "flip_sin_to_cos": True,
+    "freq_shift": 0,
+    "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+    "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+    "block_out_channels": [320, 640, 1280, 1280],
+    "layers_per_block": 2,
+    "downsample_padding": 1,
+    "mid_block_scale_factor": 1,
+    "act_fn": "silu",
+    "norm_num_groups": 32,
+    "norm_eps": 1e-5,
+    "cross_attention_dim": 768,
+    "attention_head_dim": 8,
+}
+SD15_VAE = {
+    "in_channels": 3,
+    "out_channels": 3,
+    "down_block_types": ["DownEncoderBlock2D"] * 4,
+    "up_block_types": ["UpDecoderBlock2D"] * 4,
+    "block_out_channels": [128, 256, 512, 512],
+    "layers_per_block": 2,
+    "act_fn": "silu",
+    "latent_channels": 4,
+    "norm_num_groups": 32,
+    "sample_size": 512,
+    "scaling_factor": 0.18215,
+}
+SD15_TEXT_ENCODER = {  # CLIP ViT-L/14 text tower
+    "vocab_size": 49408,
+    "hidden_size": 768,
+    "intermediate_size": 3072,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 12,
+    "max_position_embeddings": 77,
+    "hidden_act": "quick_gelu",
+    "layer_norm_eps": 1e-5,
+    "projection_dim": 768,
+}
+SD15_SCHEDULER = {  # PNDMScheduler; `clip_sample` and `set_alpha_to_one` are read by DDIM-style schedulers
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "num_train_timesteps": 1000,
+    "set_alpha_to_one": False,
+    "skip_prk_steps": True,
+    "steps_offset": 1,
+    "clip_sample": False,
+    "prediction_type": "epsilon",
+}
+SIZES = {"sd15": 256, "tiny": 64}  # model size → image side in pixels
+
+
+@dataclass(frozen=True)
+class Settings:
+    steps: int
+    repeats: int
+    scheduler: str
+    guidance_scale: float = GUIDANCE_SCALE
+    seed: int = SEED
+
+
+@dataclass
+class Run:
+    """One timed call of one path."""
+
+    image_seconds: float
+    step_ends: list[float]  # seconds from the call's start to the end of each denoising iteration
+    cpu_seconds: float  # CPU time this process got during the call; far below threads x wall means a busy machine
+
+    @property
+    def step_seconds(self) -> float:
+        """Mean length of iterations 2..n (the first one's start is not visible from the callback)."""
+        return (self.step_ends[-1] - self.step_ends[0]) / (len(self.step_ends) - 1)
+
+
+@dataclass
+class PathResult:
+    runs: list[Run] = field(default_factory=list)
+
+    @property
+    def step_seconds(self) -> float:
+        return statistics.median(run.step_seconds for run in self.runs)
+
+    @property
+    def image_seconds(self) -> float:
+        return statistics.median(run.image_seconds for run in self.runs)
+
+
+@dataclass
+class ModelResult:
+    model: str
+    resolution: int
+    iterations: int  # denoising iterations per image (UNet calls)
+    max_pixel_difference: int  # ours vs stock on the warm-up image: both paths did the same work
+    ours: PathResult
+    stock: PathResult
+
+
+# ---- model folders -------------------------------------------------------------------------
+
+
+def sd15_model_folder(cache_dir: Path) -> Path:
+    """The random-weight SD 1.5-size folder; built on first use, then reused from `cache_dir`."""
+    spec = [SD15_UNET, SD15_VAE, SD15_TEXT_ENCODER, SD15_SCHEDULER, WEIGHT_SEED]
+    key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
+    folder = cache_dir / f"sd15-random-{key}"
+    if folder.is_dir():
+        print(f"using cached SD 1.5-size model {folder}", flush=True)
+        return folder
+    partial = folder.with_name(folder.name + ".partial")  # renamed only when complete
+    shutil.rmtree(partial, ignore_errors=True)
+    print(f"building SD 1.5-size model with random weights in {folder} (once) ...", flush=True)
+    build_sd15_model(partial)
+    partial.rename(folder)
+    return folder
+
+
+def build_sd15_model(out: Path) -> None:
+    """Write the SD 1.5 architecture with random weights (seed WEIGHT_SEED) in diffusers layout."""
+    import diffusers
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    out.mkdir(parents=True)
+    torch.manual_seed(WEIGHT_SEED)
+    tokenizer = make_clip_tokenizer()
+    if len(tokenizer) > SD15_TEXT_ENCODER["vocab_size"]:
+        raise ValueError(f"tokenizer has {len(tokenizer)} tokens, more than the text encoder's vocabulary")
+    tokenizer.save_pretrained(out / "tokenizer")
+
+    text_config = CLIPTextConfig(
+        **SD15_TEXT_ENCODER,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    CLIPTextModel(text_config).save_pretrained(out / "text_encoder")
+    UNet2DConditionModel(**SD15_UNET).save_pretrained(out / "unet")
+    AutoencoderKL(**SD15_VAE).save_pretrained(out / "vae")
+    # Written as the published file is: PNDMScheduler ignores `clip_sample`, but DDIM built from it needs False.
+    (out / "scheduler").mkdir()
+    scheduler_config = {"_class_name": "PNDMScheduler", "_diffusers_version": diffusers.__version__, **SD15_SCHEDULER}
+    (out / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler_config, indent=2) + "\n")
+
+    model_index = {
+        "_class_name": "StableDiffusionPipeline",
+        "_diffusers_version": diffusers.__version__,
+        "feature_extractor": [None, None],
+        "requires_safety_checker": False,
+        "safety_checker": [None, None],
+        "scheduler": ["diffusers", "PNDMScheduler"],
+        "text_encoder": ["transformers", "CLIPTextModel"],
+        "tokenizer": ["transformers", "CLIPTokenizer"],
+        "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"],
+    }
+    (out / "model_index.json").write_text(json.dumps(model_index, indent=2) + "\n")
+
+
+@contextlib.contextmanager
+def model_folder(size: str, cache_dir: Path) -> Iterator[Path]:
+    if size == "sd15":
+        yield sd15_model_folder(cache_dir)
+        return
+    with tempfile.TemporaryDirectory(prefix="bench-tiny-") as tmp:
+        yield make_tiny_model(Path(tmp) / "tiny")
+
+
+# ---- the two paths -------------------------------------------------------------------------
+
+
+def stock_pipeline(model: LoadedModel, scheduler_name: str) -> StableDiffusionPipeline:
+    pipe = StableDiffusionPipeline(
+        vae=model.vae,
+        text_encoder=model.text_encoder,
+        tokenizer=model.tokenizer,
+        unet=model.unet,
+        scheduler=make_scheduler(scheduler_name, model.scheduler_config),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def run_ours(model: LoadedModel, side: int, settings: Settings) -> tuple[Run, np.ndarray]:
+    request = GenerationRequest(
+        prompt=PROMPT,
+        width=side,
+        height=side,
+        steps=settings.steps,
+        guidance_scale=settings.guidance_scale,
+        scheduler=settings.scheduler,
+        seed=settings.seed,
+    )
+    stamps: list[float] = []
+    start, cpu_start = time.perf_counter(), time.process_time()
+    result = generate(model, [request], callback=lambda state: stamps.append(time.perf_counter()))[0]
+    end, cpu_end = time.perf_counter(), time.process_time()
+    return Run(end - start, [s - start for s in stamps], cpu_end - cpu_start), np.asarray(result.images[0].image)
+
+
+def run_stock(pipe: StableDiffusionPipeline, side: int, settings: Settings) -> tuple[Run, np.ndarray]:
+    stamps: list[float] = []
+
+    def on_step_end(pipe: StableDiffusionPipeline, step: int, timestep: int, tensors: dict) -> dict:
+        stamps.append(time.perf_counter())
+        return {}
+
+    start, cpu_start = time.perf_counter(), time.process_time()
+    image = pipe(
+        prompt=PROMPT,
+        height=side,
+        width=side,
+        num_inference_steps=settings.steps,
+        guidance_scale=settings.guidance_scale,
+        generator=torch.Generator("cpu").manual_seed(settings.seed),
+        callback_on_step_end=on_step_end,
+    ).images[0]
+    end, cpu_end = time.perf_counter(), time.process_time()
+    return Run(end - start, [s - start for s in stamps], cpu_end - cpu_start), np.asarray(image)
+
+
+def benchmark_model(model: LoadedModel, name: str, side: int, settings: Settings) -> ModelResult:
+    """Warm up both paths once, then time them interleaved: ours, stock, ours, stock, ..."""
+    pipe = stock_pipeline(model, settings.scheduler)
+    paths: dict[str, Callable[[], tuple[Run, np.ndarray]]] = {
+        "ours": lambda: run_ours(model, side, settings),
+        "stock": lambda: run_stock(pipe, side, settings),
+    }
+    warm_up = {label: run() for label, run in paths.items()}
+    difference = np.abs(warm_up["ours"][1].astype(int) - warm_up["stock"][1].astype(int)).max()
+    results = {label: PathResult() for label in paths}
+    for repeat in range(settings.repeats):
+        for label, run in paths.items():
+            gc.collect()  # outside the timed call, so a collection does not land inside one
+            timed, _ = run()
+            results[label].runs.append(timed)
+            print(
+                f"  {name} repeat {repeat + 1}/{settings.repeats} {label:5s}: "
+                f"{timed.step_seconds:.4g} s/step, {timed.image_seconds:.4g} s/image, "
+                f"cpu/wall {timed.cpu_seconds / timed.image_seconds:.2f}",
+                flush=True,
+            )
+    return ModelResult(
+        model=name,
+        resolution=side,
+        iterations=len(warm_up["ours"][0].step_ends),
+        max_pixel_difference=int(difference),
+        ours=results["ours"],
+        stock=results["stock"],
+    )
+
+
+# ---- report --------------------------------------------------------------------------------
+
+
+def machine_info() -> dict:
+    cpu = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    import diffusers
+    import transformers
+
+    return {
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "transformers": transformers.__version__,
+        "python": sys.version.split()[0],
+        "load_average_at_start": load_average(),
+    }
+
+
+def load_average() -> str:
+    """The 1, 5 and 15 minute load averages; on a quiet machine they sit near the torch thread count."""
+    with contextlib.suppress(OSError):
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    return "unknown"
+
+
+def markdown_table(results: list[ModelResult]) -> str:
+    lines = [
+        "| model | resolution | ours s/step | stock s/step | ratio | ours s/image | stock s/image | ratio |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        ours, stock = r.ours, r.stock
+        lines.append(
+            f"| {r.model} | {r.resolution}x{r.resolution} "
+            f"| {ours.step_seconds:.4g} | {stock.step_seconds:.4g} | {ours.step_seconds / stock.step_seconds:.3f} "
+            f"| {ours.image_seconds:.4g} | {stock.image_seconds:.4g} | {ours.image_seconds / stock.image_seconds:.3f} |"
+        )
+    return "\n".join(lines)
+
+
+def to_json(machine: dict, settings: Settings, command: str, results: list[ModelResult]) -> dict:
+    def path_json(path: PathResult) -> dict:
+        return {
+            "median_step_seconds": path.step_seconds,
+            "median_image_seconds": path.image_seconds,
+            "runs": [{**asdict(run), "step_seconds": run.step_seconds} for run in path.runs],
+        }
+
+    return {
+        "command": command,
+        "machine": machine,
+        "settings": asdict(settings),
+        "prompt": PROMPT,
+        "results": [
+            {
+                "model": r.model,
+                "resolution": r.resolution,
+                "iterations": r.iterations,
+                "max_pixel_difference": r.max_pixel_difference,
+                "ours": path_json(r.ours),
+                "stock": path_json(r.stock),
+                "ratio_step": r.ours.step_seconds / r.stock.step_seconds,
+                "ratio_image": r.ours.image_seconds / r.stock.image_seconds,
+            }
+            for r in results
+        ],
+    }
+
+
+# ---- main ----------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", choices=["sd15", "tiny", "both"], default="both")
+    parser.add_argument("--steps", type=int, default=4, help="denoising steps per image (at least 2)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed rounds per path, after one warm-up")
+    parser.add_argument("--scheduler", choices=list(SCHEDULERS), default="pndm")
+    parser.add_argument("--json", type=Path, help="write raw results here")
+    parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR, help="where the SD 1.5-size model is kept")
+    args = parser.parse_args(argv)
+    if args.steps < 2:
+        parser.error("--steps must be at least 2: the step time is measured between consecutive steps")
+    if args.repeats < 1:
+        parser.error("--repeats must be at least 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    settings = Settings(steps=args.steps, repeats=args.repeats, scheduler=args.scheduler)
+    sizes = ["sd15", "tiny"] if args.size == "both" else [args.size]
+    command = "python " + " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:])
+    machine = machine_info()
+
+    results = []
+    for size in sizes:
+        with model_folder(size, args.cache_dir) as path:
+            model = load_model(path, device="cpu", dtype="fp32")
+            results.append(benchmark_model(model, size, SIZES[size], settings))
+        del model
+        gc.collect()
+
+    print()
+    print(f"torch {machine['torch']}, diffusers {machine['diffusers']}, transformers {machine['transformers']}")
+    machine["load_average_at_end"] = end_load = load_average()
+    print(f"CPU: {machine['cpu']}, {machine['cpu_count']} cores, torch threads: {machine['torch_threads']}")
+    print(f"load average (1/5/15 min): {machine['load_average_at_start']} at start, {end_load} at end")
+    print(
+        f"scheduler {settings.scheduler}, {settings.steps} steps, guidance {settings.guidance_scale}, fp32, "
+        f"1 image, medians of {settings.repeats} interleaved repeats after 1 warm-up; ratio = ours / stock"
+    )
+    for r in results:
+        print(
+            f"{r.model}: {r.iterations} denoising iterations per image; ours vs stock max pixel difference "
+            f"{r.max_pixel_difference}"
+        )
+    print()
+    print(markdown_table(results))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(to_json(machine, settings, command, results), indent=2) + "\n")
+        print(f"\nraw results: {args.json}")
+
+
+if __name__ == "__main__":
+    main()
