@@ -17,14 +17,17 @@ from diffusion_api.jobs.models import WorkerHeartbeat
 from worker import runner
 
 logger = logging.getLogger(__name__)
-WORKER_NAME = f"{socket.gethostname()}:{os.getpid()}"
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"  # the pid of the process running the task
 
 
 # acks_late, reject_on_worker_lost, prefetch and time limits: the CELERY_* block in settings.
 # Celery's Django fix-up closes stale database connections around each task.
 @app.task(name=RUN_JOB_TASK)
 def run_job(job_id: str) -> str:
-    job = services.job_claim(job_id=job_id, worker=WORKER_NAME)
+    job = services.job_claim(job_id=job_id, worker=worker_name())
     if job is None:
         logger.info("job %s is not queued (already claimed, canceled or done); skipping", job_id)
         return "skipped"
@@ -32,14 +35,15 @@ def run_job(job_id: str) -> str:
     try:
         outcome = runner.run_job(job)
     except SoftTimeLimitExceeded:
-        services.job_fail(job_id=job.id, error=f"time limit of {settings.CELERY_TASK_SOFT_TIME_LIMIT}s exceeded")
+        error = f"time limit of {settings.CELERY_TASK_SOFT_TIME_LIMIT}s exceeded"
+        services.job_fail(job_id=job.id, worker=job.worker, error=error)
         return "failed"
     except ValueError as error:  # bad parameters the API could not see (e.g. too many prompt tokens)
-        services.job_fail(job_id=job.id, error=str(error))
+        services.job_fail(job_id=job.id, worker=job.worker, error=str(error))
         return "failed"
     except Exception as error:
         logger.exception("job %s failed", job_id)
-        services.job_fail(job_id=job.id, error=f"{type(error).__name__}: {error}")
+        services.job_fail(job_id=job.id, worker=job.worker, error=f"{type(error).__name__}: {error}")
         return "failed"
     logger.info("job %s %s", job_id, outcome)
     return outcome
@@ -64,7 +68,7 @@ def _heartbeat_forever(hostname: str) -> None:
 
 @worker_ready.connect
 def start_heartbeat(sender=None, **kwargs) -> None:
-    hostname = getattr(sender, "hostname", None) or WORKER_NAME
+    hostname = getattr(sender, "hostname", None) or worker_name()
     threading.Thread(target=_heartbeat_forever, args=(hostname,), daemon=True, name="heartbeat").start()
 
 

@@ -47,6 +47,14 @@ class Job(models.Model):
     error = models.TextField(blank=True, default="")
     attempts = models.PositiveIntegerField(default=0)
     worker = models.CharField(max_length=200, blank=True, default="")
+    # The running worker renews this; past it, the sweeper takes the job back (see services.job_sweep).
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    published_at = models.DateTimeField(null=True, blank=True)  # last hand-over to the broker
+
+    # Create is idempotent per (owner, Idempotency-Key); the fingerprint tells a retry from a different body.
+    idempotency_key = models.CharField(max_length=255, null=True, blank=True)
+    request_fingerprint = models.CharField(max_length=64, blank=True, default="")
+    webhook_url = models.URLField(max_length=2000, blank=True, default="")
 
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     started_at = models.DateTimeField(null=True, blank=True)
@@ -63,6 +71,13 @@ class Job(models.Model):
     class Meta:
         ordering = ["-created_at"]
         indexes = [models.Index(fields=["owner", "-created_at"]), models.Index(fields=["status", "created_at"])]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["owner", "idempotency_key"],
+                condition=models.Q(idempotency_key__isnull=False),
+                name="one_job_per_owner_idempotency_key",
+            )
+        ]
 
     def __str__(self) -> str:
         return f"{self.id} ({self.status})"

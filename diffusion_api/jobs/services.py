@@ -1,6 +1,9 @@
 """Every write to jobs. Each state change is a guarded UPDATE: a job only moves forward."""
 
+import logging
 import secrets
+from dataclasses import dataclass, field
+from datetime import timedelta
 from uuid import UUID
 
 from django.conf import settings
@@ -11,8 +14,10 @@ from django.utils import timezone
 
 from diffusion_api.jobs import catalog
 from diffusion_api.jobs.models import Job, JobImage, JobStatus, ReviewStatus
-from diffusion_api.jobs.queue import publish_job
+from diffusion_api.jobs.queue import publish_job, queued_job_ids
 from generator.schedulers import SCHEDULERS
+
+logger = logging.getLogger(__name__)
 
 
 class JobConflict(Exception):
@@ -76,34 +81,53 @@ def job_create(
         num_images=num_images,
         progress_total=steps,
         retry_of=retry_of,
+        published_at=timezone.now(),
     )
     transaction.on_commit(lambda: publish_job(job_id=job.id))
     return job
 
 
 def job_claim(*, job_id: UUID, worker: str) -> Job | None:
-    """Move a queued job to running for this worker; None if it is not queued (a repeated delivery)."""
+    """Move a queued job to running; None if it is not queued (a repeated delivery).
+
+    `job.worker` becomes a token unique to this claim: every later write by the worker is guarded by it,
+    so a worker whose job was taken back (lease expired) cannot touch the job's next attempt.
+    """
+    now = timezone.now()
+    token = f"{worker}#{secrets.token_hex(4)}"
     claimed = Job.objects.filter(id=job_id, status=JobStatus.QUEUED).update(
         status=JobStatus.RUNNING,
-        started_at=timezone.now(),
+        started_at=now,
         attempts=F("attempts") + 1,
         progress_step=0,
-        worker=worker,
+        worker=token,
+        lease_expires_at=now + timedelta(seconds=settings.JOB_LEASE_SECONDS),
     )
     return Job.objects.get(id=job_id) if claimed else None
 
 
-def job_report_progress(*, job_id: UUID, step: int, total: int) -> bool:
+def job_renew_lease(*, job_id: UUID, worker: str) -> bool:
+    """Extend the running worker's lease; False if the job was taken back (lease expired) or ended."""
+    return bool(
+        Job.objects.filter(id=job_id, status=JobStatus.RUNNING, worker=worker).update(
+            lease_expires_at=timezone.now() + timedelta(seconds=settings.JOB_LEASE_SECONDS)
+        )
+    )
+
+
+def job_report_progress(*, job_id: UUID, worker: str, step: int, total: int) -> bool:
     """Store progress of a running job; return True when the job should stop (canceled, or no longer ours)."""
-    Job.objects.filter(id=job_id, status=JobStatus.RUNNING).update(progress_step=step, progress_total=total)
-    row = Job.objects.filter(id=job_id).values_list("status", "cancel_requested").first()
-    return row is None or row[0] != JobStatus.RUNNING or row[1]
+    Job.objects.filter(id=job_id, status=JobStatus.RUNNING, worker=worker).update(
+        progress_step=step, progress_total=total
+    )
+    row = Job.objects.filter(id=job_id).values_list("status", "worker", "cancel_requested").first()
+    return row is None or row[0] != JobStatus.RUNNING or row[1] != worker or row[2]
 
 
-def job_succeed(*, job_id: UUID, images: list[dict]) -> bool:
-    """Store the images and end the job in one transaction; False (nothing stored) if it is no longer running."""
+def job_succeed(*, job_id: UUID, worker: str, images: list[dict]) -> bool:
+    """Store the images and end the job in one transaction; False (nothing stored) if it is no longer ours."""
     with transaction.atomic():
-        ended = Job.objects.filter(id=job_id, status=JobStatus.RUNNING).update(
+        ended = Job.objects.filter(id=job_id, status=JobStatus.RUNNING, worker=worker).update(
             status=JobStatus.SUCCEEDED, finished_at=timezone.now(), progress_step=F("progress_total")
         )
         if not ended:
@@ -112,18 +136,19 @@ def job_succeed(*, job_id: UUID, images: list[dict]) -> bool:
     return True
 
 
-def job_fail(*, job_id: UUID, error: str) -> bool:
+def job_fail(*, job_id: UUID, worker: str, error: str) -> bool:
+    """The worker's attempt failed: the job ends `failed` with the message."""
     return bool(
-        Job.objects.filter(id=job_id, status__in=[JobStatus.QUEUED, JobStatus.RUNNING]).update(
+        Job.objects.filter(id=job_id, status=JobStatus.RUNNING, worker=worker).update(
             status=JobStatus.FAILED, error=error[:10_000], finished_at=timezone.now()
         )
     )
 
 
-def job_mark_canceled(*, job_id: UUID) -> bool:
+def job_mark_canceled(*, job_id: UUID, worker: str) -> bool:
     """The worker stopped a running job because cancel was asked for."""
     return bool(
-        Job.objects.filter(id=job_id, status=JobStatus.RUNNING).update(
+        Job.objects.filter(id=job_id, status=JobStatus.RUNNING, worker=worker, cancel_requested=True).update(
             status=JobStatus.CANCELED, finished_at=timezone.now()
         )
     )
@@ -168,3 +193,52 @@ def job_review(*, job: Job, reviewer, verdict: str) -> Job:
     Job.objects.filter(id=job.id).update(review_status=verdict, reviewed_by=reviewer, reviewed_at=timezone.now())
     job.refresh_from_db()
     return job
+
+
+@dataclass
+class SweepReport:
+    requeued: list[UUID] = field(default_factory=list)  # running jobs whose worker lease expired
+    failed: list[UUID] = field(default_factory=list)  # ... and had used up their attempts
+    republished: list[UUID] = field(default_factory=list)  # queued jobs with no message in the broker
+
+
+def job_sweep() -> SweepReport:
+    """Take back jobs whose worker vanished and re-publish queued jobs whose message was lost.
+
+    The database is the source of truth: a running job whose lease expired goes back to `queued`
+    (or to `failed` after JOB_MAX_ATTEMPTS), and a queued job that has waited JOB_REPUBLISH_AFTER
+    seconds since its last publish without a message in the broker is published again. A message
+    published twice is harmless: the claim is a guarded update, so the second delivery does nothing.
+    """
+    report = SweepReport()
+    now = timezone.now()
+    for job in Job.objects.filter(status=JobStatus.RUNNING, lease_expires_at__lt=now).only("id", "attempts", "worker"):
+        expired = Job.objects.filter(id=job.id, status=JobStatus.RUNNING, lease_expires_at__lt=now)
+        if job.attempts >= settings.JOB_MAX_ATTEMPTS:
+            error = (
+                f"the worker running this job was lost {job.attempts} times (last: {job.worker}); "
+                f"giving up after JOB_MAX_ATTEMPTS={settings.JOB_MAX_ATTEMPTS}"
+            )
+            if expired.update(status=JobStatus.FAILED, error=error, finished_at=now):
+                report.failed.append(job.id)
+        elif expired.update(
+            status=JobStatus.QUEUED, worker="", progress_step=0, lease_expires_at=None, published_at=now
+        ):
+            report.requeued.append(job.id)
+            publish_job(job_id=job.id)
+
+    in_broker = queued_job_ids()  # None when the broker cannot be inspected: then re-publish by age alone
+    stale = Job.objects.filter(
+        status=JobStatus.QUEUED, published_at__lt=now - timedelta(seconds=settings.JOB_REPUBLISH_AFTER)
+    ).values_list("id", flat=True)
+    for job_id in stale:
+        if in_broker is not None and str(job_id) in in_broker:
+            continue
+        if Job.objects.filter(id=job_id, status=JobStatus.QUEUED).update(published_at=now):
+            report.republished.append(job_id)
+            publish_job(job_id=job_id)
+    if report.requeued or report.failed or report.republished:
+        logger.warning(
+            "sweep: requeued %s, failed %s, republished %s", report.requeued, report.failed, report.republished
+        )
+    return report

@@ -135,6 +135,14 @@ JOB_MAX_PROMPT_CHARS = env_int("JOB_MAX_PROMPT_CHARS", 500)
 JOB_MAX_GUIDANCE = env_float("JOB_MAX_GUIDANCE", 30.0)
 JOB_PROGRESS_INTERVAL = env_float("JOB_PROGRESS_INTERVAL", 0.25)  # seconds between progress writes
 
+# --- Crash safety: a worker renews its lease on a running job; the sweeper takes back expired ones.
+JOB_LEASE_SECONDS = env_int("JOB_LEASE_SECONDS", 60)
+JOB_MAX_ATTEMPTS = env_int("JOB_MAX_ATTEMPTS", 3)  # a job that loses its worker this often ends `failed`
+JOB_REPUBLISH_AFTER = env_int("JOB_REPUBLISH_AFTER", 120)  # seconds a queued job may lack a broker message
+SWEEP_INTERVAL = env_float("SWEEP_INTERVAL", 15)
+# Fault injection for the reliability tests only: a job with exactly this prompt SIGKILLs its worker.
+FAULT_KILL_WORKER_ON_PROMPT = os.environ.get("FAULT_KILL_WORKER_ON_PROMPT", "")
+
 # --- Celery: broker, delivery guarantees and time limits, all in one block.
 REDIS_URL = os.environ.get("REDIS_URL", "")
 CELERY_BROKER_URL = REDIS_URL or "filesystem://"

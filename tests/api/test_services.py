@@ -42,16 +42,18 @@ def test_claim_is_guarded(alice, published):
     job = services.job_create(owner=alice, prompt="x")
     claimed = services.job_claim(job_id=job.id, worker="w1")
     assert claimed.status == JobStatus.RUNNING and claimed.attempts == 1 and claimed.started_at
+    assert claimed.worker.startswith("w1#") and claimed.lease_expires_at > claimed.started_at
     assert services.job_claim(job_id=job.id, worker="w2") is None  # a second delivery does nothing
-    assert Job.objects.get(id=job.id).worker == "w1"
+    assert Job.objects.get(id=job.id).worker == claimed.worker
 
 
 def test_succeed_stores_images_and_ends_the_job_once(alice, published):
     job = services.job_create(owner=alice, prompt="x", num_images=2)
-    services.job_claim(job_id=job.id, worker="w")
+    token = services.job_claim(job_id=job.id, worker="w").worker
     images = [{"index": i, "seed": job.seed + i, "width": 32, "height": 32, "png": b"png%d" % i} for i in range(2)]
-    assert services.job_succeed(job_id=job.id, images=images)
-    assert not services.job_succeed(job_id=job.id, images=images)  # already ended: nothing stored again
+    assert not services.job_succeed(job_id=job.id, worker="w#other-claim", images=images)  # not this claim's
+    assert services.job_succeed(job_id=job.id, worker=token, images=images)
+    assert not services.job_succeed(job_id=job.id, worker=token, images=images)  # already ended: nothing stored
     job.refresh_from_db()
     assert job.status == JobStatus.SUCCEEDED and job.finished_at and job.percent == 100.0
     assert JobImage.objects.filter(job=job).count() == 2
@@ -63,12 +65,12 @@ def test_cancel_queued_at_once_running_at_next_step(alice, published):
     assert services.job_claim(job_id=queued.id, worker="w") is None  # its message arrives later: skipped
 
     running = services.job_create(owner=alice, prompt="y")
-    services.job_claim(job_id=running.id, worker="w")
-    assert not services.job_report_progress(job_id=running.id, step=1, total=30)
+    token = services.job_claim(job_id=running.id, worker="w").worker
+    assert not services.job_report_progress(job_id=running.id, worker=token, step=1, total=30)
     job = services.job_cancel(job=running)
     assert job.status == JobStatus.RUNNING and job.cancel_requested
-    assert services.job_report_progress(job_id=running.id, step=2, total=30)  # the worker is told to stop
-    assert services.job_mark_canceled(job_id=running.id)
+    assert services.job_report_progress(job_id=running.id, worker=token, step=2, total=30)  # told to stop
+    assert services.job_mark_canceled(job_id=running.id, worker=token)
     running.refresh_from_db()
     assert running.status == JobStatus.CANCELED and running.progress_step == 2
 
@@ -78,9 +80,9 @@ def test_cancel_queued_at_once_running_at_next_step(alice, published):
 
 def test_fail_records_the_message_and_only_moves_forward(alice, published):
     job = services.job_create(owner=alice, prompt="x")
-    services.job_claim(job_id=job.id, worker="w")
-    assert services.job_fail(job_id=job.id, error="boom")
-    assert not services.job_fail(job_id=job.id, error="again")
+    token = services.job_claim(job_id=job.id, worker="w").worker
+    assert services.job_fail(job_id=job.id, worker=token, error="boom")
+    assert not services.job_fail(job_id=job.id, worker=token, error="again")
     job.refresh_from_db()
     assert (job.status, job.error) == (JobStatus.FAILED, "boom")
 

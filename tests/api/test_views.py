@@ -20,12 +20,12 @@ def png(width=32, height=32) -> bytes:
 
 
 def finish(job: Job) -> None:
-    services.job_claim(job_id=job.id, worker="w")
+    token = services.job_claim(job_id=job.id, worker="w").worker
     images = [
         {"index": i, "seed": job.seed + i, "width": job.width, "height": job.height, "png": png()}
         for i in range(job.num_images)
     ]
-    services.job_succeed(job_id=job.id, images=images)
+    services.job_succeed(job_id=job.id, worker=token, images=images)
 
 
 def test_token_endpoint(alice):

@@ -46,11 +46,11 @@ def test_cancel_between_steps(user, published, monkeypatch, settings):
     steps_seen = []
     real_report = services.job_report_progress
 
-    def report_and_cancel_at_three(*, job_id, step, total):
+    def report_and_cancel_at_three(*, job_id, worker, step, total):
         steps_seen.append(step)
         if step == 3:
             services.job_cancel(job=Job.objects.get(id=job_id))
-        return real_report(job_id=job_id, step=step, total=total)
+        return real_report(job_id=job_id, worker=worker, step=step, total=total)
 
     monkeypatch.setattr(services, "job_report_progress", report_and_cancel_at_three)
     assert tasks.run_job(str(job.id)) == "canceled"
