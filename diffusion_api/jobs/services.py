@@ -7,6 +7,7 @@ from datetime import timedelta
 from uuid import UUID
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.db.models import F
@@ -24,6 +25,63 @@ class JobConflict(Exception):
     """The job's state does not allow the operation (e.g. cancel a finished job)."""
 
 
+class IdempotencyMismatch(Exception):
+    """An Idempotency-Key was used before with a different request body."""
+
+
+class CapacityExceeded(Exception):
+    """Too many active jobs for this user, or a full queue: try again after `retry_after` seconds."""
+
+    def __init__(self, detail: str, *, retry_after: int, whole_service: bool):
+        super().__init__(detail)
+        self.retry_after = retry_after
+        self.whole_service = whole_service  # True: the service is full (503); False: this user is (429)
+
+
+@dataclass
+class Submission:
+    job: Job
+    replayed: bool  # True: an earlier request with the same Idempotency-Key made this job
+
+
+def job_submit(*, owner, idempotency_key: str | None = None, request_fingerprint: str = "", **params) -> Submission:
+    """Create a job for an API client: idempotent per key, within the per-user and queue-depth limits."""
+    with transaction.atomic():
+        # One user's submissions run one at a time, so the active-job count and the key check cannot race.
+        get_user_model().objects.select_for_update().filter(pk=owner.pk).first()
+        if idempotency_key:
+            existing = Job.objects.filter(owner=owner, idempotency_key=idempotency_key).first()
+            if existing is not None:
+                if existing.request_fingerprint != request_fingerprint:
+                    raise IdempotencyMismatch(
+                        "this Idempotency-Key was used with a different request body; use a new key"
+                    )
+                return Submission(job=existing, replayed=True)
+        _check_capacity(owner)
+        job = job_create(
+            owner=owner, idempotency_key=idempotency_key, request_fingerprint=request_fingerprint, **params
+        )
+    return Submission(job=job, replayed=False)
+
+
+def _check_capacity(owner) -> None:
+    active = Job.objects.filter(owner=owner, status__in=[JobStatus.QUEUED, JobStatus.RUNNING]).count()
+    if active >= settings.JOB_MAX_ACTIVE_PER_USER:
+        raise CapacityExceeded(
+            f"you have {active} unfinished jobs; at most {settings.JOB_MAX_ACTIVE_PER_USER} may be queued or "
+            "running at once",
+            retry_after=settings.JOB_RETRY_AFTER,
+            whole_service=False,
+        )
+    depth = Job.objects.filter(status=JobStatus.QUEUED).count()
+    if depth >= settings.JOB_MAX_QUEUE_DEPTH:
+        raise CapacityExceeded(
+            f"the queue is full ({depth} jobs waiting); try again later",
+            retry_after=settings.JOB_RETRY_AFTER,
+            whole_service=True,
+        )
+
+
 def job_create(
     *,
     owner,
@@ -38,6 +96,9 @@ def job_create(
     num_images: int = 1,
     model: str | None = None,
     retry_of: Job | None = None,
+    idempotency_key: str | None = None,
+    request_fingerprint: str = "",
+    webhook_url: str = "",
 ) -> Job:
     """Resolve defaults, check the limits, store the job and queue it once the transaction commits."""
     model = model or settings.DEFAULT_MODEL
@@ -82,6 +143,9 @@ def job_create(
         progress_total=steps,
         retry_of=retry_of,
         published_at=timezone.now(),
+        idempotency_key=idempotency_key,
+        request_fingerprint=request_fingerprint,
+        webhook_url=webhook_url,
     )
     transaction.on_commit(lambda: publish_job(job_id=job.id))
     return job

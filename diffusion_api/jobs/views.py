@@ -1,16 +1,22 @@
 """Thin views: parse, call a service or selector, shape the answer."""
 
+import hashlib
+import json
+
 from django.conf import settings
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import connection
 from django.http import Http404, HttpResponse
 from django.utils import timezone
 from rest_framework import status
+from rest_framework.authtoken.views import ObtainAuthToken
 from rest_framework.exceptions import ValidationError
 from rest_framework.pagination import PageNumberPagination
 from rest_framework.permissions import AllowAny
+from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 from rest_framework.reverse import reverse
+from rest_framework.throttling import ScopedRateThrottle
 from rest_framework.views import APIView
 
 from diffusion_api.celery import app as celery_app
@@ -33,6 +39,8 @@ def _detail(request, job, code=status.HTTP_200_OK, headers=None) -> Response:
 
 
 class JobListCreateView(APIView):
+    throttle_scope = "job_create"
+
     def get(self, request):
         wanted = request.query_params.get("status")
         if wanted is not None and wanted not in JobStatus.values:
@@ -47,12 +55,36 @@ class JobListCreateView(APIView):
     def post(self, request):
         serializer = JobCreateSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
+        key = request.headers.get("Idempotency-Key")
+        if key is not None and not 1 <= len(key) <= 255:
+            raise ValidationError({"Idempotency-Key": ["must be 1 to 255 characters."]})
         try:
-            job = services.job_create(owner=request.user, **serializer.validated_data)
+            submission = services.job_submit(
+                owner=request.user,
+                idempotency_key=key,
+                request_fingerprint=_fingerprint(request.data),
+                **serializer.validated_data,
+            )
         except DjangoValidationError as error:
             raise ValidationError(error.message_dict) from error
-        url = reverse("jobs:detail", kwargs={"job_id": job.id}, request=request)
-        return _detail(request, job, code=status.HTTP_202_ACCEPTED, headers={"Location": url})
+        except services.IdempotencyMismatch as error:
+            return Response({"detail": str(error)}, status=status.HTTP_422_UNPROCESSABLE_ENTITY)
+        except services.CapacityExceeded as error:
+            code = status.HTTP_503_SERVICE_UNAVAILABLE if error.whole_service else status.HTTP_429_TOO_MANY_REQUESTS
+            return Response({"detail": str(error)}, status=code, headers={"Retry-After": str(error.retry_after)})
+        job = submission.job
+        headers = {"Location": reverse("jobs:detail", kwargs={"job_id": job.id}, request=request)}
+        if submission.replayed:
+            headers["Idempotent-Replayed"] = "true"
+        return _detail(request, job, code=status.HTTP_202_ACCEPTED, headers=headers)
+
+    def get_throttles(self):
+        return [ScopedRateThrottle()] if self.request.method == "POST" else []
+
+
+def _fingerprint(data) -> str:
+    """The same JSON body, whatever its key order or spacing, gives the same fingerprint."""
+    return hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 class JobDetailView(APIView):
@@ -160,3 +192,11 @@ def _check_workers() -> dict:
     horizon = timezone.now() - timezone.timedelta(seconds=3 * settings.WORKER_HEARTBEAT_SECONDS)
     alive = list(WorkerHeartbeat.objects.filter(last_seen__gte=horizon).values("hostname", "last_seen", "models"))
     return {"ok": bool(alive), "alive": len(alive), "workers": alive}
+
+
+class TokenView(ObtainAuthToken):
+    """username + password → token; throttled per client address against password guessing."""
+
+    renderer_classes = [JSONRenderer]
+    throttle_classes = [ScopedRateThrottle]
+    throttle_scope = "token"

@@ -49,6 +49,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "diffusion_api.jobs.middleware.BodySizeLimitMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -103,6 +104,16 @@ REST_FRAMEWORK = {
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
     "PAGE_SIZE": 20,
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
+    "DEFAULT_THROTTLE_RATES": {
+        "job_create": os.environ.get("JOB_CREATE_RATE", "60/min"),
+        "token": os.environ.get("TOKEN_RATE", "30/min"),
+    },
+}
+# Throttle counters must be shared by every API process: Redis when there is one.
+CACHES = {
+    "default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": os.environ["REDIS_URL"]}
+    if os.environ.get("REDIS_URL")
+    else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
 }
 
 LOGGING = {
@@ -133,6 +144,11 @@ JOB_MAX_STEPS = env_int("JOB_MAX_STEPS", 150)
 JOB_MAX_IMAGES = env_int("JOB_MAX_IMAGES", 4)
 JOB_MAX_PROMPT_CHARS = env_int("JOB_MAX_PROMPT_CHARS", 500)
 JOB_MAX_GUIDANCE = env_float("JOB_MAX_GUIDANCE", 30.0)
+JOB_MAX_BODY_BYTES = env_int("JOB_MAX_BODY_BYTES", 16 * 1024)  # an API request body larger than this is a 413
+JOB_MAX_ACTIVE_PER_USER = env_int("JOB_MAX_ACTIVE_PER_USER", 10)  # queued + running; more is a 429
+JOB_MAX_QUEUE_DEPTH = env_int("JOB_MAX_QUEUE_DEPTH", 1000)  # queued jobs of all users; more is a 503
+JOB_RETRY_AFTER = env_int("JOB_RETRY_AFTER", 30)  # seconds, in Retry-After of those answers
+# Throttles (JOB_CREATE_RATE per user on POST jobs/, TOKEN_RATE per client on POST auth/token/): REST_FRAMEWORK.
 JOB_PROGRESS_INTERVAL = env_float("JOB_PROGRESS_INTERVAL", 0.25)  # seconds between progress writes
 
 # --- Crash safety: a worker renews its lease on a running job; the sweeper takes back expired ones.
