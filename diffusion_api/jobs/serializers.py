@@ -4,10 +4,11 @@ import base64
 import math
 
 from django.conf import settings
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 from rest_framework.reverse import reverse
 
-from diffusion_api.jobs.models import Job, JobStatus
+from diffusion_api.jobs.models import Job, JobImage, JobStatus
 from generator.limits import MAX_SEED
 from generator.schedulers import SCHEDULERS
 
@@ -91,11 +92,65 @@ class JobCreateSerializer(serializers.Serializer):
         return value
 
 
+class ProgressSerializer(serializers.Serializer):
+    step = serializers.IntegerField(source="progress_step")
+    total = serializers.IntegerField(source="progress_total")
+    percent = serializers.FloatField()
+
+
+class ParametersSerializer(serializers.ModelSerializer):
+    """The request as resolved: defaults filled in, the seed drawn."""
+
+    class Meta:
+        model = Job
+        fields = [
+            "prompt",
+            "negative_prompt",
+            "width",
+            "height",
+            "steps",
+            "guidance_scale",
+            "scheduler",
+            "seed",
+            "num_images",
+            "model",
+        ]
+
+
+class TimingsSerializer(serializers.ModelSerializer):
+    run_seconds = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Job
+        fields = ["created_at", "started_at", "finished_at", "run_seconds"]
+
+    def get_run_seconds(self, job: Job) -> float | None:
+        if job.started_at and job.finished_at:
+            return round((job.finished_at - job.started_at).total_seconds(), 3)
+        return None
+
+
+class ImageSerializer(serializers.ModelSerializer):
+    url = serializers.SerializerMethodField()
+    png_base64 = serializers.SerializerMethodField()
+
+    class Meta:
+        model = JobImage
+        fields = ["index", "seed", "width", "height", "url", "png_base64"]
+
+    def get_url(self, image: JobImage) -> str:
+        kwargs = {"job_id": image.job_id, "index": image.index}
+        return reverse("jobs:image", kwargs=kwargs, request=self.context.get("request"))
+
+    def get_png_base64(self, image: JobImage) -> str:
+        return base64.b64encode(bytes(image.png)).decode("ascii")
+
+
 class JobSummarySerializer(serializers.ModelSerializer):
     """A job in a list: no image data."""
 
     url = serializers.SerializerMethodField()
-    progress = serializers.SerializerMethodField()
+    progress = ProgressSerializer(source="*", read_only=True)
 
     class Meta:
         model = Job
@@ -116,17 +171,14 @@ class JobSummarySerializer(serializers.ModelSerializer):
     def get_url(self, job: Job) -> str:
         return reverse("jobs:detail", kwargs={"job_id": job.id}, request=self.context.get("request"))
 
-    def get_progress(self, job: Job) -> dict:
-        return {"step": job.progress_step, "total": job.progress_total, "percent": job.percent}
-
 
 class JobDetailSerializer(JobSummarySerializer):
     """A job with its resolved parameters and, when it succeeded, its images as base64 PNG."""
 
-    queue_position = serializers.SerializerMethodField()
-    parameters = serializers.SerializerMethodField()
-    timings = serializers.SerializerMethodField()
-    images = serializers.SerializerMethodField()
+    queue_position = serializers.SerializerMethodField(help_text="1 = next to run; null unless queued")
+    parameters = ParametersSerializer(source="*", read_only=True)
+    timings = TimingsSerializer(source="*", read_only=True)
+    images = serializers.SerializerMethodField(help_text="null until the job has succeeded")
 
     class Meta:
         model = Job
@@ -147,43 +199,8 @@ class JobDetailSerializer(JobSummarySerializer):
     def get_queue_position(self, job: Job) -> int | None:
         return self.context.get("queue_position")
 
-    def get_parameters(self, job: Job) -> dict:
-        return {
-            "prompt": job.prompt,
-            "negative_prompt": job.negative_prompt,
-            "width": job.width,
-            "height": job.height,
-            "steps": job.steps,
-            "guidance_scale": job.guidance_scale,
-            "scheduler": job.scheduler,
-            "seed": job.seed,
-            "num_images": job.num_images,
-            "model": job.model,
-        }
-
-    def get_timings(self, job: Job) -> dict:
-        run_seconds = None
-        if job.started_at and job.finished_at:
-            run_seconds = round((job.finished_at - job.started_at).total_seconds(), 3)
-        return {
-            "created_at": job.created_at,
-            "started_at": job.started_at,
-            "finished_at": job.finished_at,
-            "run_seconds": run_seconds,
-        }
-
+    @extend_schema_field(ImageSerializer(many=True, allow_null=True))
     def get_images(self, job: Job) -> list[dict] | None:
         if job.status != JobStatus.SUCCEEDED:
             return None
-        request = self.context.get("request")
-        return [
-            {
-                "index": image.index,
-                "seed": image.seed,
-                "width": image.width,
-                "height": image.height,
-                "url": reverse("jobs:image", kwargs={"job_id": job.id, "index": image.index}, request=request),
-                "png_base64": base64.b64encode(bytes(image.png)).decode("ascii"),
-            }
-            for image in job.images.order_by("index")
-        ]
+        return ImageSerializer(job.images.order_by("index"), many=True, context=self.context).data

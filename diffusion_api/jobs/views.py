@@ -8,7 +8,9 @@ from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import connection
 from django.http import Http404, HttpResponse
 from django.utils import timezone
-from rest_framework import status
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view, inline_serializer
+from rest_framework import serializers, status
 from rest_framework.authtoken.views import ObtainAuthToken
 from rest_framework.exceptions import ValidationError
 from rest_framework.pagination import PageNumberPagination
@@ -20,7 +22,7 @@ from rest_framework.throttling import ScopedRateThrottle
 from rest_framework.views import APIView
 
 from diffusion_api.celery import app as celery_app
-from diffusion_api.jobs import catalog, selectors, services
+from diffusion_api.jobs import catalog, schema, selectors, services
 from diffusion_api.jobs.models import JobStatus, WorkerHeartbeat
 from diffusion_api.jobs.serializers import JobCreateSerializer, JobDetailSerializer, JobSummarySerializer
 from generator.schedulers import SCHEDULERS
@@ -41,6 +43,20 @@ def _detail(request, job, code=status.HTTP_200_OK, headers=None) -> Response:
 class JobListCreateView(APIView):
     throttle_scope = "job_create"
 
+    @extend_schema(
+        summary="Your jobs, newest first, without image data",
+        operation_id="v1_jobs_list",
+        parameters=[
+            OpenApiParameter("status", str, enum=JobStatus.values, required=False),
+            OpenApiParameter("page", int, required=False),
+        ],
+        responses={
+            200: schema.paginated("PaginatedJobList", JobSummarySerializer(many=True)),
+            400: schema.BAD_REQUEST,
+            401: schema.detail("no token"),
+            404: schema.detail("no such page"),
+        },
+    )
     def get(self, request):
         wanted = request.query_params.get("status")
         if wanted is not None and wanted not in JobStatus.values:
@@ -52,6 +68,21 @@ class JobListCreateView(APIView):
             JobSummarySerializer(page, many=True, context={"request": request}).data
         )
 
+    @extend_schema(
+        summary="Create a job; it is queued once stored",
+        request=JobCreateSerializer,
+        parameters=[schema.IDEMPOTENCY_KEY],
+        examples=[schema.CREATE_EXAMPLE],
+        responses={
+            202: JobDetailSerializer,
+            400: schema.BAD_REQUEST,
+            401: schema.detail("no token"),
+            413: schema.detail("request body too large"),
+            422: schema.detail("Idempotency-Key reused with another body"),
+            429: schema.detail("too many unfinished jobs, or created too fast; see Retry-After"),
+            503: schema.detail("the queue is full; see Retry-After"),
+        },
+    )
     def post(self, request):
         serializer = JobCreateSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
@@ -88,11 +119,26 @@ def _fingerprint(data) -> str:
 
 
 class JobDetailView(APIView):
+    @extend_schema(
+        summary="A job: status, progress, queue position, parameters, timings, images when done",
+        examples=[schema.DETAIL_EXAMPLE],
+        responses={200: JobDetailSerializer, 401: schema.detail("no token"), 404: schema.detail("no such job")},
+    )
     def get(self, request, job_id):
         return _detail(request, _get_job_or_404(request, job_id))
 
 
 class JobCancelView(APIView):
+    @extend_schema(
+        summary="Cancel: a queued job ends at once, a running one at its next step",
+        request=None,
+        responses={
+            202: JobDetailSerializer,
+            401: schema.detail("no token"),
+            404: schema.detail("no such job"),
+            409: schema.detail("the job has already ended"),
+        },
+    )
     def post(self, request, job_id):
         job = _get_job_or_404(request, job_id)
         try:
@@ -103,6 +149,15 @@ class JobCancelView(APIView):
 
 
 class JobImageView(APIView):
+    @extend_schema(
+        summary="One image of a succeeded job, as PNG",
+        operation_id="v1_jobs_image_retrieve",
+        responses={
+            (200, "image/png"): OpenApiTypes.BINARY,
+            401: schema.detail("no token"),
+            404: schema.detail("no such job or image"),
+        },
+    )
     def get(self, request, job_id, index):
         job = _get_job_or_404(request, job_id)
         image = selectors.job_image(job=job, index=index) if job.status == JobStatus.SUCCEEDED else None
@@ -114,6 +169,10 @@ class JobImageView(APIView):
 
 
 class ModelsView(APIView):
+    @extend_schema(
+        summary="Models, their defaults, and the request limits",
+        responses={200: schema.ModelsAnswer, 401: schema.detail("no token")},
+    )
     def get(self, request):
         models = []
         for name in catalog.model_names():
@@ -144,6 +203,10 @@ class ModelsView(APIView):
 
 
 class SchedulersView(APIView):
+    @extend_schema(
+        summary="Scheduler names and their diffusers classes",
+        responses={200: schema.SchedulersAnswer, 401: schema.detail("no token")},
+    )
     def get(self, request):
         return Response(
             {
@@ -160,6 +223,11 @@ class HealthView(APIView):
     authentication_classes = []
     permission_classes = [AllowAny]
 
+    @extend_schema(
+        summary="Database, broker and workers, each on its own",
+        auth=[],
+        responses={200: schema.HealthAnswer, 503: schema.HealthAnswer},
+    )
     def get(self, request):
         checks = {"database": _check_database(), "broker": _check_broker()}
         checks["workers"] = _check_workers() if checks["database"]["ok"] else {"ok": False, "detail": "database down"}
@@ -194,6 +262,17 @@ def _check_workers() -> dict:
     return {"ok": bool(alive), "alive": len(alive), "workers": alive}
 
 
+@extend_schema_view(
+    post=extend_schema(
+        summary="username + password → token",
+        auth=[],
+        responses={
+            200: inline_serializer("Token", {"token": serializers.CharField()}),
+            400: schema.BAD_REQUEST,
+            429: schema.detail("too many attempts; see Retry-After"),
+        },
+    )
+)
 class TokenView(ObtainAuthToken):
     """username + password → token; throttled per client address against password guessing."""
 

@@ -1,0 +1,169 @@
+"""OpenAPI shapes of the answers that have no model serializer, and request/response examples."""
+
+from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse, inline_serializer
+from rest_framework import serializers
+
+Detail = inline_serializer("Detail", {"detail": serializers.CharField()})
+FieldErrors = inline_serializer(
+    "FieldErrors", {"field": serializers.ListField(child=serializers.CharField(), required=False)}
+)
+
+
+def detail(description: str) -> OpenApiResponse:
+    return OpenApiResponse(Detail, description=description)
+
+
+BAD_REQUEST = OpenApiResponse(
+    FieldErrors,
+    description="bad input: one list of messages per field, each naming the allowed values",
+    examples=[
+        OpenApiExample("out of range", value={"steps": ["must be from 1 to 150."]}, response_only=True),
+        OpenApiExample(
+            "unknown field", value={"colour": ["unknown field; allowed fields: prompt, …"]}, response_only=True
+        ),
+    ],
+)
+RETRY_AFTER = OpenApiParameter(
+    "Retry-After", int, OpenApiParameter.HEADER, response=True, description="seconds to wait before trying again"
+)
+IDEMPOTENCY_KEY = OpenApiParameter(
+    "Idempotency-Key",
+    str,
+    OpenApiParameter.HEADER,
+    required=False,
+    description="a retry with the same key and body returns the same job; the same key with another body is 422",
+)
+CREATE_EXAMPLE = OpenApiExample(
+    "a job",
+    value={
+        "prompt": "a small red circle in the top left on a white background",
+        "negative_prompt": "blurry",
+        "steps": 20,
+        "guidance_scale": 7.5,
+        "scheduler": "euler_a",
+        "seed": 42,
+        "num_images": 2,
+    },
+    request_only=True,
+)
+DETAIL_EXAMPLE = OpenApiExample(
+    "succeeded",
+    response_only=True,
+    value={
+        "id": "0b52cf7a-cc61-418b-86ab-8421bbea6e0f",
+        "url": "http://localhost:8000/api/v1/jobs/0b52cf7a-cc61-418b-86ab-8421bbea6e0f/",
+        "status": "succeeded",
+        "progress": {"step": 20, "total": 20, "percent": 100.0},
+        "queue_position": None,
+        "parameters": {
+            "prompt": "a small red circle in the top left on a white background",
+            "negative_prompt": "blurry",
+            "width": 64,
+            "height": 64,
+            "steps": 20,
+            "guidance_scale": 7.5,
+            "scheduler": "euler_a",
+            "seed": 42,
+            "num_images": 1,
+            "model": "tiny",
+        },
+        "timings": {
+            "created_at": "2026-11-22T03:00:02Z",
+            "started_at": "2026-11-22T03:00:03Z",
+            "finished_at": "2026-11-22T03:00:05Z",
+            "run_seconds": 2.1,
+        },
+        "error": "",
+        "attempts": 1,
+        "cancel_requested": False,
+        "images": [
+            {
+                "index": 0,
+                "seed": 42,
+                "width": 64,
+                "height": 64,
+                "url": "http://localhost:8000/api/v1/jobs/0b52cf7a-cc61-418b-86ab-8421bbea6e0f/images/0.png",
+                "png_base64": "iVBORw0KGgoAAAANSUhEUgAA…",
+            }
+        ],
+    },
+)
+
+ModelsAnswer = inline_serializer(
+    "Models",
+    {
+        "models": inline_serializer(
+            "Model",
+            {
+                "name": serializers.CharField(),
+                "ready": serializers.BooleanField(),
+                "detail": serializers.CharField(required=False),
+                "default": serializers.BooleanField(required=False),
+                "defaults": inline_serializer(
+                    "ModelDefaults",
+                    {
+                        "width": serializers.IntegerField(),
+                        "height": serializers.IntegerField(),
+                        "steps": serializers.IntegerField(),
+                        "guidance_scale": serializers.FloatField(),
+                        "scheduler": serializers.CharField(),
+                    },
+                    required=False,
+                ),
+                "size_multiple_of": serializers.IntegerField(required=False),
+                "max_prompt_tokens": serializers.IntegerField(required=False),
+            },
+            many=True,
+        ),
+        "limits": inline_serializer(
+            "Limits",
+            {
+                "max_pixels": serializers.IntegerField(),
+                "max_side": serializers.IntegerField(),
+                "max_steps": serializers.IntegerField(),
+                "max_images": serializers.IntegerField(),
+                "max_prompt_chars": serializers.IntegerField(),
+                "max_guidance_scale": serializers.FloatField(),
+            },
+        ),
+    },
+)
+SchedulersAnswer = inline_serializer(
+    "Schedulers",
+    {
+        "schedulers": inline_serializer(
+            "Scheduler",
+            {"name": serializers.CharField(), "class": serializers.CharField(), "settings": serializers.DictField()},
+            many=True,
+        )
+    },
+)
+_check = {"ok": serializers.BooleanField(), "detail": serializers.CharField(required=False)}
+HealthAnswer = inline_serializer(
+    "Health",
+    {
+        "status": serializers.ChoiceField(["ok", "degraded", "down"]),
+        "database": inline_serializer("DatabaseCheck", _check),
+        "broker": inline_serializer("BrokerCheck", {**_check, "transport": serializers.CharField(required=False)}),
+        "workers": inline_serializer(
+            "WorkersCheck",
+            {
+                **_check,
+                "alive": serializers.IntegerField(required=False),
+                "workers": serializers.ListField(child=serializers.DictField(), required=False),
+            },
+        ),
+    },
+)
+
+
+def paginated(name: str, item) -> serializers.Serializer:
+    return inline_serializer(
+        name,
+        {
+            "count": serializers.IntegerField(),
+            "next": serializers.URLField(allow_null=True),
+            "previous": serializers.URLField(allow_null=True),
+            "results": item,
+        },
+    )
