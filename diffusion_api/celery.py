@@ -10,3 +10,5 @@ app = Celery("diffusion_api", include=["worker.tasks"])
 app.config_from_object("django.conf:settings", namespace="CELERY")
 
 RUN_JOB_TASK = "worker.tasks.run_job"
+DELIVER_WEBHOOK_TASK = "worker.tasks.deliver_webhook"
+WEBHOOK_QUEUE = "webhooks"  # apart from "jobs", so a delivery never waits behind the GPU queue's backlog

@@ -11,9 +11,10 @@ from django.conf import settings
 from django.db import connection
 from django.utils import timezone
 
-from diffusion_api.celery import RUN_JOB_TASK, app
-from diffusion_api.jobs import services
+from diffusion_api.celery import DELIVER_WEBHOOK_TASK, RUN_JOB_TASK, app
+from diffusion_api.jobs import services, webhooks
 from diffusion_api.jobs.models import WorkerHeartbeat
+from diffusion_api.jobs.queue import publish_webhook
 from worker import runner
 
 logger = logging.getLogger(__name__)
@@ -47,6 +48,16 @@ def run_job(job_id: str) -> str:
         return "failed"
     logger.info("job %s %s", job_id, outcome)
     return outcome
+
+
+@app.task(name=DELIVER_WEBHOOK_TASK)
+def deliver_webhook(delivery_id: int) -> str:
+    """One try; a retryable failure is published again with a backoff countdown."""
+    delay = webhooks.attempt_delivery(delivery_id)
+    if delay is None:
+        return "settled"
+    publish_webhook(delivery_id=delivery_id, countdown=delay)
+    return f"retry in {delay:.0f}s"
 
 
 _stop_heartbeat = threading.Event()

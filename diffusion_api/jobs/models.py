@@ -116,3 +116,25 @@ class WorkerHeartbeat(models.Model):
     pid = models.PositiveIntegerField()
     last_seen = models.DateTimeField()
     models = models.JSONField(default=list)  # the models this worker serves
+
+
+class WebhookStatus(models.TextChoices):
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+
+
+class WebhookDelivery(models.Model):
+    """The POST of a job's final state to its webhook_url; one per job, retried with backoff."""
+
+    job = models.OneToOneField(Job, on_delete=models.CASCADE, related_name="webhook_delivery")
+    url = models.URLField(max_length=2000)
+    status = models.CharField(max_length=16, choices=WebhookStatus.choices, default=WebhookStatus.PENDING)
+    attempts = models.PositiveIntegerField(default=0)
+    last_status_code = models.PositiveIntegerField(null=True, blank=True)
+    last_error = models.TextField(blank=True, default="")
+    created_at = models.DateTimeField(auto_now_add=True)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"webhook for {self.job_id} ({self.status})"

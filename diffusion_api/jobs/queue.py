@@ -7,7 +7,7 @@ from uuid import UUID
 
 from django.conf import settings
 
-from diffusion_api.celery import RUN_JOB_TASK, app
+from diffusion_api.celery import DELIVER_WEBHOOK_TASK, RUN_JOB_TASK, WEBHOOK_QUEUE, app
 
 logger = logging.getLogger(__name__)
 
@@ -18,6 +18,15 @@ def publish_job(*, job_id: UUID) -> bool:
         app.send_task(RUN_JOB_TASK, args=[str(job_id)])
     except Exception:  # the broker may be down; the job row is the source of truth
         logger.exception("could not publish job %s", job_id)
+        return False
+    return True
+
+
+def publish_webhook(*, delivery_id: int, countdown: float | None = None) -> bool:
+    try:
+        app.send_task(DELIVER_WEBHOOK_TASK, args=[delivery_id], queue=WEBHOOK_QUEUE, countdown=countdown)
+    except Exception:
+        logger.exception("could not publish webhook delivery %s", delivery_id)
         return False
     return True
 

@@ -9,6 +9,7 @@ from rest_framework import serializers
 from rest_framework.reverse import reverse
 
 from diffusion_api.jobs.models import Job, JobImage, JobStatus
+from diffusion_api.jobs.webhooks import WebhookRefused, check_webhook_url
 from generator.limits import MAX_SEED
 from generator.schedulers import SCHEDULERS
 
@@ -56,6 +57,7 @@ class JobCreateSerializer(serializers.Serializer):
     scheduler = StrictCharField(required=False)
     seed = StrictIntegerField(required=False, **_range(0, MAX_SEED))
     model = StrictCharField(required=False)
+    webhook_url = StrictCharField(required=False, max_length=2000, help_text="POSTed the job's final state")
 
     def get_fields(self):
         # Limits are settings: read them when a serializer is made, not when the module is imported.
@@ -84,6 +86,13 @@ class JobCreateSerializer(serializers.Serializer):
     def validate_scheduler(self, value: str) -> str:
         if value not in SCHEDULERS:
             raise serializers.ValidationError(f"unknown scheduler {value!r}; known: {', '.join(SCHEDULERS)}.")
+        return value
+
+    def validate_webhook_url(self, value: str) -> str:
+        try:
+            check_webhook_url(value)
+        except WebhookRefused as error:
+            raise serializers.ValidationError(str(error)) from error
         return value
 
     def validate_model(self, value: str) -> str:

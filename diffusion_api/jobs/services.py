@@ -14,8 +14,8 @@ from django.db.models import F
 from django.utils import timezone
 
 from diffusion_api.jobs import catalog
-from diffusion_api.jobs.models import Job, JobImage, JobStatus, ReviewStatus
-from diffusion_api.jobs.queue import publish_job, queued_job_ids
+from diffusion_api.jobs.models import Job, JobImage, JobStatus, ReviewStatus, WebhookDelivery
+from diffusion_api.jobs.queue import publish_job, publish_webhook, queued_job_ids
 from generator.schedulers import SCHEDULERS
 
 logger = logging.getLogger(__name__)
@@ -197,25 +197,24 @@ def job_succeed(*, job_id: UUID, worker: str, images: list[dict]) -> bool:
         if not ended:
             return False
         JobImage.objects.bulk_create(JobImage(job_id=job_id, **image) for image in images)
+        _job_ended(job_id)
     return True
 
 
 def job_fail(*, job_id: UUID, worker: str, error: str) -> bool:
     """The worker's attempt failed: the job ends `failed` with the message."""
-    return bool(
-        Job.objects.filter(id=job_id, status=JobStatus.RUNNING, worker=worker).update(
-            status=JobStatus.FAILED, error=error[:10_000], finished_at=timezone.now()
-        )
+    failed = Job.objects.filter(id=job_id, status=JobStatus.RUNNING, worker=worker).update(
+        status=JobStatus.FAILED, error=error[:10_000], finished_at=timezone.now()
     )
+    return _job_ended(job_id) if failed else False
 
 
 def job_mark_canceled(*, job_id: UUID, worker: str) -> bool:
     """The worker stopped a running job because cancel was asked for."""
-    return bool(
-        Job.objects.filter(id=job_id, status=JobStatus.RUNNING, worker=worker, cancel_requested=True).update(
-            status=JobStatus.CANCELED, finished_at=timezone.now()
-        )
+    canceled = Job.objects.filter(id=job_id, status=JobStatus.RUNNING, worker=worker, cancel_requested=True).update(
+        status=JobStatus.CANCELED, finished_at=timezone.now()
     )
+    return _job_ended(job_id) if canceled else False
 
 
 def job_cancel(*, job: Job) -> Job:
@@ -224,6 +223,7 @@ def job_cancel(*, job: Job) -> Job:
     if Job.objects.filter(id=job.id, status=JobStatus.QUEUED).update(
         status=JobStatus.CANCELED, cancel_requested=True, finished_at=now
     ):
+        _job_ended(job.id)
         job.refresh_from_db()
         return job
     if not Job.objects.filter(id=job.id, status=JobStatus.RUNNING).update(cancel_requested=True):
@@ -231,6 +231,16 @@ def job_cancel(*, job: Job) -> Job:
         raise JobConflict(f"job is {job.status}; only queued or running jobs can be canceled")
     job.refresh_from_db()
     return job
+
+
+def _job_ended(job_id: UUID) -> bool:
+    """After a job's last transition: schedule its webhook, if it has one, once the transaction commits."""
+    url = Job.objects.filter(id=job_id).values_list("webhook_url", flat=True).first()
+    if url:
+        delivery, created = WebhookDelivery.objects.get_or_create(job_id=job_id, defaults={"url": url})
+        if created:
+            transaction.on_commit(lambda: publish_webhook(delivery_id=delivery.id))
+    return True
 
 
 def job_retry(*, job: Job) -> Job:
@@ -285,6 +295,7 @@ def job_sweep() -> SweepReport:
             )
             if expired.update(status=JobStatus.FAILED, error=error, finished_at=now):
                 report.failed.append(job.id)
+                _job_ended(job.id)
         elif expired.update(
             status=JobStatus.QUEUED, worker="", progress_step=0, lease_expires_at=None, published_at=now
         ):

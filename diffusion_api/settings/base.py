@@ -175,6 +175,16 @@ JOB_RETRY_AFTER = env_int("JOB_RETRY_AFTER", 30)  # seconds, in Retry-After of t
 # Throttles (JOB_CREATE_RATE per user on POST jobs/, TOKEN_RATE per client on POST auth/token/): REST_FRAMEWORK.
 JOB_PROGRESS_INTERVAL = env_float("JOB_PROGRESS_INTERVAL", 0.25)  # seconds between progress writes
 
+# --- Webhooks: the final state of a job is POSTed to its webhook_url, signed with HMAC-SHA256.
+WEBHOOK_SECRET = os.environ.get("WEBHOOK_SECRET", "")  # empty: derived from SECRET_KEY
+WEBHOOK_ALLOWED_HOSTS = [h for h in os.environ.get("WEBHOOK_ALLOWED_HOSTS", "").split(",") if h]  # empty: any
+WEBHOOK_ALLOW_PRIVATE = env_bool("WEBHOOK_ALLOW_PRIVATE", False)  # loopback, private, link-local addresses
+WEBHOOK_TIMEOUT_SECONDS = env_float("WEBHOOK_TIMEOUT_SECONDS", 10)
+WEBHOOK_MAX_ATTEMPTS = env_int("WEBHOOK_MAX_ATTEMPTS", 6)
+WEBHOOK_BACKOFF_SECONDS = env_float("WEBHOOK_BACKOFF_SECONDS", 5)  # 5, 10, 20, 40 … seconds between tries
+WEBHOOK_BACKOFF_MAX_SECONDS = env_float("WEBHOOK_BACKOFF_MAX_SECONDS", 600)
+PUBLIC_BASE_URL = os.environ.get("PUBLIC_BASE_URL", "")  # prefix of image URLs in webhook bodies
+
 # --- Crash safety: a worker renews its lease on a running job; the sweeper takes back expired ones.
 JOB_LEASE_SECONDS = env_int("JOB_LEASE_SECONDS", 60)
 JOB_MAX_ATTEMPTS = env_int("JOB_MAX_ATTEMPTS", 3)  # a job that loses its worker this often ends `failed`

@@ -66,6 +66,9 @@ def service(tmp_path_factory, tiny_model_dir, e2e_database, e2e_redis):
         "JOB_MAX_STEPS": "1000",
         "JOB_PROGRESS_INTERVAL": "0.1",
         "WORKER_HEARTBEAT_SECONDS": "2",
+        "WEBHOOK_ALLOW_PRIVATE": "true",  # the test's receiver listens on loopback
+        "WEBHOOK_SECRET": "e2e-webhook-secret",
+        "WEBHOOK_BACKOFF_SECONDS": "1",
         "VAR_DIR": str(var),
         "HF_HUB_OFFLINE": "1",
     }

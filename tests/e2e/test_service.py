@@ -59,3 +59,32 @@ def test_health_reports_database_broker_and_worker(service):
     assert body["status"] == "ok"
     assert body["database"]["ok"] and body["broker"]["ok"] and body["workers"]["alive"] == 1
     assert body["broker"]["transport"] == "redis"
+
+
+def test_webhook_is_delivered_signed_by_the_worker(service):
+    import hashlib
+    import hmac
+    import json
+
+    from tests.api.test_webhooks import Receiver
+
+    receiver = Receiver([500, 200])  # the first try fails: the worker retries with backoff
+    try:
+        alice = session_for(service["token"]("alice"))
+        response = alice.post(
+            f"{service['base']}/api/v1/jobs/",
+            json={"prompt": "a webhook job", "steps": 2, "webhook_url": receiver.url},
+            timeout=10,
+        )
+        assert response.status_code == 202, response.text
+        deadline = time.monotonic() + 60
+        while len(receiver.requests) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert len(receiver.requests) == 2, receiver.requests
+        headers, body = receiver.requests[1]
+        signed = headers["X-Webhook-Timestamp"].encode() + b"." + body
+        expected = hmac.new(b"e2e-webhook-secret", signed, hashlib.sha256).hexdigest()
+        assert headers["X-Webhook-Signature"] == f"sha256={expected}"
+        assert json.loads(body)["event"] == "job.succeeded"
+    finally:
+        receiver.close()
