@@ -1,4 +1,4 @@
-"""Start the API and a worker as child processes (used by demo.py, serve.py and the end-to-end tests)."""
+"""Start the API, a worker and the sweeper as child processes (demo.py, serve.py, the e2e and fault tests)."""
 
 from __future__ import annotations
 
@@ -47,8 +47,16 @@ def start_worker(env: dict | None = None, log: Path | None = None, name: str = "
         "--loglevel",
         "INFO",
         "-Q",
-        "jobs",
+        "jobs,webhooks",
     ]
+    return _start(command, env, log)
+
+
+def start_sweeper(env: dict | None = None, log: Path | None = None, interval: float | None = None) -> subprocess.Popen:
+    """The periodic sweeper (`manage.py sweep`); without `interval` it sweeps every SWEEP_INTERVAL seconds."""
+    command = [sys.executable, "manage.py", "sweep"]
+    if interval is not None:
+        command += ["--interval", str(interval)]
     return _start(command, env, log)
 
 
