@@ -15,6 +15,7 @@ from diffusion_api.celery import DELIVER_WEBHOOK_TASK, RUN_JOB_TASK, app
 from diffusion_api.jobs import services, webhooks
 from diffusion_api.jobs.models import WorkerHeartbeat
 from diffusion_api.jobs.queue import publish_webhook
+from diffusion_api.logs import job_context
 from worker import runner
 
 logger = logging.getLogger(__name__)
@@ -28,6 +29,11 @@ def worker_name() -> str:
 # Celery's Django fix-up closes stale database connections around each task.
 @app.task(name=RUN_JOB_TASK)
 def run_job(job_id: str) -> str:
+    with job_context(job_id):
+        return _run_job(job_id)
+
+
+def _run_job(job_id: str) -> str:
     job = services.job_claim(job_id=job_id, worker=worker_name())
     if job is None:
         logger.info("job %s is not queued (already claimed, canceled or done); skipping", job_id)

@@ -3,6 +3,8 @@ import json
 from django.conf import settings
 from django.http import HttpResponse
 
+from diffusion_api.logs import job_id_var
+
 
 class BodySizeLimitMiddleware:
     """Refuse API request bodies over JOB_MAX_BODY_BYTES with a 413 before anything reads them."""
@@ -20,3 +22,20 @@ class BodySizeLimitMiddleware:
                 body = {"detail": f"request body is {length} bytes; at most {settings.JOB_MAX_BODY_BYTES} allowed"}
                 return HttpResponse(json.dumps(body), status=413, content_type="application/json")
         return self.get_response(request)
+
+
+class JobLogContextMiddleware:
+    """Requests about one job (detail, cancel, image) log with its id."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        return self.get_response(request)
+
+    def process_view(self, request, view_func, view_args, view_kwargs):
+        if "job_id" in view_kwargs:
+            job_id_var.set(str(view_kwargs["job_id"]))  # one request a thread: the next request sets its own
+        else:
+            job_id_var.set("")
+        return None

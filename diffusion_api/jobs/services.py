@@ -148,6 +148,9 @@ def job_create(
         webhook_url=webhook_url,
     )
     transaction.on_commit(lambda: publish_job(job_id=job.id))
+    logger.info(
+        "job created by %s: %dx%d, %d steps, %s", owner, width, height, steps, scheduler, extra={"job_id": str(job.id)}
+    )
     return job
 
 

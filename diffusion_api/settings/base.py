@@ -58,6 +58,7 @@ MIDDLEWARE = [
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
+    "diffusion_api.jobs.middleware.JobLogContextMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
 
@@ -140,13 +141,19 @@ CACHES = {
     else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
 }
 
+LOG_FORMAT = os.environ.get("LOG_FORMAT", "json")  # json: one object a line, for log collectors; plain: for people
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "filters": {"job": {"()": "diffusion_api.logs.JobContextFilter"}},
+    "formatters": {
+        "json": {"()": "diffusion_api.logs.JsonFormatter"},
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s [job=%(job_id)s] %(message)s"},
+    },
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT, "filters": ["job"]}},
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
 }
+METRICS_TOKEN = os.environ.get("METRICS_TOKEN", "")  # set: /metrics wants `Authorization: Bearer <token>`
 
 # --- Models the service offers: MODELS="name=/path,other=/path"; the first is the default.
 # Until the built-in trained model lands, the default is a tiny random model made at first start.

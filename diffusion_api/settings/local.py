@@ -3,6 +3,7 @@
 import os
 
 os.environ.setdefault("DEBUG", "true")
+os.environ.setdefault("LOG_FORMAT", "plain")
 
 from diffusion_api.settings.base import *  # noqa: E402,F403
 
