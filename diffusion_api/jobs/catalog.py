@@ -1,5 +1,6 @@
 """The models the service offers, read from their folders' JSON files (the web process never loads torch)."""
 
+import hashlib
 from functools import lru_cache
 from pathlib import Path
 
@@ -32,3 +33,13 @@ def model_info(name: str) -> ModelInfo:
 @lru_cache(maxsize=32)
 def _read(path: str, name: str, mtime_ns: int) -> ModelInfo:  # mtime in the key: a replaced model is read again
     return read_model_info(path, name)
+
+
+def model_version(name: str) -> str:
+    """Changes whenever a file of the model changes (size or mtime); cheap: stat calls only, no reading."""
+    path = Path(settings.MODELS[name])
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        stat = file.stat()
+        digest.update(f"{file.relative_to(path).as_posix()}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:32]

@@ -67,10 +67,17 @@ class Job(models.Model):
     )
     reviewed_at = models.DateTimeField(null=True, blank=True)
     retry_of = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="retries")
+    # The result cache: an identical request with an explicit seed copies the images of an earlier job.
+    model_version = models.CharField(max_length=32, blank=True, default="")  # catalog.model_version at creation
+    cached_from = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
 
     class Meta:
         ordering = ["-created_at"]
-        indexes = [models.Index(fields=["owner", "-created_at"]), models.Index(fields=["status", "created_at"])]
+        indexes = [
+            models.Index(fields=["owner", "-created_at"]),
+            models.Index(fields=["status", "created_at"]),
+            models.Index(fields=["seed", "prompt"], name="jobs_cache_lookup"),
+        ]
         constraints = [
             models.UniqueConstraint(
                 fields=["owner", "idempotency_key"],

@@ -32,6 +32,15 @@ class StrictFloatField(serializers.FloatField):
         return super().to_internal_value(data)
 
 
+class StrictBooleanField(serializers.BooleanField):
+    default_error_messages = {"invalid": "must be true or false."}
+
+    def to_internal_value(self, data):
+        if not isinstance(data, bool):
+            self.fail("invalid")
+        return data
+
+
 class StrictCharField(serializers.CharField):
     default_error_messages = {"invalid": "must be a string."}
 
@@ -58,6 +67,11 @@ class JobCreateSerializer(serializers.Serializer):
     seed = StrictIntegerField(required=False, **_range(0, MAX_SEED))
     model = StrictCharField(required=False)
     webhook_url = StrictCharField(required=False, max_length=2000, help_text="POSTed the job's final state")
+    cache = StrictBooleanField(
+        required=False,
+        default=True,
+        help_text="false: always run the model, even when an identical earlier request (explicit seed) succeeded",
+    )
 
     def get_fields(self):
         # Limits are settings: read them when a serializer is made, not when the module is imported.
@@ -202,6 +216,7 @@ class JobDetailSerializer(JobSummarySerializer):
             "error",
             "attempts",
             "cancel_requested",
+            "cached_from",
             "images",
         ]
 

@@ -99,8 +99,13 @@ def job_create(
     idempotency_key: str | None = None,
     request_fingerprint: str = "",
     webhook_url: str = "",
+    cache: bool = True,
 ) -> Job:
-    """Resolve defaults, check the limits, store the job and queue it once the transaction commits."""
+    """Resolve defaults, check the limits, store the job and queue it once the transaction commits.
+
+    With `cache` and an explicit seed, a request identical to an earlier succeeded one (same model files too)
+    gets a new job that holds that job's images at once, without running the model.
+    """
     model = model or settings.DEFAULT_MODEL
     try:
         info = catalog.model_info(model)
@@ -112,6 +117,7 @@ def job_create(
     steps = defaults.steps if steps is None else steps
     guidance_scale = defaults.guidance_scale if guidance_scale is None else guidance_scale
     scheduler = defaults.scheduler if scheduler is None else scheduler
+    seed_given = seed is not None
     seed = secrets.randbelow(2**32) if seed is None else seed
 
     errors = {}
@@ -128,8 +134,35 @@ def job_create(
     if errors:
         raise ValidationError(errors)
 
+    resolved = {
+        "model": model,
+        "prompt": prompt,
+        "negative_prompt": negative_prompt,
+        "width": width,
+        "height": height,
+        "steps": steps,
+        "guidance_scale": guidance_scale,
+        "scheduler": scheduler,
+        "seed": seed,
+        "num_images": num_images,
+        "model_version": catalog.model_version(model),
+    }
+    source = None
+    if cache and seed_given:
+        source = Job.objects.filter(status=JobStatus.SUCCEEDED, **resolved).order_by("-finished_at").first()
+    if source is not None:
+        return _job_from_cache(
+            source,
+            owner=owner,
+            retry_of=retry_of,
+            idempotency_key=idempotency_key,
+            request_fingerprint=request_fingerprint,
+            webhook_url=webhook_url,
+        )
+
     job = Job.objects.create(
         owner=owner,
+        model_version=resolved["model_version"],
         model=model,
         prompt=prompt,
         negative_prompt=negative_prompt,
@@ -151,6 +184,44 @@ def job_create(
     logger.info(
         "job created by %s: %dx%d, %d steps, %s", owner, width, height, steps, scheduler, extra={"job_id": str(job.id)}
     )
+    return job
+
+
+def _job_from_cache(source: Job, *, owner, **fields) -> Job:
+    now = timezone.now()
+    copied = {
+        name: getattr(source, name)
+        for name in (
+            "model",
+            "model_version",
+            "prompt",
+            "negative_prompt",
+            "width",
+            "height",
+            "steps",
+            "guidance_scale",
+            "scheduler",
+            "seed",
+            "num_images",
+        )
+    }
+    job = Job.objects.create(
+        owner=owner,
+        status=JobStatus.SUCCEEDED,
+        progress_step=source.steps,
+        progress_total=source.steps,
+        started_at=now,
+        finished_at=now,
+        cached_from=source,
+        **copied,
+        **fields,
+    )
+    JobImage.objects.bulk_create(
+        JobImage(job=job, index=i.index, seed=i.seed, width=i.width, height=i.height, png=i.png)
+        for i in source.images.all()
+    )
+    _job_ended(job.id)
+    logger.info("job served from the cache of %s", source.id, extra={"job_id": str(job.id)})
     return job
 
 
@@ -261,6 +332,7 @@ def job_retry(*, job: Job) -> Job:
         num_images=job.num_images,
         model=job.model,
         retry_of=job,
+        cache=False,  # a retry runs the model again
     )
 
 
@@ -277,13 +349,15 @@ class SweepReport:
     requeued: list[UUID] = field(default_factory=list)  # running jobs whose worker lease expired
     failed: list[UUID] = field(default_factory=list)  # ... and had used up their attempts
     republished: list[UUID] = field(default_factory=list)  # queued jobs with no message in the broker
+    canceled: list[UUID] = field(default_factory=list)  # running jobs whose worker vanished after a cancel request
 
 
 def job_sweep() -> SweepReport:
     """Take back jobs whose worker vanished and re-publish queued jobs whose message was lost.
 
     The database is the source of truth: a running job whose lease expired goes back to `queued`
-    (or to `failed` after JOB_MAX_ATTEMPTS), and a queued job that has waited JOB_REPUBLISH_AFTER
+    (or to `failed` after JOB_MAX_ATTEMPTS; to `canceled` if its owner asked to cancel it, so it does
+    not run again), and a queued job that has waited JOB_REPUBLISH_AFTER
     seconds since its last publish without a message in the broker is published again. A message
     published twice is harmless: the claim is a guarded update, so the second delivery does nothing.
     """
@@ -291,7 +365,10 @@ def job_sweep() -> SweepReport:
     now = timezone.now()
     for job in Job.objects.filter(status=JobStatus.RUNNING, lease_expires_at__lt=now).only("id", "attempts", "worker"):
         expired = Job.objects.filter(id=job.id, status=JobStatus.RUNNING, lease_expires_at__lt=now)
-        if job.attempts >= settings.JOB_MAX_ATTEMPTS:
+        if expired.filter(cancel_requested=True).update(status=JobStatus.CANCELED, finished_at=now):
+            report.canceled.append(job.id)
+            _job_ended(job.id)
+        elif job.attempts >= settings.JOB_MAX_ATTEMPTS:
             error = (
                 f"the worker running this job was lost {job.attempts} times (last: {job.worker}); "
                 f"giving up after JOB_MAX_ATTEMPTS={settings.JOB_MAX_ATTEMPTS}"
@@ -315,8 +392,12 @@ def job_sweep() -> SweepReport:
         if Job.objects.filter(id=job_id, status=JobStatus.QUEUED).update(published_at=now):
             report.republished.append(job_id)
             publish_job(job_id=job_id)
-    if report.requeued or report.failed or report.republished:
+    if report.requeued or report.failed or report.republished or report.canceled:
         logger.warning(
-            "sweep: requeued %s, failed %s, republished %s", report.requeued, report.failed, report.republished
+            "sweep: requeued %s, failed %s, republished %s, canceled %s",
+            report.requeued,
+            report.failed,
+            report.republished,
+            report.canceled,
         )
     return report

@@ -25,7 +25,7 @@ class Command(BaseCommand):
                 if once:
                     self.stdout.write(
                         f"requeued {len(report.requeued)}, failed {len(report.failed)}, "
-                        f"republished {len(report.republished)}"
+                        f"republished {len(report.republished)}, canceled {len(report.canceled)}"
                     )
             except Exception:  # the database or broker may be down for a while: try again next round
                 logger.exception("sweep failed")
