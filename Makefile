@@ -45,7 +45,12 @@ lint: $(VENV)/.installed-dev
 /usr/bin/chromium:
 	command -v apt-get >/dev/null && (apt-get install -y -q chromium || (apt-get update -q && apt-get install -y -q chromium))
 
-test: $(VENV)/.installed-dev /usr/bin/chromium
+# newman (pinned in package.json and package-lock.json) runs the Postman collection in tests/deploy.
+node_modules/.installed: package.json package-lock.json
+	npm ci --no-audit --no-fund
+	touch $@
+
+test: $(VENV)/.installed-dev /usr/bin/chromium node_modules/.installed
 	$(BIN)/ruff check .
 	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) $(BIN)/python -m pytest -q
 

@@ -1,0 +1,68 @@
+# syntax=docker/dockerfile:1
+# One image runs the API (gunicorn, the default command), the Celery worker, the sweeper and the migrate step;
+# docker-compose.yml picks the command. The only thing that differs between the CPU image and the GPU worker's
+# image is which build of torch is installed:
+#
+#   docker build -t diffusion-service:cpu .                                # torch 2.13.0+cpu
+#   docker build -t diffusion-service:gpu --build-arg TORCH_VARIANT=cu128 .  # torch 2.13.0+cu128
+#
+# TORCH_VARIANT names a PyTorch wheel index, ${TORCH_INDEX}/${TORCH_VARIANT}: `cpu`, or a CUDA build of the
+# pinned torch that the host's NVIDIA driver supports (cu126, cu128, cu130 …; see the index for which exist).
+# CUDA wheels bring the CUDA runtime and cuDNN as pip packages, so no CUDA base image is needed: the NVIDIA
+# Container Toolkit on the host mounts the driver into the container.
+
+ARG PYTHON_VERSION=3.11
+
+# --- Stage 1: a virtualenv with every dependency, built where pip's downloads and caches stay behind.
+FROM python:${PYTHON_VERSION}-slim-bookworm AS build
+ARG TORCH_VARIANT=cpu
+ARG TORCH_INDEX=https://download.pytorch.org/whl
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PATH=/opt/venv/bin:$PATH
+RUN python -m venv /opt/venv
+WORKDIR /src
+COPY requirements.txt .
+# torch first, at requirements.txt's exact pin, from the PyTorch index for the variant (PyPI's Linux torch is a
+# CUDA build, several GB the CPU image does not need). `torch==2.13.0` then counts as met by 2.13.0+<variant>,
+# so the second install leaves it alone; the last line fails the build if it did not.
+RUN set -eux; \
+    grep -E '^torch==' requirements.txt > torch-requirement.txt; \
+    pip install --index-url "${TORCH_INDEX}/${TORCH_VARIANT}" -r torch-requirement.txt; \
+    pip install -r requirements.txt; \
+    python -c "import sys, torch; print(torch.__version__); sys.exit(not torch.__version__.endswith('+${TORCH_VARIANT}'))"
+
+# --- Stage 2: the runtime: the virtualenv, the code, a non-root user and the default model.
+FROM python:${PYTHON_VERSION}-slim-bookworm AS runtime
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    DJANGO_SETTINGS_MODULE=diffusion_api.settings.production \
+    VAR_DIR=/app/var \
+    HF_HOME=/app/var/cache/huggingface \
+    HF_HUB_OFFLINE=1 \
+    TRANSFORMERS_OFFLINE=1
+RUN groupadd --system --gid 10001 app \
+    && useradd --system --uid 10001 --gid app --home-dir /app --no-create-home --shell /usr/sbin/nologin app
+COPY --from=build /opt/venv /opt/venv
+WORKDIR /app
+COPY manage.py ./
+COPY diffusion_api/ diffusion_api/
+COPY generator/ generator/
+COPY worker/ worker/
+COPY deploy/ deploy/
+RUN mkdir -p var/models && chown -R app:app var
+# A numeric user, so platforms that enforce "not root" (Kubernetes runAsNonRoot) can check it.
+USER 10001:10001
+# The default model, made at build time so the API (which reads the model's JSON configs to validate requests)
+# and the worker both have it from their first start. Compose mounts the `models` volume on var/models; Docker
+# fills a new, empty named volume from the image's folder, and a real model copied into the volume is seen by
+# the API and every worker alike.
+RUN python -m generator make-tiny --out var/models/tiny
+
+EXPOSE 8000
+# Plain HTTP on the container's own port: /api/v1/health/ is exempt from SECURE_SSL_REDIRECT.
+HEALTHCHECK --interval=30s --timeout=10s --start-period=60s --retries=3 \
+    CMD ["python", "deploy/healthcheck.py", "http://127.0.0.1:8000/api/v1/health/"]
+# Workers: WEB_CONCURRENCY (gunicorn reads it). Heartbeat files on tmpfs: overlay filesystems can stall them.
+CMD ["gunicorn", "diffusion_api.wsgi:application", "--bind", "0.0.0.0:8000", "--worker-tmp-dir", "/dev/shm", "--access-logfile", "-"]
