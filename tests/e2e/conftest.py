@@ -31,7 +31,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def e2e_database():
     """A fresh PostgreSQL database for this run, dropped afterwards."""
     admin_url = required_env("DATABASE_URL")
@@ -44,14 +44,14 @@ def e2e_database():
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def e2e_redis():
     url = required_env("REDIS_URL")
     redis.Redis.from_url(url).flushdb()
     return url
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")  # stopped when its module ends, so it never consumes later tests' jobs
 def service(tmp_path_factory, tiny_model_dir, e2e_database, e2e_redis):
     """Start the API under gunicorn and one worker, as production would, and yield how to reach them."""
     var = tmp_path_factory.mktemp("e2e-var")
