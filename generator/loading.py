@@ -22,6 +22,7 @@ REQUIRED_FILES = {
 }
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
 
+
 @dataclass
 class LoadedModel:
     """The five components of a Stable Diffusion model, on one device in one dtype."""

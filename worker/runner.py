@@ -102,35 +102,39 @@ class ProgressReporter:
 
 
 def run_job(job: Job) -> str:
-    """Generate the job's images and record the outcome; returns the final status."""
-    model = get_model(job.model)
-    request = GenerationRequest(
-        prompt=job.prompt,
-        negative_prompt=job.negative_prompt,
-        width=job.width,
-        height=job.height,
-        steps=job.steps,
-        guidance_scale=job.guidance_scale,
-        scheduler=job.scheduler,
-        seed=job.seed,
-        num_images=job.num_images,
-    )
-    if settings.FAULT_KILL_WORKER_ON_PROMPT and job.prompt == settings.FAULT_KILL_WORKER_ON_PROMPT:
-        _kill_this_process()  # fault injection for the poison-job test; off unless the setting is set
+    """Generate the job's images and record the outcome; returns the final status.
+
+    The lease is kept from the claim until the outcome is stored: loading a model in a fresh pool process, or
+    storing through a database restart, can outlast a lease, and the sweeper must not take the job back meanwhile.
+    """
     with LeaseKeeper(job) as lease:
+        model = get_model(job.model)
+        request = GenerationRequest(
+            prompt=job.prompt,
+            negative_prompt=job.negative_prompt,
+            width=job.width,
+            height=job.height,
+            steps=job.steps,
+            guidance_scale=job.guidance_scale,
+            scheduler=job.scheduler,
+            seed=job.seed,
+            num_images=job.num_images,
+        )
+        if settings.FAULT_KILL_WORKER_ON_PROMPT and job.prompt == settings.FAULT_KILL_WORKER_ON_PROMPT:
+            _kill_this_process()  # fault injection for the poison-job test; off unless the setting is set
         result = generate_one(model, request, callback=ProgressReporter(job, lease, settings.JOB_PROGRESS_INTERVAL))
-    if result.canceled:
-        if services.job_mark_canceled(job_id=job.id, worker=job.worker):
-            return "canceled"
-        return "superseded"  # the lease was lost: the job belongs to another attempt now
-    images = [
-        {"index": image.index, "seed": image.seed, "width": image.width, "height": image.height, "png": image.png}
-        for image in result.images
-    ]
-    return "succeeded" if _store_with_retries(job, images) else "superseded"
+        if result.canceled:
+            if services.job_mark_canceled(job_id=job.id, worker=job.worker):
+                return "canceled"
+            return "superseded"  # the lease was lost: the job belongs to another attempt now
+        images = [
+            {"index": image.index, "seed": image.seed, "width": image.width, "height": image.height, "png": image.png}
+            for image in result.images
+        ]
+        return "succeeded" if _store_with_retries(job, images, lease) else "superseded"
 
 
-def _store_with_retries(job: Job, images: list[dict]) -> bool:
+def _store_with_retries(job: Job, images: list[dict], lease: LeaseKeeper) -> bool:
     """Store the result, riding out a database restart (the images took long to make)."""
     delays = [0.5, 1, 2, 4, 8, 15]
     for delay in [*delays, None]:
@@ -139,6 +143,8 @@ def _store_with_retries(job: Job, images: list[dict]) -> bool:
         except Exception:
             if delay is None:
                 raise
+            if lease.lost.is_set():  # the sweeper gave the job to another attempt: nothing to store any more
+                return False
             logger.warning("storing job %s failed; retrying in %ss", job.id, delay, exc_info=True)
             connection.close()
             time.sleep(delay)
