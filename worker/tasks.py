@@ -69,12 +69,17 @@ def deliver_webhook(delivery_id: int) -> str:
 _stop_heartbeat = threading.Event()
 
 
-def _heartbeat_forever(hostname: str) -> None:
+def _heartbeat_forever(hostname: str, queues: list[str]) -> None:
     while not _stop_heartbeat.is_set():
         try:
             WorkerHeartbeat.objects.update_or_create(
                 hostname=hostname,
-                defaults={"pid": os.getpid(), "last_seen": timezone.now(), "models": list(settings.MODELS)},
+                defaults={
+                    "pid": os.getpid(),
+                    "last_seen": timezone.now(),
+                    "models": list(settings.MODELS),
+                    "queues": queues,
+                },
             )
         except Exception:  # the database may be down for a while; keep trying
             logger.warning("worker heartbeat failed", exc_info=True)
@@ -86,7 +91,8 @@ def _heartbeat_forever(hostname: str) -> None:
 @worker_ready.connect
 def start_heartbeat(sender=None, **kwargs) -> None:
     hostname = getattr(sender, "hostname", None) or worker_name()
-    threading.Thread(target=_heartbeat_forever, args=(hostname,), daemon=True, name="heartbeat").start()
+    queues = sorted(getattr(app.amqp.queues, "consume_from", None) or app.amqp.queues)
+    threading.Thread(target=_heartbeat_forever, args=(hostname, queues), daemon=True, name="heartbeat").start()
 
 
 @worker_shutdown.connect

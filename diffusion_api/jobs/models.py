@@ -122,7 +122,8 @@ class WorkerHeartbeat(models.Model):
     hostname = models.CharField(max_length=200, primary_key=True)
     pid = models.PositiveIntegerField()
     last_seen = models.DateTimeField()
-    models = models.JSONField(default=list)  # the models this worker serves
+    queues = models.JSONField(default=list)  # the queues it consumes: only "jobs" consumers run jobs
+    models = models.JSONField(default=list)  # the models this worker serves (this name hides the module below)
 
 
 class WebhookStatus(models.TextChoices):

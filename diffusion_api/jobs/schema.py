@@ -150,6 +150,7 @@ HealthAnswer = inline_serializer(
             {
                 **_check,
                 "alive": serializers.IntegerField(required=False),
+                "job_workers": serializers.IntegerField(required=False),
                 "workers": serializers.ListField(child=serializers.DictField(), required=False),
             },
         ),

@@ -18,13 +18,13 @@ from rest_framework.permissions import AllowAny
 from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 from rest_framework.reverse import reverse
-from rest_framework.throttling import ScopedRateThrottle
 from rest_framework.views import APIView
 
 from diffusion_api.celery import app as celery_app
 from diffusion_api.jobs import catalog, schema, selectors, services
 from diffusion_api.jobs.models import JobStatus, WorkerHeartbeat
 from diffusion_api.jobs.serializers import JobCreateSerializer, JobDetailSerializer, JobSummarySerializer
+from diffusion_api.jobs.throttling import FailOpenScopedRateThrottle
 from generator.schedulers import SCHEDULERS
 
 
@@ -110,7 +110,7 @@ class JobListCreateView(APIView):
         return _detail(request, job, code=status.HTTP_202_ACCEPTED, headers=headers)
 
     def get_throttles(self):
-        return [ScopedRateThrottle()] if self.request.method == "POST" else []
+        return [FailOpenScopedRateThrottle()] if self.request.method == "POST" else []
 
 
 def _fingerprint(data) -> str:
@@ -258,8 +258,11 @@ def _check_broker() -> dict:
 
 def _check_workers() -> dict:
     horizon = timezone.now() - timezone.timedelta(seconds=3 * settings.WORKER_HEARTBEAT_SECONDS)
-    alive = list(WorkerHeartbeat.objects.filter(last_seen__gte=horizon).values("hostname", "last_seen", "models"))
-    return {"ok": bool(alive), "alive": len(alive), "workers": alive}
+    alive = list(
+        WorkerHeartbeat.objects.filter(last_seen__gte=horizon).values("hostname", "last_seen", "models", "queues")
+    )
+    job_workers = [w for w in alive if settings.CELERY_TASK_DEFAULT_QUEUE in w["queues"]]
+    return {"ok": bool(job_workers), "alive": len(alive), "job_workers": len(job_workers), "workers": alive}
 
 
 @extend_schema_view(
@@ -277,5 +280,5 @@ class TokenView(ObtainAuthToken):
     """username + password → token; throttled per client address against password guessing."""
 
     renderer_classes = [JSONRenderer]
-    throttle_classes = [ScopedRateThrottle]
+    throttle_classes = [FailOpenScopedRateThrottle]
     throttle_scope = "token"
