@@ -1,4 +1,4 @@
-"""Runs one job with `generator`: holds the per-process model cache, keeps the lease, throttles progress."""
+"""Runs jobs with `generator`: holds the per-process model cache, batches, keeps leases, throttles progress."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from django.db import connection
 
 from diffusion_api.jobs import services
 from diffusion_api.jobs.models import Job
-from generator import GenerationRequest, LoadedModel, generate_one, load_model, make_tiny_model
+from generator import GenerationRequest, LoadedModel, generate, load_model, make_tiny_model, resolve_request
 
 logger = logging.getLogger(__name__)
 
@@ -41,25 +41,30 @@ def get_model(name: str) -> LoadedModel:
 
 
 class LeaseKeeper:
-    """Renews the job's lease from a background thread, so a long step cannot make the job look abandoned."""
+    """Renews the leases of a batch's jobs from a background thread, so a long step cannot make them look abandoned."""
 
-    def __init__(self, job: Job):
-        self.job = job
-        self.lost = threading.Event()  # set when the job was taken back from this worker
+    def __init__(self, jobs: list[Job]):
+        self.jobs = jobs
+        self.lost: set = set()  # ids of jobs taken back from this worker (lease expired, or ended elsewhere)
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._renew, daemon=True, name=f"lease-{job.id}")
+        self._thread = threading.Thread(target=self._renew, daemon=True, name="lease")
+
+    def is_lost(self, job: Job) -> bool:
+        return job.id in self.lost
 
     def _renew(self) -> None:
         every = max(settings.JOB_LEASE_SECONDS / 3, 0.2)
         try:
             while not self._stop.wait(every):
-                try:
-                    if not services.job_renew_lease(job_id=self.job.id, worker=self.job.worker):
-                        self.lost.set()
-                        return
-                except Exception:  # the database may be restarting; the lease has slack for a few misses
-                    logger.warning("lease renewal for job %s failed", self.job.id, exc_info=True)
-                    connection.close()
+                for job in self.jobs:
+                    if job.id in self.lost:
+                        continue
+                    try:
+                        if not services.job_renew_lease(job_id=job.id, worker=job.worker):
+                            self.lost.add(job.id)
+                    except Exception:  # the database may be restarting; the lease has slack for a few misses
+                        logger.warning("lease renewal for job %s failed", job.id, exc_info=True)
+                        connection.close()
         finally:
             connection.close()
 
@@ -73,65 +78,91 @@ class LeaseKeeper:
 
 
 class ProgressReporter:
-    """The loop's callback: writes progress at most every `interval` seconds; stops the loop on cancel."""
+    """The loop's callback: writes each job's progress at most every `interval` seconds; cancels jobs one by one."""
 
-    def __init__(self, job: Job, lease: LeaseKeeper, interval: float):
-        self.job = job
+    def __init__(self, jobs: list[Job], lease: LeaseKeeper, interval: float):
+        self.jobs = jobs
         self.lease = lease
         self.interval = interval
         self.last_write = -math.inf  # the first step always writes
 
     def __call__(self, state) -> None:
-        if self.lease.lost.is_set():
-            state.cancel()
-            return
+        for i, job in enumerate(self.jobs):
+            if self.lease.is_lost(job):
+                state.cancel(i)
         now = time.monotonic()
         if now - self.last_write < self.interval and state.step < state.total:
             return
         self.last_write = now
-        try:
-            stop = services.job_report_progress(
-                job_id=self.job.id, worker=self.job.worker, step=state.step, total=state.total
-            )
-        except Exception:  # progress is best effort: a database hiccup must not kill a long generation
-            logger.warning("progress write for job %s failed", self.job.id, exc_info=True)
-            connection.close()
-            return
-        if stop:
-            state.cancel()
+        for i, job in enumerate(self.jobs):
+            if i in state.canceled:
+                continue
+            try:
+                stop = services.job_report_progress(
+                    job_id=job.id, worker=job.worker, step=state.step, total=state.total
+                )
+            except Exception:  # progress is best effort: a database hiccup must not kill a long generation
+                logger.warning("progress write for job %s failed", job.id, exc_info=True)
+                connection.close()
+                continue
+            if stop:
+                state.cancel(i)
+
+
+def request_for(job: Job) -> GenerationRequest:
+    return GenerationRequest(
+        prompt=job.prompt,
+        negative_prompt=job.negative_prompt,
+        width=job.width,
+        height=job.height,
+        steps=job.steps,
+        guidance_scale=job.guidance_scale,
+        scheduler=job.scheduler,
+        seed=job.seed,
+        num_images=job.num_images,
+    )
+
+
+def run_jobs(jobs: list[Job]) -> dict:
+    """Run jobs that share model, size, steps and scheduler as one batch; returns job id → final status.
+
+    Each job keeps its own seed, progress and cancel. The leases are kept from the claim until the outcomes are
+    stored: loading a model in a fresh pool process, or storing through a database restart, can outlast a lease,
+    and the sweeper must not take the jobs back meanwhile.
+    """
+    outcomes = {}
+    with LeaseKeeper(jobs) as lease:
+        model = get_model(jobs[0].model)
+        if settings.FAULT_KILL_WORKER_ON_PROMPT and any(
+            job.prompt == settings.FAULT_KILL_WORKER_ON_PROMPT for job in jobs
+        ):
+            _kill_this_process()  # fault injection for the poison-job test; off unless the setting is set
+        runnable, requests = [], []
+        for job in jobs:
+            try:  # a bad request the API could not see (e.g. too many prompt tokens) fails alone
+                requests.append(resolve_request(model, request_for(job)))
+                runnable.append(job)
+            except ValueError as error:
+                services.job_fail(job_id=job.id, worker=job.worker, error=str(error))
+                outcomes[job.id] = "failed"
+        if not runnable:
+            return outcomes
+        results = generate(model, requests, callback=ProgressReporter(runnable, lease, settings.JOB_PROGRESS_INTERVAL))
+        for job, result in zip(runnable, results, strict=True):
+            if result.canceled:
+                canceled = services.job_mark_canceled(job_id=job.id, worker=job.worker)
+                outcomes[job.id] = "canceled" if canceled else "superseded"  # superseded: the lease was lost
+                continue
+            images = [
+                {"index": i.index, "seed": i.seed, "width": i.width, "height": i.height, "png": i.png}
+                for i in result.images
+            ]
+            outcomes[job.id] = "succeeded" if _store_with_retries(job, images, lease) else "superseded"
+    return outcomes
 
 
 def run_job(job: Job) -> str:
-    """Generate the job's images and record the outcome; returns the final status.
-
-    The lease is kept from the claim until the outcome is stored: loading a model in a fresh pool process, or
-    storing through a database restart, can outlast a lease, and the sweeper must not take the job back meanwhile.
-    """
-    with LeaseKeeper(job) as lease:
-        model = get_model(job.model)
-        request = GenerationRequest(
-            prompt=job.prompt,
-            negative_prompt=job.negative_prompt,
-            width=job.width,
-            height=job.height,
-            steps=job.steps,
-            guidance_scale=job.guidance_scale,
-            scheduler=job.scheduler,
-            seed=job.seed,
-            num_images=job.num_images,
-        )
-        if settings.FAULT_KILL_WORKER_ON_PROMPT and job.prompt == settings.FAULT_KILL_WORKER_ON_PROMPT:
-            _kill_this_process()  # fault injection for the poison-job test; off unless the setting is set
-        result = generate_one(model, request, callback=ProgressReporter(job, lease, settings.JOB_PROGRESS_INTERVAL))
-        if result.canceled:
-            if services.job_mark_canceled(job_id=job.id, worker=job.worker):
-                return "canceled"
-            return "superseded"  # the lease was lost: the job belongs to another attempt now
-        images = [
-            {"index": image.index, "seed": image.seed, "width": image.width, "height": image.height, "png": image.png}
-            for image in result.images
-        ]
-        return "succeeded" if _store_with_retries(job, images, lease) else "superseded"
+    return run_jobs([job])[job.id]
 
 
 def _store_with_retries(job: Job, images: list[dict], lease: LeaseKeeper) -> bool:
@@ -143,7 +174,7 @@ def _store_with_retries(job: Job, images: list[dict], lease: LeaseKeeper) -> boo
         except Exception:
             if delay is None:
                 raise
-            if lease.lost.is_set():  # the sweeper gave the job to another attempt: nothing to store any more
+            if lease.is_lost(job):  # the sweeper gave the job to another attempt: nothing to store any more
                 return False
             logger.warning("storing job %s failed; retrying in %ss", job.id, delay, exc_info=True)
             connection.close()

@@ -38,22 +38,33 @@ def _run_job(job_id: str) -> str:
     if job is None:
         logger.info("job %s is not queued (already claimed, canceled or done); skipping", job_id)
         return "skipped"
-    logger.info("job %s claimed (attempt %d)", job_id, job.attempts)
+    jobs = [job]
+    if settings.WORKER_BATCH_SIZE > 1 and job.attempts == 1:  # a job that lost a worker before runs alone
+        jobs += services.job_claim_batch(job=job, worker=worker_name(), limit=settings.WORKER_BATCH_SIZE - 1)
+    logger.info(
+        "job %s claimed (attempt %d) with %d batch mates %s",
+        job_id,
+        job.attempts,
+        len(jobs) - 1,
+        [str(j.id) for j in jobs[1:]],
+    )
     try:
-        outcome = runner.run_job(job)
+        outcomes = runner.run_jobs(jobs)
     except SoftTimeLimitExceeded:
-        error = f"time limit of {settings.CELERY_TASK_SOFT_TIME_LIMIT}s exceeded"
-        services.job_fail(job_id=job.id, worker=job.worker, error=error)
-        return "failed"
-    except ValueError as error:  # bad parameters the API could not see (e.g. too many prompt tokens)
-        services.job_fail(job_id=job.id, worker=job.worker, error=str(error))
+        _fail_all(jobs, f"time limit of {settings.CELERY_TASK_SOFT_TIME_LIMIT}s exceeded")
         return "failed"
     except Exception as error:
         logger.exception("job %s failed", job_id)
-        services.job_fail(job_id=job.id, worker=job.worker, error=f"{type(error).__name__}: {error}")
+        _fail_all(jobs, f"{type(error).__name__}: {error}")
         return "failed"
-    logger.info("job %s %s", job_id, outcome)
-    return outcome
+    for other in jobs:
+        logger.info("job %s %s", other.id, outcomes[other.id], extra={"job_id": str(other.id)})
+    return outcomes[job.id]
+
+
+def _fail_all(jobs, error: str) -> None:
+    for job in jobs:
+        services.job_fail(job_id=job.id, worker=job.worker, error=error)
 
 
 @app.task(name=DELIVER_WEBHOOK_TASK)

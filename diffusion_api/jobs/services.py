@@ -244,6 +244,36 @@ def job_claim(*, job_id: UUID, worker: str) -> Job | None:
     return Job.objects.get(id=job_id) if claimed else None
 
 
+def job_claim_batch(*, job: Job, worker: str, limit: int) -> list[Job]:
+    """Claim up to `limit` more queued jobs that can share `job`'s denoising loop, oldest first.
+
+    Batch mates have the same model, size, steps and scheduler, and have never lost a worker: a job that may
+    kill its worker (a poison job) must not take innocent jobs down with it. Their own broker messages arrive
+    later and find them claimed, which does nothing.
+    """
+    candidates = (
+        Job.objects.filter(
+            status=JobStatus.QUEUED,
+            attempts=0,
+            model=job.model,
+            width=job.width,
+            height=job.height,
+            steps=job.steps,
+            scheduler=job.scheduler,
+        )
+        .exclude(id=job.id)
+        .order_by("created_at")
+        .values_list("id", flat=True)[: 2 * limit]
+    )
+    mates = []
+    for candidate in candidates:
+        if len(mates) == limit:
+            break
+        if mate := job_claim(job_id=candidate, worker=worker):
+            mates.append(mate)
+    return mates
+
+
 def job_renew_lease(*, job_id: UUID, worker: str) -> bool:
     """Extend the running worker's lease; False if the job was taken back (lease expired) or ended."""
     return bool(

@@ -194,6 +194,9 @@ WEBHOOK_BACKOFF_SECONDS = env_float("WEBHOOK_BACKOFF_SECONDS", 5)  # 5, 10, 20, 
 WEBHOOK_BACKOFF_MAX_SECONDS = env_float("WEBHOOK_BACKOFF_MAX_SECONDS", 600)
 PUBLIC_BASE_URL = os.environ.get("PUBLIC_BASE_URL", "")  # prefix of image URLs in webhook bodies
 
+# --- The worker runs up to this many compatible queued jobs (same model, size, steps, scheduler) in one batch.
+WORKER_BATCH_SIZE = env_int("WORKER_BATCH_SIZE", 4)
+
 # --- Crash safety: a worker renews its lease on a running job; the sweeper takes back expired ones.
 JOB_LEASE_SECONDS = env_int("JOB_LEASE_SECONDS", 60)
 JOB_MAX_ATTEMPTS = env_int("JOB_MAX_ATTEMPTS", 3)  # a job that loses its worker this often ends `failed`

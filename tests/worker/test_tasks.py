@@ -1,5 +1,6 @@
 import io
 
+import numpy as np
 import pytest
 from django.contrib.auth import get_user_model
 from PIL import Image
@@ -72,10 +73,10 @@ def test_progress_writes_are_throttled(user, published, monkeypatch, settings):
 def test_failure_stores_the_message(user, published, monkeypatch):
     job = services.job_create(owner=user, prompt="x", steps=1)
 
-    def explode(job):
+    def explode(jobs):
         raise RuntimeError("CUDA out of memory")
 
-    monkeypatch.setattr(runner, "run_job", explode)
+    monkeypatch.setattr(runner, "run_jobs", explode)
     assert tasks.run_job(str(job.id)) == "failed"
     job.refresh_from_db()
     assert job.status == JobStatus.FAILED and job.error == "RuntimeError: CUDA out of memory" and job.finished_at
@@ -105,3 +106,70 @@ def test_task_options_come_from_settings(settings):
     assert app.conf.worker_prefetch_multiplier == 1
     assert app.conf.task_time_limit == settings.CELERY_TASK_TIME_LIMIT
     assert app.conf.task_soft_time_limit == settings.CELERY_TASK_SOFT_TIME_LIMIT
+
+
+def pixels(image_row) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(bytes(image_row.png)))).astype(int)
+
+
+def test_compatible_jobs_run_as_one_batch(user, published, settings):
+    settings.WORKER_BATCH_SIZE = 3
+    same = dict(steps=3, width=16, height=16, scheduler="euler")
+    first, second, third = (
+        services.job_create(owner=user, prompt=p, seed=s, **same)
+        for p, s in (("a red circle", 1), ("a blue square", 2), ("a green triangle", 3))
+    )
+    other = services.job_create(owner=user, prompt="x", seed=4, steps=4, width=16, height=16, scheduler="euler")
+    assert tasks.run_job(str(first.id)) == "succeeded"
+    statuses = {j.id: j.status for j in Job.objects.all()}
+    assert [statuses[j.id] for j in (first, second, third)] == [JobStatus.SUCCEEDED] * 3
+    assert statuses[other.id] == JobStatus.QUEUED  # different steps: not in this batch
+    assert tasks.run_job(str(second.id)) == "skipped"  # its own message arrives later and does nothing
+
+    settings.WORKER_BATCH_SIZE = 1
+    alone = services.job_create(owner=user, prompt="a blue square", seed=2, cache=False, **same)
+    tasks.run_job(str(alone.id))
+    batched = Job.objects.get(id=second.id).images.get()
+    assert abs(pixels(batched) - pixels(alone.images.get())).max() <= 1  # its own seed, as if alone
+
+
+def test_cancel_one_job_of_a_batch(user, published, settings, monkeypatch):
+    settings.WORKER_BATCH_SIZE = 2
+    settings.JOB_PROGRESS_INTERVAL = 0
+    keep, drop = (services.job_create(owner=user, prompt=p, steps=6) for p in ("keep", "drop"))
+    real_report = services.job_report_progress
+
+    def cancel_drop_at_two(*, job_id, worker, step, total):
+        if job_id == drop.id and step == 2:
+            services.job_cancel(job=Job.objects.get(id=job_id))
+        return real_report(job_id=job_id, worker=worker, step=step, total=total)
+
+    monkeypatch.setattr(services, "job_report_progress", cancel_drop_at_two)
+    assert tasks.run_job(str(keep.id)) == "succeeded"
+    keep.refresh_from_db()
+    drop.refresh_from_db()
+    assert keep.status == JobStatus.SUCCEEDED and keep.images.count() == 1
+    assert drop.status == JobStatus.CANCELED and drop.images.count() == 0 and drop.progress_step == 2
+
+
+def test_a_bad_job_fails_alone_in_its_batch(user, published, settings):
+    settings.WORKER_BATCH_SIZE = 2
+    good = services.job_create(owner=user, prompt="fine", steps=1)
+    bad = services.job_create(owner=user, prompt="red " * 90, steps=1)
+    tasks.run_job(str(good.id))
+    good.refresh_from_db()
+    bad.refresh_from_db()
+    assert good.status == JobStatus.SUCCEEDED
+    assert bad.status == JobStatus.FAILED and "prompt is 90 tokens long" in bad.error
+
+
+def test_a_job_that_lost_a_worker_runs_alone(user, published, settings):
+    settings.WORKER_BATCH_SIZE = 4
+    retried = services.job_create(owner=user, prompt="x", steps=1)
+    Job.objects.filter(id=retried.id).update(attempts=1)  # the sweeper took it back once
+    waiting = services.job_create(owner=user, prompt="y", steps=1)
+    tasks.run_job(str(retried.id))
+    assert Job.objects.get(id=waiting.id).status == JobStatus.QUEUED
+    fresh_first = services.job_create(owner=user, prompt="z", steps=1)
+    tasks.run_job(str(fresh_first.id))
+    assert Job.objects.get(id=waiting.id).status == JobStatus.SUCCEEDED  # fresh jobs do batch together
