@@ -52,7 +52,9 @@ node_modules/.installed: package.json package-lock.json
 
 test: $(VENV)/.installed-dev /usr/bin/chromium node_modules/.installed
 	$(BIN)/ruff check .
-	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) $(BIN)/python -m pytest -q
+	# The venv first on PATH, as in the image: tests run compose's own commands (`python manage.py …`, hadolint).
+	PATH="$(CURDIR)/$(BIN):$$PATH" DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) \
+		$(BIN)/python -m pytest -q
 
 clean:
 	rm -rf var out .pytest_cache
