@@ -8,8 +8,8 @@ What is measured (each part is a flag; `--all` runs every one):
 * `--polling`: GET jobs/{id}/ under load from `wrk` (Debian package) with 100 and 200 connections
   for 10 s each; wrk's p50 and p99 and requests per second.
 * `--throughput`: jobs per minute with 1, 4 and 16 concurrent clients, each submitting a job and
-  polling it to the end, over and over for `--seconds`; once with WORKER_BATCH_SIZE=1 (no batching)
-  and once with WORKER_BATCH_SIZE=4, against the same fresh service setup.
+  polling it every `--poll-interval` seconds to the end, over and over for `--seconds`; once with
+  WORKER_BATCH_SIZE=1 (no batching) and once with WORKER_BATCH_SIZE=4, each on a fresh service.
 * `--memory`: resident memory (VmRSS) of the worker's pool process after one job, with the tiny
   default model and with SD 1.5-size weights (the folder `benchmarks/bench_engine.py` builds).
 
@@ -187,7 +187,7 @@ def parse_wrk(out: str) -> dict:
     }
 
 
-def measure_throughput(model_dir: Path, seconds: float, steps: int) -> list[dict]:
+def measure_throughput(model_dir: Path, seconds: float, steps: int, poll: float) -> list[dict]:
     results = []
     for batch in (1, 4):
         with Service(model_dir, {"WORKER_BATCH_SIZE": str(batch)}) as service:
@@ -197,7 +197,8 @@ def measure_throughput(model_dir: Path, seconds: float, steps: int) -> list[dict
                 done: list[float] = []
                 deadline = time.monotonic() + seconds
                 threads = [
-                    threading.Thread(target=run_client, args=(service, steps, deadline, done)) for _ in range(clients)
+                    threading.Thread(target=run_client, args=(service, steps, deadline, done, poll))
+                    for _ in range(clients)
                 ]
                 for t in threads:
                     t.start()
@@ -215,12 +216,12 @@ def measure_throughput(model_dir: Path, seconds: float, steps: int) -> list[dict
     return results
 
 
-def run_client(service: Service, steps: int, deadline: float, done: list[float]) -> None:
+def run_client(service: Service, steps: int, deadline: float, done: list[float], poll: float) -> None:
     """Submit a job, poll it to the end, repeat until the deadline; record each success in `done`."""
     session = requests.Session()
     while time.monotonic() < deadline:
         job = service.submit(session, steps=steps, cache=False)
-        job = service.wait(session, job, finished, interval=0.05)
+        job = service.wait(session, job, finished, interval=poll)
         if time.monotonic() <= deadline and job["status"] == "succeeded":
             done.append(time.monotonic())
 
@@ -247,6 +248,7 @@ def main() -> int:
     parser.add_argument("--latency-jobs", type=int, default=30)
     parser.add_argument("--seconds", type=float, default=60, help="length of each throughput measurement")
     parser.add_argument("--steps", type=int, default=10, help="denoising steps of each throughput job")
+    parser.add_argument("--poll-interval", type=float, default=0.5, help="seconds between a client's polls")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
@@ -270,7 +272,7 @@ def main() -> int:
                 flush=True,
             )
     if args.all or args.throughput:
-        results["throughput"] = measure_throughput(tiny, args.seconds, args.steps)
+        results["throughput"] = measure_throughput(tiny, args.seconds, args.steps, args.poll_interval)
     if args.all or args.memory:
         rows = [measure_memory(tiny, "tiny (32×32)", 32)]
         sd15 = sorted(SD15_DIR.glob("sd15-random-*"))
