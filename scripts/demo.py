@@ -1,6 +1,7 @@
 """`make demo`: start the API and a worker on embedded defaults, submit a prompt over HTTP, save the PNG."""
 
 import base64
+import os
 import subprocess
 import sys
 import time
@@ -11,7 +12,7 @@ import requests
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from services import ROOT, start_api, start_worker, stop, wait_healthy  # noqa: E402
 
-PORT = 8000
+PORT = int(os.environ.get("DEMO_PORT", "8000"))
 BASE = f"http://127.0.0.1:{PORT}"
 PROMPT = "a small red circle in the top left on a white background"
 

@@ -6,20 +6,7 @@ from django.contrib import admin, messages
 from django.utils.html import format_html, format_html_join
 
 from diffusion_api.jobs import services
-from diffusion_api.jobs.models import Job, JobImage, ReviewStatus
-
-PARAMETER_FIELDS = (
-    "model",
-    "prompt",
-    "negative_prompt",
-    "width",
-    "height",
-    "steps",
-    "guidance_scale",
-    "scheduler",
-    "seed",
-    "num_images",
-)
+from diffusion_api.jobs.models import PARAMETER_FIELDS, Job, JobImage, ReviewStatus
 
 
 def _data_uri(image: JobImage) -> str:

@@ -16,6 +16,20 @@ class JobStatus(models.TextChoices):
 
 TERMINAL_STATUSES = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED)
 
+# A job's request as resolved: what the API returns as `parameters`, the admin shows, and the cache compares.
+PARAMETER_FIELDS = (
+    "prompt",
+    "negative_prompt",
+    "width",
+    "height",
+    "steps",
+    "guidance_scale",
+    "scheduler",
+    "seed",
+    "num_images",
+    "model",
+)
+
 
 class ReviewStatus(models.TextChoices):
     UNREVIEWED = "unreviewed"

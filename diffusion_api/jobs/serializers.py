@@ -8,7 +8,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 from rest_framework.reverse import reverse
 
-from diffusion_api.jobs.models import Job, JobImage, JobStatus
+from diffusion_api.jobs.models import PARAMETER_FIELDS, Job, JobImage, JobStatus
 from diffusion_api.jobs.webhooks import WebhookRefused, check_webhook_url
 from generator.limits import MAX_SEED
 from generator.schedulers import SCHEDULERS
@@ -126,18 +126,7 @@ class ParametersSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Job
-        fields = [
-            "prompt",
-            "negative_prompt",
-            "width",
-            "height",
-            "steps",
-            "guidance_scale",
-            "scheduler",
-            "seed",
-            "num_images",
-            "model",
-        ]
+        fields = list(PARAMETER_FIELDS)
 
 
 class TimingsSerializer(serializers.ModelSerializer):

@@ -14,7 +14,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from diffusion_api.jobs import catalog
-from diffusion_api.jobs.models import Job, JobImage, JobStatus, ReviewStatus, WebhookDelivery
+from diffusion_api.jobs.models import PARAMETER_FIELDS, Job, JobImage, JobStatus, ReviewStatus, WebhookDelivery
 from diffusion_api.jobs.queue import publish_job, publish_webhook, queued_job_ids
 from generator.schedulers import SCHEDULERS
 
@@ -189,22 +189,7 @@ def job_create(
 
 def _job_from_cache(source: Job, *, owner, **fields) -> Job:
     now = timezone.now()
-    copied = {
-        name: getattr(source, name)
-        for name in (
-            "model",
-            "model_version",
-            "prompt",
-            "negative_prompt",
-            "width",
-            "height",
-            "steps",
-            "guidance_scale",
-            "scheduler",
-            "seed",
-            "num_images",
-        )
-    }
+    copied = {name: getattr(source, name) for name in (*PARAMETER_FIELDS, "model_version")}
     job = Job.objects.create(
         owner=owner,
         status=JobStatus.SUCCEEDED,
