@@ -3,46 +3,25 @@ and real processes started from the commands the deployment files name."""
 
 from __future__ import annotations
 
-import os
-import socket
 import subprocess
-import uuid
 from pathlib import Path
-from urllib.parse import urlparse, urlunparse
 
-import psycopg
 import pytest
 import redis
 
 from scripts.services import stop
+from tests import support
+from tests.support import required_env
 
 ROOT = Path(__file__).resolve().parents[2]
 LOGS = ROOT / "test-output" / "deploy"
 
 
-def required_env(name: str) -> str:
-    value = os.environ.get(name)
-    if not value:
-        pytest.fail(f"deployment tests need {name} (make test sets it; they are not skipped)")
-    return value
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def fresh_database():
     """A new PostgreSQL database on DATABASE_URL's server for one test module, dropped afterwards."""
-    admin_url = required_env("DATABASE_URL")
-    name = f"deploy_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    yield urlunparse(urlparse(admin_url)._replace(path=f"/{name}"))
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with support.fresh_database("deploy") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

@@ -35,7 +35,7 @@ import requests
 from PIL import Image
 
 from scripts.services import wait_healthy
-from tests.deploy.conftest import ROOT, Processes, free_port
+from tests.deploy.conftest import ROOT, Processes
 from tests.deploy.deployfiles import (
     ENV_EXAMPLE,
     as_argv,
@@ -44,6 +44,7 @@ from tests.deploy.deployfiles import (
     read_env_file,
     service_environment,
 )
+from tests.support import free_port
 
 VENV_BIN = str(Path(sys.executable).parent)
 CONTAINER_BIND = "0.0.0.0:8000"

@@ -12,7 +12,8 @@ import uuid
 import pytest
 
 from scripts.services import start_api, start_worker, stop, wait_healthy
-from tests.deploy.conftest import LOGS, ROOT, free_port
+from tests.deploy.conftest import LOGS, ROOT
+from tests.support import free_port
 
 USERNAME = "postman"
 

@@ -1,14 +1,11 @@
 """End-to-end: a real gunicorn API, a real Celery worker process, real Redis and real PostgreSQL."""
 
 import os
-import socket
 import subprocess
 import sys
 import uuid
 from pathlib import Path
-from urllib.parse import urlparse, urlunparse
 
-import psycopg
 import pytest
 import redis
 import requests
@@ -17,31 +14,14 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts"))
 from services import start_api, start_worker, stop, wait_healthy  # noqa: E402
 
-
-def required_env(name: str) -> str:
-    value = os.environ.get(name)
-    if not value:
-        pytest.fail(f"end-to-end tests need {name} (make test sets it; they are not skipped)")
-    return value
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from tests.support import free_port, fresh_database, required_env  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def e2e_database():
-    """A fresh PostgreSQL database for this run, dropped afterwards."""
-    admin_url = required_env("DATABASE_URL")
-    name = f"e2e_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    parts = urlparse(admin_url)
-    yield urlunparse(parts._replace(path=f"/{name}"))
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    """A fresh PostgreSQL database for this module, dropped afterwards."""
+    with fresh_database("e2e") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from tests.e2e.conftest import free_port
+from tests.support import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 

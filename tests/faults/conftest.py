@@ -11,14 +11,12 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
 import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from urllib.parse import urlparse, urlunparse
 
 import psycopg
 import pytest
@@ -29,6 +27,8 @@ from psycopg.rows import dict_row
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts"))
 from services import start_api, start_sweeper, start_worker, stop, wait_healthy  # noqa: E402
+
+from tests.support import free_port, fresh_database, required_env  # noqa: E402
 
 LOGS = ROOT / "test-output" / "faults"
 MEASUREMENTS = LOGS / "measurements.jsonl"  # one JSON line per fault run: what RELIABILITY.md reports
@@ -44,19 +44,6 @@ CRASH_SETTINGS = {
 }
 POISON_PROMPT = "poison: this prompt kills its worker"  # every fault-test worker runs with this fault armed
 TERMINAL = ("succeeded", "failed", "canceled")
-
-
-def required_env(name: str) -> str:
-    value = os.environ.get(name)
-    if not value:
-        pytest.fail(f"fault tests need {name} (make test sets it; they are not skipped)")
-    return value
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def record(fault: str, **measured) -> None:
@@ -81,15 +68,9 @@ def wait_for(condition: Callable[[], object], timeout: float, what: str, every: 
 
 @pytest.fixture(scope="module")
 def fault_database():
-    """A fresh PostgreSQL database for this test module, dropped afterwards."""
-    admin_url = required_env("DATABASE_URL")
-    name = f"faults_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    yield urlunparse(urlparse(admin_url)._replace(path=f"/{name}"))
-    _wait_postgres(admin_url, timeout=60)  # a test may have restarted the server
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    """A fresh PostgreSQL database for this test module, dropped afterwards (a test may restart the server)."""
+    with fresh_database("faults", before_drop=lambda admin_url: _wait_postgres(admin_url, timeout=60)) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

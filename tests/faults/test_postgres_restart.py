@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-from tests.faults.conftest import make_stack, record, required_env, wait_for
+from tests.faults.conftest import make_stack, record, wait_for
+from tests.support import required_env
 
 STEPS = 60  # several seconds: the restart lands mid-job
 

@@ -23,9 +23,9 @@ from tests.faults.conftest import (
     ROOT,
     make_stack,
     record,
-    required_env,
     wait_for,
 )
+from tests.support import required_env
 
 LONG_STEPS = 40  # a few seconds on the tiny model: long enough to be killed mid-job
 SHORT_STEPS = 5

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.faults.conftest import REPUBLISH_AFTER, free_port, make_stack, record, wait_for
+from tests.faults.conftest import REPUBLISH_AFTER, make_stack, record, wait_for
+from tests.support import free_port
 
 STEPS = 5
 
