@@ -336,16 +336,7 @@ def job_retry(*, job: Job) -> Job:
     """A new job with the same parameters (seed included), owned by the same user."""
     return job_create(
         owner=job.owner,
-        prompt=job.prompt,
-        negative_prompt=job.negative_prompt,
-        width=job.width,
-        height=job.height,
-        steps=job.steps,
-        guidance_scale=job.guidance_scale,
-        scheduler=job.scheduler,
-        seed=job.seed,
-        num_images=job.num_images,
-        model=job.model,
+        **{name: getattr(job, name) for name in PARAMETER_FIELDS},
         retry_of=job,
         cache=False,  # a retry runs the model again
     )

@@ -18,7 +18,7 @@ import requests
 from django.conf import settings
 from django.utils import timezone
 
-from diffusion_api.jobs.models import Job, JobStatus, WebhookDelivery, WebhookStatus
+from diffusion_api.jobs.models import PARAMETER_FIELDS, Job, JobStatus, WebhookDelivery, WebhookStatus
 
 RETRYABLE_STATUS = {408, 425, 429}  # and every 5xx
 
@@ -72,18 +72,7 @@ def payload(job: Job) -> bytes:
             "status": job.status,
             "error": job.error,
             "attempts": job.attempts,
-            "parameters": {
-                "prompt": job.prompt,
-                "negative_prompt": job.negative_prompt,
-                "width": job.width,
-                "height": job.height,
-                "steps": job.steps,
-                "guidance_scale": job.guidance_scale,
-                "scheduler": job.scheduler,
-                "seed": job.seed,
-                "num_images": job.num_images,
-                "model": job.model,
-            },
+            "parameters": {name: getattr(job, name) for name in PARAMETER_FIELDS},
             "created_at": job.created_at.isoformat(),
             "started_at": job.started_at.isoformat() if job.started_at else None,
             "finished_at": job.finished_at.isoformat() if job.finished_at else None,
