@@ -169,7 +169,9 @@ def test_poison_job_fails_after_the_attempt_cap_without_holding_up_others(stack)
     assert f"JOB_MAX_ATTEMPTS={MAX_ATTEMPTS}" in poison["error"], poison
     assert stack.swept(poison_id, "requeued") == MAX_ATTEMPTS - 1 and stack.swept(poison_id, "failed") == 1
     for other in others:
-        assert jobs[other]["status"] == "succeeded" and jobs[other]["attempts"] == 1, jobs[other]
+        # With batching (WORKER_BATCH_SIZE, default 4) a good job queued beside the poison job can share its
+        # first attempt and die with it, once: from then on the poison job has lost a worker and runs alone.
+        assert jobs[other]["status"] == "succeeded" and jobs[other]["attempts"] <= 2, jobs[other]
         assert jobs[other]["finished_at"] < poison["finished_at"], "a good job waited for the poison job"
     # Each attempt costs one lease (3 s) before the sweeper takes the job back.
     assert (poison["finished_at"] - poison["created_at"]).total_seconds() >= MAX_ATTEMPTS * LEASE_SECONDS
@@ -181,6 +183,7 @@ def test_poison_job_fails_after_the_attempt_cap_without_holding_up_others(stack)
         sweeps_requeued=stack.swept(poison_id, "requeued"),
         seconds_created_to_failed=seconds(poison["created_at"], poison["finished_at"]),
         others_succeeded=sum(jobs[o]["status"] == "succeeded" for o in others),
+        others_attempts=[jobs[o]["attempts"] for o in others],
         seconds_others_done_before_poison_failed=seconds(
             max(jobs[o]["finished_at"] for o in others), poison["finished_at"]
         ),
