@@ -34,7 +34,16 @@ def make_scheduler(name: str, model_scheduler_config: dict):
 
     class_name, settings = SCHEDULERS[name]
     scheduler_class = getattr(diffusers, class_name)
+    if model_scheduler_config.get("rescale_betas_zero_snr") and not _accepts(scheduler_class, "rescale_betas_zero_snr"):
+        # from_config would drop the setting silently and sample with a schedule the model was not trained on.
+        raise ValueError(f"scheduler {name!r} cannot follow this model's zero-terminal-SNR noise schedule")
     return scheduler_class.from_config(dict(model_scheduler_config), **settings)
+
+
+def _accepts(scheduler_class, parameter: str) -> bool:
+    import inspect
+
+    return parameter in inspect.signature(scheduler_class.__init__).parameters
 
 
 def scheduler_name_for_config(config: dict) -> str:

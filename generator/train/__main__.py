@@ -1,0 +1,38 @@
+"""`python -m generator.train --config configs/unet.yaml [key=value …] [--resume latest|CHECKPOINT]`.
+
+Runs through Hugging Face Accelerate: `accelerate launch -m generator.train --config …` runs the same
+command on several GPUs or machines; a plain `python -m` runs one process (here, on the CPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from generator.train.config import config_yaml, load_config
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m generator.train", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", required=True, help="a stage's YAML file (configs/clip.yaml, vae.yaml, unet.yaml)")
+    parser.add_argument("--resume", help="`latest` (the newest checkpoint under output_dir) or a checkpoint folder")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config and stop")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs still go to log.jsonl)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config values that replace the file's")
+    args = parser.parse_args(argv)
+    try:
+        config = load_config(args.config, args.overrides)
+    except (OSError, ValueError, TypeError) as error:
+        parser.error(str(error))
+    if args.print_config:
+        print(config_yaml(config), end="")
+        return 0
+    from generator.train.loop import train
+
+    final = train(config, resume=args.resume, progress=not args.no_progress)
+    print(f"final weights in {final}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,149 @@
+"""CLIP stage: a small text tower and image tower trained contrastively on shapes64 caption–image pairs.
+
+The text tower becomes the built-in model's text encoder; the image tower gives the VAE its
+perceptual loss and the evaluation its image features and CLIP score. Pixels go in as [-1, 1]
+(no ImageNet normalisation: nothing here was trained on ImageNet).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from generator.data import shapes64
+from generator.train.data import grid, to_tensor, training_batch
+from generator.train.loop import make_optimizer
+
+
+def shapes64_vocabulary() -> str:
+    """Every word a shapes64 caption can use, once: the tokenizer learns a whole-word token for each."""
+    words = ["a", "an", "on", "background"]
+    words += [*shapes64.BACKGROUNDS, *shapes64.COLOURS, *shapes64.SHAPES, *shapes64.SIDES]
+    for phrase in [*shapes64.POSITION_PHRASES.values(), *shapes64.RELATIONS]:
+        words += phrase.split()
+    return " ".join(dict.fromkeys(words))
+
+
+def make_tokenizer(max_tokens: int, merges: int):
+    from generator.tiny import make_clip_tokenizer
+
+    tokenizer = make_clip_tokenizer(corpus=shapes64_vocabulary(), num_merges=merges)
+    tokenizer.model_max_length = max_tokens
+    return tokenizer
+
+
+def tokenize(tokenizer, captions: list[str]) -> torch.Tensor:
+    """Token ids padded to the tokenizer's length, as the pipeline pads them (no attention mask)."""
+    return tokenizer(
+        captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+    ).input_ids
+
+
+def make_clip(config, tokenizer):
+    from transformers import CLIPConfig, CLIPModel
+
+    tower = {
+        "hidden_size": config.hidden_size,
+        "intermediate_size": 4 * config.hidden_size,
+        "num_hidden_layers": config.layers,
+        "num_attention_heads": config.heads,
+        "hidden_act": "quick_gelu",
+    }
+    text = {
+        **tower,
+        "vocab_size": len(tokenizer),
+        "max_position_embeddings": config.max_tokens,
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+    vision = {**tower, "image_size": shapes64.CANVAS, "patch_size": config.patch_size, "num_channels": 3}
+    return CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=config.projection_dim))
+
+
+def validation_pairs(count: int, seed: int = 0) -> tuple[np.ndarray, list[str]]:
+    """`count` validation images (uint8) with their full captions."""
+    dataset = shapes64.Shapes64Dataset("validation", count, seed)
+    images, captions = [], []
+    for image, _, scene in dataset:
+        images.append(np.asarray(image))
+        captions.append(shapes64.full_caption(scene))
+    return np.stack(images), captions
+
+
+def image_embeddings(model, pixels: torch.Tensor) -> torch.Tensor:
+    """Unit-length projected image embeddings (N, projection_dim) of [-1, 1] pixels (N, 3, 64, 64)."""
+    return torch.nn.functional.normalize(model.get_image_features(pixel_values=pixels).pooler_output, dim=-1)
+
+
+def text_embeddings(model, input_ids: torch.Tensor) -> torch.Tensor:
+    """Unit-length projected text embeddings (N, projection_dim)."""
+    return torch.nn.functional.normalize(model.get_text_features(input_ids=input_ids).pooler_output, dim=-1)
+
+
+class ClipStage:
+    def __init__(self, config, accelerator):
+        self.config, self.accelerator = config, accelerator
+        self.tokenizer = make_tokenizer(config.max_tokens, config.tokenizer_merges)
+        model = make_clip(config, self.tokenizer)
+        optimizer, schedule = make_optimizer(model.parameters(), config)
+        self.model, self.optimizer = accelerator.prepare(model, optimizer)
+        self.schedule = schedule
+        accelerator.register_for_checkpointing(schedule)
+        self.validation = validation_pairs(256)
+
+    def train_step(self, step: int, rng: np.random.Generator) -> dict:
+        images, captions = training_batch(rng, self.config.batch_size, self.config.data_seed)
+        device = self.accelerator.device
+        self.model.train()
+        output = self.model(
+            input_ids=tokenize(self.tokenizer, captions).to(device), pixel_values=images.to(device), return_loss=True
+        )
+        self.accelerator.backward(output.loss)
+        if self.config.grad_clip:
+            self.accelerator.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        self.optimizer.step()
+        self.schedule.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return {"loss": output.loss.item(), "lr": self.schedule.get_last_lr()[0]}
+
+    @torch.no_grad()
+    def retrieval(self) -> tuple[dict, np.ndarray]:
+        """Top-1 retrieval accuracy among the validation pairs, both ways, and the text → image ranking."""
+        model = self.accelerator.unwrap_model(self.model).eval()
+        images, captions = self.validation
+        pixels = to_tensor(images).to(self.accelerator.device)
+        image_embeds = image_embeddings(model, pixels)
+        text_embeds = text_embeddings(model, tokenize(self.tokenizer, captions).to(pixels.device))
+        similarity = text_embeds @ image_embeds.T  # (texts, images)
+        target = torch.arange(len(captions), device=similarity.device)
+        # Captions can repeat among validation images: an image with the same caption counts as a hit.
+        same = torch.tensor([[a == b for b in captions] for a in captions], device=similarity.device)
+        text_hit = same[target, similarity.argmax(1)].float().mean().item()
+        image_hit = same[similarity.argmax(0), target].float().mean().item()
+        return {"text_to_image_top1": text_hit, "image_to_text_top1": image_hit}, similarity.argsort(1, True).cpu()
+
+    def sample(self, path: Path) -> dict:
+        """A retrieval sheet: each row is a validation image, then the 5 images its caption ranks first."""
+        metrics, ranking = self.retrieval()
+        images, _ = self.validation
+        rows = [np.concatenate([images[i : i + 1], images[ranking[i, :5].numpy()]]) for i in range(8)]
+        grid(np.concatenate(rows), columns=6).save(path)
+        return metrics
+
+    def save(self, out: Path) -> None:
+        save_clip(self.accelerator.unwrap_model(self.model), self.tokenizer, out)
+
+
+def save_clip(model, tokenizer, out: Path) -> None:
+    """`out/clip` (both towers and projections), `out/text_encoder` (the text tower alone), `out/tokenizer`."""
+    from transformers import CLIPTextModel
+
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out / "clip")
+    text_encoder = CLIPTextModel(model.config.text_config)
+    text_encoder.load_state_dict(model.text_model.state_dict())
+    text_encoder.save_pretrained(out / "text_encoder")
+    tokenizer.save_pretrained(out / "tokenizer")

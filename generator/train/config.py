@@ -1,0 +1,157 @@
+"""Training configs: one dataclass per stage, read from YAML (values only) with command-line overrides.
+
+A YAML file sets fields by name; a key the stage does not have is an error that lists the keys
+it does have. Overrides are `key=value` words after the file, parsed as YAML scalars
+(`steps=200`, `ema_decay=0.99`, `text_encoder_lr=null`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import yaml
+
+
+@dataclass
+class CommonConfig:
+    stage: str = ""
+    output_dir: str = "var/train/run"
+    seed: int = 0
+    data_seed: int = 0  # the shapes64 training split's seed
+    steps: int = 1000
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    lr_schedule: str = "cosine"  # constant | cosine (decays to lr_min_ratio × learning_rate after warm-up)
+    lr_min_ratio: float = 0.1
+    warmup_steps: int = 100
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    log_every: int = 10
+    sample_every: int = 500  # a sample grid every this many steps (and at the end); 0: only at the end
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
+    threads: int = 0  # torch intra-op threads on the CPU; 0: torch's default
+
+
+@dataclass
+class ClipConfig(CommonConfig):
+    """A small CLIP (text and image towers) trained contrastively on shapes64 caption–image pairs."""
+
+    stage: str = "clip"
+    learning_rate: float = 1e-3
+    batch_size: int = 128
+    hidden_size: int = 128  # both towers
+    layers: int = 4
+    heads: int = 4
+    projection_dim: int = 128
+    patch_size: int = 8
+    max_tokens: int = 24  # the tokenizer's model_max_length (start and end tokens included)
+    tokenizer_merges: int = 200
+
+
+@dataclass
+class VaeConfig(CommonConfig):
+    """An `AutoencoderKL`: L1 + KL + perceptual loss on the trained CLIP image tower, optional patch discriminator."""
+
+    stage: str = "vae"
+    clip_dir: str = "var/train/clip/final"  # the CLIP stage's output: its image tower gives perceptual features
+    learning_rate: float = 1e-3
+    batch_size: int = 32
+    block_out_channels: list[int] = field(default_factory=lambda: [32, 64, 128])
+    layers_per_block: int = 1
+    latent_channels: int = 4
+    kl_weight: float = 1e-6
+    perceptual_weight: float = 0.1
+    perceptual_layers: list[int] = field(default_factory=lambda: [1, 2])  # CLIP vision hidden states compared
+    disc_weight: float = 0.0  # 0 turns the patch discriminator off
+    disc_start: int = 500  # the adversarial loss starts after this many steps
+    disc_learning_rate: float = 2e-4
+    eval_images: int = 256  # validation images whose reconstructions go through the attribute evaluator
+
+
+@dataclass
+class UnetConfig(CommonConfig):
+    """A `UNet2DConditionModel` on the VAE's latents, conditioned on the CLIP text tower's hidden states."""
+
+    stage: str = "unet"
+    clip_dir: str = "var/train/clip/final"
+    vae_dir: str = "var/train/vae/final"
+    learning_rate: float = 5e-4
+    batch_size: int = 64
+    block_out_channels: list[int] = field(default_factory=lambda: [64, 128, 192])
+    layers_per_block: int = 1
+    attention_head_dim: int = 32
+    cross_attention_dim: int | None = None  # None: the text encoder's hidden size
+    # Noise schedule and objective.
+    beta_schedule: str = "cosine"  # linear | scaled_linear | cosine
+    beta_start: float = 0.00085  # linear and scaled_linear only
+    beta_end: float = 0.012
+    zero_terminal_snr: bool = True  # rescale betas so the last step is pure noise (Lin et al. 2024)
+    prediction_type: str = "v_prediction"  # epsilon | v_prediction
+    offset_noise: float = 0.0
+    cond_dropout: float = 0.1  # captions replaced by "" for classifier-free guidance
+    train_text_encoder: bool = False
+    text_encoder_lr: float = 1e-4
+    ema_decay: float = 0.999
+    # The exported model's defaults (generator.json) and the sample grids' settings.
+    default_scheduler: str = "ddim"
+    default_steps: int = 20
+    default_guidance_scale: float = 4.0
+    sample_prompts: int = 16
+    export_dir: str = ""  # also write the final fp16 diffusers folder here ("" : only under output_dir/model)
+
+
+STAGES: dict[str, type[CommonConfig]] = {"clip": ClipConfig, "vae": VaeConfig, "unet": UnetConfig}
+
+
+def parse_overrides(words: list[str]) -> dict:
+    overrides = {}
+    for word in words:
+        key, sep, value = word.partition("=")
+        if not sep or not key:
+            raise ValueError(f"an override must read key=value, got {word!r}")
+        overrides[key] = yaml.safe_load(value)
+    return overrides
+
+
+def build_config(values: dict) -> CommonConfig:
+    """The stage's config from a dict of values; unknown keys and wrong types are errors."""
+    stage = values.get("stage")
+    if stage not in STAGES:
+        raise ValueError(f"config needs `stage`, one of {', '.join(STAGES)}; got {stage!r}")
+    config_class = STAGES[stage]
+    known = {f.name: f for f in fields(config_class)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ValueError(f"unknown key(s) for stage {stage}: {', '.join(unknown)}; known keys: {', '.join(known)}")
+    config = config_class(**values)
+    defaults = config_class()
+    for name in values:  # YAML gives ints for floats (1 for 1.0); refuse strings for numbers and the like
+        expected, got = getattr(defaults, name), getattr(config, name)
+        if isinstance(expected, float) and isinstance(got, int) and not isinstance(got, bool):
+            setattr(config, name, float(got))
+        elif expected is not None and got is not None and not _same_kind(expected, got):
+            raise ValueError(f"{name} should be {type(expected).__name__}, got {got!r}")
+    return config
+
+
+def _same_kind(expected, got) -> bool:
+    if isinstance(expected, bool) or isinstance(got, bool):
+        return isinstance(expected, bool) and isinstance(got, bool)
+    return isinstance(got, type(expected))
+
+
+def load_config(path: str | Path | None, overrides: list[str] | dict | None = None) -> CommonConfig:
+    values = {}
+    if path is not None:
+        values = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(values, dict):
+            raise ValueError(f"{path}: a config is a mapping of key: value")
+    extra = parse_overrides(overrides) if isinstance(overrides, list) else dict(overrides or {})
+    return build_config({**values, **extra})
+
+
+def config_yaml(config: CommonConfig) -> str:
+    return yaml.safe_dump(dataclasses.asdict(config), sort_keys=False)

@@ -1,0 +1,235 @@
+"""UNet stage: a `UNet2DConditionModel` on the VAE's latents, conditioned on the CLIP text tower.
+
+- Noise schedule: `linear`, `scaled_linear` or `cosine` betas, optionally rescaled to zero terminal
+  SNR (Lin et al. 2024) so the last training step is pure noise and the starting noise cannot decide
+  the layout; ε- or v-prediction; optional offset noise.
+- Classifier-free guidance: a caption is replaced by "" with probability `cond_dropout`.
+- The text encoder is frozen, or fine-tuned with the UNet at `text_encoder_lr`.
+- EMA weights (with warm-up) are what samples use and what is exported.
+
+`save` writes a complete diffusers-layout model folder in fp16: tokenizer, text_encoder, vae, unet,
+scheduler, model_index.json and generator.json (the defaults), plus `clip/` for evaluation.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from generator.data import shapes64
+from generator.evaluation.attributes import evaluate
+from generator.train.clip import tokenize
+from generator.train.data import grid, training_batch
+from generator.train.loop import make_optimizer
+
+BETA_SCHEDULES = {"linear": "linear", "scaled_linear": "scaled_linear", "cosine": "squaredcos_cap_v2"}
+
+
+def scheduler_config(config) -> dict:
+    """The training schedule, as every sampler of the exported model reads it."""
+    if config.beta_schedule not in BETA_SCHEDULES:
+        raise ValueError(f"beta_schedule must be one of {', '.join(BETA_SCHEDULES)}, got {config.beta_schedule!r}")
+    if config.prediction_type not in ("epsilon", "v_prediction"):
+        raise ValueError(f"prediction_type must be epsilon or v_prediction, got {config.prediction_type!r}")
+    return {
+        "num_train_timesteps": 1000,
+        "beta_schedule": BETA_SCHEDULES[config.beta_schedule],
+        "beta_start": config.beta_start,
+        "beta_end": config.beta_end,
+        "prediction_type": config.prediction_type,
+        "rescale_betas_zero_snr": config.zero_terminal_snr,
+        # With zero terminal SNR the sampler must start at t = 999 (Lin et al. 2024, §3.3).
+        "timestep_spacing": "trailing" if config.zero_terminal_snr else "leading",
+        "clip_sample": False,
+        "set_alpha_to_one": False,
+        "steps_offset": 1,
+    }
+
+
+def make_unet(config, cross_attention_dim: int, latent_channels: int, sample_size: int):
+    from diffusers import UNet2DConditionModel
+
+    channels = list(config.block_out_channels)
+    return UNet2DConditionModel(
+        sample_size=sample_size,
+        in_channels=latent_channels,
+        out_channels=latent_channels,
+        block_out_channels=channels,
+        layers_per_block=config.layers_per_block,
+        down_block_types=["CrossAttnDownBlock2D"] * (len(channels) - 1) + ["DownBlock2D"],
+        up_block_types=["UpBlock2D"] + ["CrossAttnUpBlock2D"] * (len(channels) - 1),
+        cross_attention_dim=config.cross_attention_dim or cross_attention_dim,
+        attention_head_dim=config.attention_head_dim,
+        norm_num_groups=min(32, channels[0]),
+    )
+
+
+def sample_prompts(count: int) -> list[str]:
+    """Validation prompts for the sample sheets: single, held-out and relation prompts in turn."""
+    sets = shapes64.validation_prompt_sets(seed=1, count=max(1, -(-count // 3)))
+    prompts = [case.prompt for row in zip(*sets.values(), strict=True) for case in row]
+    return prompts[:count]
+
+
+class UnetStage:
+    def __init__(self, config, accelerator):
+        from diffusers import AutoencoderKL, DDPMScheduler
+        from diffusers.training_utils import EMAModel
+        from transformers import CLIPTextModel, CLIPTokenizer
+
+        self.config, self.accelerator = config, accelerator
+        clip_dir = Path(config.clip_dir)
+        self.tokenizer = CLIPTokenizer.from_pretrained(clip_dir / "tokenizer")
+        text_encoder = CLIPTextModel.from_pretrained(clip_dir / "text_encoder")
+        self.vae = AutoencoderKL.from_pretrained(Path(config.vae_dir) / "vae").eval().requires_grad_(False)
+        self.vae.to(accelerator.device)
+        factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        unet = make_unet(
+            config, text_encoder.config.hidden_size, self.vae.config.latent_channels, shapes64.CANVAS // factor
+        )
+        self.noise_scheduler = DDPMScheduler(**scheduler_config(config))
+
+        groups = [{"params": list(unet.parameters())}]
+        if config.train_text_encoder:
+            groups.append({"params": list(text_encoder.parameters()), "lr": config.text_encoder_lr})
+        else:
+            text_encoder.requires_grad_(False).eval()
+        optimizer, schedule = make_optimizer(groups, config)
+        self.schedule = schedule
+        accelerator.register_for_checkpointing(schedule)
+        if config.train_text_encoder:
+            self.unet, self.text_encoder, self.optimizer = accelerator.prepare(unet, text_encoder, optimizer)
+        else:
+            self.unet, self.optimizer = accelerator.prepare(unet, optimizer)
+            self.text_encoder = text_encoder.to(accelerator.device)
+        self.ema = EMAModel(
+            self.trainable_parameters(), decay=config.ema_decay, use_ema_warmup=True, inv_gamma=1.0, power=2 / 3
+        )
+        accelerator.register_for_checkpointing(self.ema)
+        self.prompts = sample_prompts(config.sample_prompts)
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        parameters = list(self.unet.parameters())
+        if self.config.train_text_encoder:
+            parameters += list(self.text_encoder.parameters())
+        return parameters
+
+    def train_step(self, step: int, rng: np.random.Generator) -> dict:
+        config, device = self.config, self.accelerator.device
+        images, captions = training_batch(rng, config.batch_size, config.data_seed)
+        captions = ["" if rng.random() < config.cond_dropout else text for text in captions]
+        generator = torch.Generator().manual_seed(int(rng.integers(2**63)))
+        with torch.no_grad():
+            posterior = self.vae.encode(images.to(device)).latent_dist
+            latents = (posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator))
+            latents = latents * self.vae.config.scaling_factor
+        self.unet.train()
+        self.text_encoder.train(config.train_text_encoder)
+        with torch.set_grad_enabled(config.train_text_encoder):
+            hidden = self.text_encoder(tokenize(self.tokenizer, captions).to(device))[0]
+        noise = torch.randn(latents.shape, generator=generator)
+        if config.offset_noise:
+            noise = noise + config.offset_noise * torch.randn(latents.shape[:2] + (1, 1), generator=generator)
+        timesteps = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (len(latents),),
+                                  generator=generator)
+        noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
+        if config.prediction_type == "v_prediction":
+            target = self.noise_scheduler.get_velocity(latents, noise, timesteps)
+        else:
+            target = noise
+        prediction = self.unet(noisy, timesteps, hidden).sample
+        loss = F.mse_loss(prediction.float(), target.float())
+        self.accelerator.backward(loss)
+        if config.grad_clip:
+            self.accelerator.clip_grad_norm_(self.trainable_parameters(), config.grad_clip)
+        self.optimizer.step()
+        self.schedule.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.ema.step(self.trainable_parameters())
+        return {"loss": loss.item(), "lr": self.schedule.get_last_lr()[0], "ema_decay": self.ema.cur_decay_value or 0}
+
+    def ema_model(self):
+        """A `LoadedModel` holding copies of the modules with the EMA weights, for sampling and export."""
+        from generator.loading import LoadedModel
+        from generator.model_info import ModelDefaults
+
+        unet = copy.deepcopy(self.accelerator.unwrap_model(self.unet)).eval()
+        text_encoder = copy.deepcopy(self.accelerator.unwrap_model(self.text_encoder)).eval()
+        parameters = list(unet.parameters())
+        if self.config.train_text_encoder:
+            parameters += list(text_encoder.parameters())
+        self.ema.copy_to(parameters)
+        defaults = ModelDefaults(
+            width=shapes64.CANVAS,
+            height=shapes64.CANVAS,
+            steps=self.config.default_steps,
+            guidance_scale=self.config.default_guidance_scale,
+            scheduler=self.config.default_scheduler,
+        )
+        scheduler = {"_class_name": "DDIMScheduler", **scheduler_config(self.config)}
+        return LoadedModel(
+            name="training", path=Path(self.config.output_dir), content_hash="", tokenizer=self.tokenizer,
+            text_encoder=text_encoder, unet=unet, vae=self.vae, scheduler_config=scheduler,
+            device=self.accelerator.device, dtype=torch.float32, defaults=defaults,
+        )
+
+    @torch.no_grad()
+    def sample(self, path: Path) -> dict:
+        """A sheet of the sample prompts (seed 0) and their attribute accuracy, overall and per prompt set."""
+        from generator.pipeline import GenerationRequest, generate
+
+        model = self.ema_model()
+        requests = [GenerationRequest(prompt=prompt, seed=0) for prompt in self.prompts]
+        results = generate(model, requests)
+        images = np.stack([np.asarray(result.images[0].image) for result in results])
+        grid(images, columns=min(len(images), 8)).save(path)
+        report = evaluate(zip(images, self.prompts, strict=True))
+        return {"sample_accuracy": report.overall}
+
+    @torch.no_grad()
+    def save(self, out: Path) -> None:
+        export(self.ema_model(), self.config, out)
+        if self.config.export_dir:
+            shutil.copytree(out, self.config.export_dir, dirs_exist_ok=True)
+
+
+def export(model, config, out: Path) -> None:
+    """The complete fp16 diffusers-layout folder of `model` (a LoadedModel) at `out`."""
+    import diffusers
+
+    out.mkdir(parents=True, exist_ok=True)
+    model.tokenizer.save_pretrained(out / "tokenizer")
+    for name in ("text_encoder", "unet", "vae"):
+        module = copy.deepcopy(getattr(model, name)).to(torch.float16)
+        module.save_pretrained(out / name, safe_serialization=True)
+    diffusers.DDIMScheduler(**scheduler_config(config)).save_pretrained(out / "scheduler")
+    clip = Path(config.clip_dir) / "clip"
+    if clip.is_dir():  # the evaluation's image features and CLIP score
+        from transformers import CLIPModel
+
+        CLIPModel.from_pretrained(clip, dtype=torch.float16).save_pretrained(out / "clip", safe_serialization=True)
+    model_index = {
+        "_class_name": "StableDiffusionPipeline",
+        "_diffusers_version": diffusers.__version__,
+        "feature_extractor": [None, None],
+        "requires_safety_checker": False,
+        "safety_checker": [None, None],
+        "scheduler": ["diffusers", "DDIMScheduler"],
+        "text_encoder": ["transformers", "CLIPTextModel"],
+        "tokenizer": ["transformers", "CLIPTokenizer"],
+        "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"],
+    }
+    (out / "model_index.json").write_text(json.dumps(model_index, indent=2) + "\n")
+    defaults = {
+        "steps": config.default_steps,
+        "guidance_scale": config.default_guidance_scale,
+        "scheduler": config.default_scheduler,
+    }
+    (out / "generator.json").write_text(json.dumps({"defaults": defaults}, indent=2) + "\n")

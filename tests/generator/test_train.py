@@ -1,0 +1,139 @@
+"""Training: config handling, and a smoke run of every stage (a few steps, tiny sizes) through export and load."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from generator.data.shapes64 import HELD_OUT_PAIRS, flip_scene, full_caption, make_scene
+from generator.train.config import ClipConfig, UnetConfig, load_config
+from generator.train.data import training_batch
+from generator.train.loop import train
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+TINY = {
+    "clip": dict(steps=3, batch_size=8, hidden_size=32, layers=1, heads=2, projection_dim=16),
+    "vae": dict(steps=3, batch_size=4, block_out_channels=[32, 32], eval_images=8, disc_weight=0.1, disc_start=1),
+    "unet": dict(steps=3, batch_size=4, block_out_channels=[32, 32], attention_head_dim=8, sample_prompts=3,
+                 default_steps=2),
+}
+COMMON = dict(log_every=1, sample_every=2, checkpoint_every=2, warmup_steps=1)
+
+
+def tiny_config(stage: str, out: Path, **extra):
+    return load_config(CONFIGS / f"{stage}.yaml", {**COMMON, **TINY[stage], "output_dir": str(out / stage), **extra})
+
+
+@pytest.mark.parametrize("stage", ["clip", "vae", "unet"])
+def test_shipped_configs_load(stage):
+    config = load_config(CONFIGS / f"{stage}.yaml")
+    assert config.stage == stage
+
+
+def test_unknown_keys_and_bad_types_are_errors(tmp_path):
+    with pytest.raises(ValueError, match="unknown key.*bogus"):
+        load_config(CONFIGS / "clip.yaml", ["bogus=1"])
+    with pytest.raises(ValueError, match="steps should be int"):
+        load_config(CONFIGS / "clip.yaml", ["steps=many"])
+    with pytest.raises(ValueError, match="key=value"):
+        load_config(CONFIGS / "clip.yaml", ["steps"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("stage: unet\nlearning_rate: 0.1\nnot_a_key: 3\n")
+    with pytest.raises(ValueError, match="not_a_key"):
+        load_config(bad)
+
+
+def test_overrides_replace_file_values_and_ints_become_floats():
+    config = load_config(CONFIGS / "unet.yaml", ["steps=7", "learning_rate=1", "train_text_encoder=true"])
+    assert isinstance(config, UnetConfig)
+    assert config.steps == 7 and config.learning_rate == 1.0 and isinstance(config.learning_rate, float)
+    assert config.train_text_encoder is True
+    assert isinstance(load_config(CONFIGS / "clip.yaml"), ClipConfig)
+
+
+def test_training_batches_keep_captions_true_and_never_show_held_out_pairs():
+    rng = np.random.default_rng(0)
+    images, captions = training_batch(rng, 64, data_seed=0)
+    assert images.shape == (64, 3, 64, 64) and images.min() >= -1 and images.max() <= 1
+    for caption in captions:
+        for colour, shape in HELD_OUT_PAIRS:
+            assert f"{colour} {shape}" not in caption
+    # A flipped scene's full caption swaps left and right and nothing else.
+    scene = next(s for i in range(100) if "left" in full_caption(s := make_scene(0, i, "train")))
+    assert full_caption(flip_scene(scene)) == full_caption(scene).replace("left", "right")
+
+
+def _run(config, resume=None):
+    return train(config, resume=resume, progress=False)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """The three stages in order, each a few steps at tiny sizes."""
+    out = tmp_path_factory.mktemp("train")
+    clip = _run(tiny_config("clip", out))
+    vae = _run(tiny_config("vae", out, clip_dir=str(clip)))
+    unet = _run(tiny_config("unet", out, clip_dir=str(clip), vae_dir=str(vae), export_dir=str(out / "export")))
+    return out, clip, vae, unet
+
+
+def test_every_stage_logs_samples_checkpoints_and_final_weights(trained):
+    out, clip, vae, unet = trained
+    for stage in ("clip", "vae", "unet"):
+        run = out / stage
+        records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+        losses = [r["loss"] for r in records if "loss" in r]
+        assert len(losses) == 3 and all(np.isfinite(losses))
+        assert sorted(p.name for p in (run / "samples").iterdir()) == ["step-0000002.png", "step-0000003.png"]
+        checkpoint = run / "checkpoints" / "step-0000003"
+        assert load_config(checkpoint / "config.yaml").steps == 3  # checkpoints carry their resolved config
+    assert (clip / "text_encoder").is_dir() and (clip / "tokenizer").is_dir() and (clip / "clip").is_dir()
+    assert json.loads((vae / "vae" / "config.json").read_text())["scaling_factor"] > 0
+    vae_records = [json.loads(line) for line in (out / "vae" / "log.jsonl").read_text().splitlines()]
+    assert any("d_loss" in r for r in vae_records)  # the discriminator ran after disc_start
+
+
+def test_exported_model_loads_and_generates(trained):
+    from generator.loading import load_model
+    from generator.pipeline import GenerationRequest, generate_one
+
+    out, _, _, unet = trained
+    model = load_model(unet, device="cpu", dtype=torch.float32)
+    assert model.defaults.steps == 2 and model.defaults.width == 64
+    assert model.unet.dtype == torch.float32
+    assert {p.name for p in unet.iterdir()} >= {"unet", "vae", "text_encoder", "tokenizer", "scheduler", "clip"}
+    assert (out / "export" / "model_index.json").is_file()
+    assert model.scheduler_config["rescale_betas_zero_snr"] is True
+    assert model.scheduler_config["prediction_type"] == "v_prediction"
+    image = generate_one(model, GenerationRequest(prompt="a red circle", seed=1)).images[0].image
+    assert image.size == (64, 64)
+    with pytest.raises(ValueError, match="zero-terminal-SNR"):
+        generate_one(model, GenerationRequest(prompt="a red circle", seed=1, scheduler="pndm"))
+
+
+def test_resume_continues_exactly_where_an_uninterrupted_run_would_be(tmp_path):
+    straight = _run(tiny_config("clip", tmp_path / "a", steps=4, sample_every=0))
+    first = tiny_config("clip", tmp_path / "b", steps=2, sample_every=0, checkpoint_every=1)
+    _run(first)
+    resumed = _run(tiny_config("clip", tmp_path / "b", steps=4, sample_every=0, checkpoint_every=1), resume="latest")
+    from safetensors.torch import load_file
+
+    weights_a = load_file(straight / "clip" / "model.safetensors")
+    weights_b = load_file(resumed / "clip" / "model.safetensors")
+    assert weights_a.keys() == weights_b.keys()
+    for key in weights_a:
+        torch.testing.assert_close(weights_a[key], weights_b[key], rtol=0, atol=1e-6)
+
+
+def test_command_line_prints_the_resolved_config(capsys):
+    from generator.train.__main__ import main
+
+    assert main(["--config", str(CONFIGS / "vae.yaml"), "steps=9", "--print-config"]) == 0
+    assert "steps: 9" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["--config", str(CONFIGS / "vae.yaml"), "nonsense=1"])
