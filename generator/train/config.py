@@ -62,6 +62,9 @@ class VaeConfig(CommonConfig):
     block_out_channels: list[int] = field(default_factory=lambda: [32, 64, 128])
     layers_per_block: int = 1
     latent_channels: int = 4
+    # Few channels per group: a group of one channel normalises away a flat background's level, and the
+    # autoencoder then cannot tell white, gray and black apart (measured: L1 stuck at 0.6 with 32 groups of 32).
+    norm_num_groups: int = 8
     kl_weight: float = 1e-6
     perceptual_weight: float = 0.1
     perceptual_layers: list[int] = field(default_factory=lambda: [1, 2])  # CLIP vision hidden states compared
@@ -83,6 +86,7 @@ class UnetConfig(CommonConfig):
     block_out_channels: list[int] = field(default_factory=lambda: [64, 128, 192])
     layers_per_block: int = 1
     attention_head_dim: int = 32
+    norm_num_groups: int = 16
     cross_attention_dim: int | None = None  # None: the text encoder's hidden size
     # Noise schedule and objective.
     beta_schedule: str = "cosine"  # linear | scaled_linear | cosine

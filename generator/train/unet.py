@@ -66,7 +66,7 @@ def make_unet(config, cross_attention_dim: int, latent_channels: int, sample_siz
         up_block_types=["UpBlock2D"] + ["CrossAttnUpBlock2D"] * (len(channels) - 1),
         cross_attention_dim=config.cross_attention_dim or cross_attention_dim,
         attention_head_dim=config.attention_head_dim,
-        norm_num_groups=min(32, channels[0]),
+        norm_num_groups=config.norm_num_groups,
     )
 
 

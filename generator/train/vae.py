@@ -40,7 +40,7 @@ def make_vae(config):
         block_out_channels=channels,
         layers_per_block=config.layers_per_block,
         latent_channels=config.latent_channels,
-        norm_num_groups=min(32, channels[0]),
+        norm_num_groups=config.norm_num_groups,
         sample_size=shapes64.CANVAS,
     )
 

@@ -18,9 +18,14 @@ CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 TINY = {
     "clip": dict(steps=3, batch_size=8, hidden_size=32, layers=1, heads=2, projection_dim=16),
-    "vae": dict(steps=3, batch_size=4, block_out_channels=[32, 32], eval_images=8, disc_weight=0.1, disc_start=1),
-    "unet": dict(steps=3, batch_size=4, block_out_channels=[32, 32], attention_head_dim=8, sample_prompts=3,
-                 default_steps=2),
+    "vae": dict(
+        steps=3, batch_size=4, block_out_channels=[32, 32], norm_num_groups=8, eval_images=8, disc_weight=0.1,
+        disc_start=1,
+    ),
+    "unet": dict(
+        steps=3, batch_size=4, block_out_channels=[32, 32], norm_num_groups=8, attention_head_dim=8,
+        sample_prompts=3, default_steps=2,
+    ),
 }
 COMMON = dict(log_every=1, sample_every=2, checkpoint_every=2, warmup_steps=1)
 
