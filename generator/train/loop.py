@@ -91,6 +91,9 @@ def train(config: CommonConfig, resume: str | None = None, progress: bool = True
         checkpoint = resolve_resume(output_dir, resume)
         accelerator.load_state(str(checkpoint))
         start = json.loads((checkpoint / "step.json").read_text())["step"]
+        # The next step's learning rate from this run's schedule: a resumed run may have a new `steps`.
+        stage.schedule.last_epoch = start - 1
+        stage.schedule.step()
         accelerator.print(f"resumed from {checkpoint} at step {start}")
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -113,7 +116,8 @@ def train(config: CommonConfig, resume: str | None = None, progress: bool = True
             window_start, window_steps = time.perf_counter(), 0
             bar.set_postfix(loss=f"{smoothed:.4f}", img_s=f"{rate:.0f}")
             if accelerator.is_main_process:
-                record = {"step": done, **{k: round(float(v), 6) for k, v in logs.items()}, "images_per_s": rate}
+                record = {"step": done, **{k: round(float(v), 6) for k, v in logs.items()}, "images_per_s": rate,
+                          "time": round(time.time(), 1)}
                 with log_path.open("a") as log:
                     log.write(json.dumps(record) + "\n")
         bar.update(1)

@@ -93,7 +93,7 @@ class UnetStage:
         unet = make_unet(
             config, text_encoder.config.hidden_size, self.vae.config.latent_channels, shapes64.CANVAS // factor
         )
-        self.noise_scheduler = DDPMScheduler(**scheduler_config(config))
+        self.noise_scheduler = DDPMScheduler.from_config(scheduler_config(config))  # drops DDIM-only keys
 
         groups = [{"params": list(unet.parameters())}]
         if config.train_text_encoder:

@@ -66,6 +66,9 @@ class PerceptualLoss(nn.Module):
 
         self.tower = CLIPModel.from_pretrained(Path(clip_dir) / "clip").vision_model.eval().requires_grad_(False)
         self.layers = list(layers)
+        depth = self.tower.config.num_hidden_layers
+        if not self.layers or not all(0 <= layer <= depth for layer in self.layers):
+            raise ValueError(f"perceptual_layers must be hidden-state indices from 0 to {depth}, got {self.layers}")
 
     def forward(self, reconstruction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         both = self.tower(pixel_values=torch.cat([reconstruction, target]), output_hidden_states=True).hidden_states

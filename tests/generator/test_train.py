@@ -20,7 +20,7 @@ TINY = {
     "clip": dict(steps=3, batch_size=8, hidden_size=32, layers=1, heads=2, projection_dim=16),
     "vae": dict(
         steps=3, batch_size=4, block_out_channels=[32, 32], norm_num_groups=8, eval_images=8, disc_weight=0.1,
-        disc_start=1,
+        disc_start=1, perceptual_layers=[1],
     ),
     "unet": dict(
         steps=3, batch_size=4, block_out_channels=[32, 32], norm_num_groups=8, attention_head_dim=8,
