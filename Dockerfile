@@ -52,9 +52,11 @@ COPY generator/ generator/
 COPY worker/ worker/
 COPY deploy/ deploy/
 RUN mkdir -p var/models && chown -R app:app var
+# The built-in model (trained on shapes64; MODEL_CARD.md) in the models folder, beside the tiny one made below.
+COPY --chown=10001:10001 models/shapes64/ var/models/shapes64/
 # A numeric user, so platforms that enforce "not root" (Kubernetes runAsNonRoot) can check it.
 USER 10001:10001
-# The default model, made at build time so the API (which reads the model's JSON configs to validate requests)
+# The tiny random model, made at build time so the API (which reads the model's JSON configs to validate requests)
 # and the worker both have it from their first start. Compose mounts the `models` volume on var/models; Docker
 # fills a new, empty named volume from the image's folder, and a real model copied into the volume is seen by
 # the API and every worker alike.

@@ -7,7 +7,7 @@ export TRANSFORMERS_OFFLINE := 1
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/postgres
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
 
-.PHONY: demo serve test lint install install-dev tiny-model clean
+.PHONY: demo serve test lint install install-dev tiny-model train evaluate clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -24,19 +24,32 @@ $(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.txt
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
 
-# The default model until the built-in trained model lands: a tiny random model, made once.
+# A tiny random model for trying the service's paths quickly (MODELS=tiny=var/models/tiny); made once.
 tiny-model: $(VENV)/.installed
 	test -f var/models/tiny/model_index.json || $(BIN)/python -m generator make-tiny --out var/models/tiny
 
 # Migrate, start the API and a worker on SQLite and the file broker, submit a prompt, save the PNG under out/.
-demo: $(VENV)/.installed tiny-model
+demo: $(VENV)/.installed
 	$(BIN)/python manage.py migrate --verbosity 0
 	$(BIN)/python scripts/demo.py
 
 # API on :8000 and one worker in the foreground (Ctrl-C stops both). Set DATABASE_URL/REDIS_URL for real parts.
-serve: $(VENV)/.installed tiny-model
+serve: $(VENV)/.installed
 	$(BIN)/python manage.py migrate --verbosity 0
 	$(BIN)/python scripts/serve.py
+
+# Train the built-in model's three stages on the CPU (MODEL_CARD.md has the times) and write it to models/shapes64.
+# A stage interrupted part-way goes on from its last checkpoint: add `--resume latest` to its line.
+train: $(VENV)/.installed
+	$(BIN)/python -m generator.train --config configs/clip.yaml
+	$(BIN)/python -m generator.train --config configs/vae.yaml
+	$(BIN)/python -m generator.train --config configs/unet.yaml export_dir=models/shapes64
+
+# The built-in model's evaluation report, scheduler sweep and explanatory figures (docs/ holds the committed copies).
+evaluate: $(VENV)/.installed
+	$(BIN)/python -m generator.evaluate --model models/shapes64 --out out/eval
+	$(BIN)/python -m generator.sweep --model models/shapes64 --out out/sweep
+	$(BIN)/python -m generator.evaluation.figures --model models/shapes64 --out out/figures
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .

@@ -68,6 +68,7 @@ from generator import SCHEDULERS, GenerationRequest, LoadedModel, generate, load
 from generator.tiny import make_clip_tokenizer, make_tiny_model  # noqa: E402
 
 PROMPT = "a photo of a red house in the forest at night, detailed painting"
+BUILTIN_PROMPT = "a small red circle in the top left on a white background"  # the built-in model's grammar
 SEED = 1234
 GUIDANCE_SCALE = 7.5
 WEIGHT_SEED = 0
@@ -128,7 +129,8 @@ SD15_SCHEDULER = {  # PNDMScheduler; `clip_sample` and `set_alpha_to_one` are re
     "clip_sample": False,
     "prediction_type": "epsilon",
 }
-SIZES = {"sd15": 256, "tiny": 64}  # model size → image side in pixels
+SIZES = {"sd15": 256, "tiny": 64, "builtin": 64}  # model → image side in pixels
+BUILTIN_MODEL = ROOT / "models" / "shapes64"  # the trained default model (MODEL_CARD.md)
 
 
 @dataclass(frozen=True)
@@ -138,6 +140,7 @@ class Settings:
     scheduler: str
     guidance_scale: float = GUIDANCE_SCALE
     seed: int = SEED
+    prompt: str = PROMPT
 
 
 @dataclass
@@ -243,6 +246,9 @@ def model_folder(size: str, cache_dir: Path) -> Iterator[Path]:
     if size == "sd15":
         yield sd15_model_folder(cache_dir)
         return
+    if size == "builtin":
+        yield BUILTIN_MODEL
+        return
     with tempfile.TemporaryDirectory(prefix="bench-tiny-") as tmp:
         yield make_tiny_model(Path(tmp) / "tiny")
 
@@ -267,7 +273,7 @@ def stock_pipeline(model: LoadedModel, scheduler_name: str) -> StableDiffusionPi
 
 def run_ours(model: LoadedModel, side: int, settings: Settings) -> tuple[Run, np.ndarray]:
     request = GenerationRequest(
-        prompt=PROMPT,
+        prompt=settings.prompt,
         width=side,
         height=side,
         steps=settings.steps,
@@ -291,7 +297,7 @@ def run_stock(pipe: StableDiffusionPipeline, side: int, settings: Settings) -> t
 
     start, cpu_start = time.perf_counter(), time.process_time()
     image = pipe(
-        prompt=PROMPT,
+        prompt=settings.prompt,
         height=side,
         width=side,
         num_inference_steps=settings.steps,
@@ -393,7 +399,7 @@ def to_json(machine: dict, settings: Settings, command: str, results: list[Model
         "command": command,
         "machine": machine,
         "settings": asdict(settings),
-        "prompt": PROMPT,
+        "prompt": settings.prompt,
         "results": [
             {
                 "model": r.model,
@@ -415,7 +421,10 @@ def to_json(machine: dict, settings: Settings, command: str, results: list[Model
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--size", choices=["sd15", "tiny", "both"], default="both")
+    parser.add_argument(
+        "--size", choices=["sd15", "tiny", "both", "builtin"], default="both",
+        help="both: sd15 and tiny; builtin: the trained default model (use its scheduler, e.g. --scheduler ddim)",
+    )
     parser.add_argument("--steps", type=int, default=4, help="denoising steps per image (at least 2)")
     parser.add_argument("--repeats", type=int, default=3, help="timed rounds per path, after one warm-up")
     parser.add_argument("--scheduler", choices=list(SCHEDULERS), default="pndm")
@@ -431,7 +440,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    settings = Settings(steps=args.steps, repeats=args.repeats, scheduler=args.scheduler)
+    prompt = BUILTIN_PROMPT if args.size == "builtin" else PROMPT
+    settings = Settings(steps=args.steps, repeats=args.repeats, scheduler=args.scheduler, prompt=prompt)
     sizes = ["sd15", "tiny"] if args.size == "both" else [args.size]
     command = "python " + " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:])
     machine = machine_info()

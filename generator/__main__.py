@@ -10,13 +10,18 @@ from tqdm import tqdm
 
 from generator.schedulers import SCHEDULERS
 
+# The built-in model, trained on shapes64 by `python -m generator.train` (MODEL_CARD.md).
+BUILTIN_MODEL = Path(__file__).resolve().parents[1] / "models" / "shapes64"
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m generator", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
     gen = commands.add_parser("generate", help="generate images from a prompt")
-    gen.add_argument("--model", required=True, help="a diffusers-layout model folder on local disk")
+    gen.add_argument(
+        "--model", type=Path, default=BUILTIN_MODEL, help="a diffusers-layout model folder (default: built-in model)"
+    )
     gen.add_argument("--prompt", required=True)
     gen.add_argument("--negative-prompt", default="")
     gen.add_argument("--steps", type=int, help="denoising steps (default: the model's)")

@@ -22,7 +22,7 @@ What is measured:
 3. Features: the image tower of the model's `clip/` folder (the CLIP stage, trained on shapes64) gives
    FID and KID (generated vs A; floor B vs A) and, with its text tower, the CLIP score (generated
    images vs their prompts; real A vs its prompts). A model without `clip/` skips these, with a note.
-   Inception pool features are used only when `INCEPTION_WEIGHTS` names a local weight file (a
+   Inception pool features are used only when `--inception-weights` names a local weight file (a
    torchvision `inception_v3` state dict or pytorch-fid's `pt_inception-*.pth`, with torchvision,
    and pytorch-fid for the latter, installed); nothing is ever downloaded.
 4. Inception Score: from the colour × shape probabilities (18 classes) of a small classifier trained
@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import shlex
 import sys
 import textwrap
@@ -67,7 +66,7 @@ REAL_A_FIRST_SEED = 100
 REAL_B_FIRST_SEED = 200
 KID_SUBSETS = 10
 GRID_PROMPTS = 16  # prompts shown per grid
-INCEPTION_ENV = "INCEPTION_WEIGHTS"
+INCEPTION_OPTION = "--inception-weights"
 
 
 # --- Image sets ---------------------------------------------------------------------------------
@@ -252,21 +251,20 @@ class InceptionFeatures:
         self.network, self.kind, self.path = network, kind, path
 
     @classmethod
-    def from_environment(cls) -> tuple[InceptionFeatures | None, str]:
-        """The network named by INCEPTION_WEIGHTS, or None and why not."""
-        value = os.environ.get(INCEPTION_ENV)
+    def from_path(cls, value: str | Path | None) -> tuple[InceptionFeatures | None, str]:
+        """The network in the local weight file `value` (`--inception-weights`), or None and why not."""
         if not value:
             return None, (
-                f"not available: set {INCEPTION_ENV} to a local torchvision inception_v3 state dict or a "
+                f"not available: pass {INCEPTION_OPTION} with a local torchvision inception_v3 state dict or a "
                 "pytorch-fid pt_inception file to add it (weights are never downloaded)"
             )
         path = Path(value)
         if not path.is_file():
-            return None, f"not available: {INCEPTION_ENV}={value} is not a file"
+            return None, f"not available: {INCEPTION_OPTION} {value} is not a file"
         try:
             import torchvision  # noqa: F401
         except ImportError:
-            return None, f"not available: {INCEPTION_ENV} is set but torchvision is not installed"
+            return None, f"not available: {INCEPTION_OPTION} is given but torchvision is not installed"
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
             if isinstance(state, dict) and "state_dict" in state:
@@ -454,6 +452,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="auto", help="cpu, cuda, … (default: cuda when present)")
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
     parser.add_argument(
+        INCEPTION_OPTION, type=Path, help="local Inception v3 weights for FID on Inception features (optional)"
+    )
+    parser.add_argument(
         "--classifier",
         type=Path,
         default=None,
@@ -500,7 +501,7 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as error:  # a clip/ folder that cannot be used: say why, measure the rest
         clip, clip_note = None, f"{model.path / 'clip'} could not be used ({error}); FID, KID and CLIP score skipped"
     notes.append(clip_note)
-    inception, inception_note = InceptionFeatures.from_environment()
+    inception, inception_note = InceptionFeatures.from_path(args.inception_weights)
     notes.append(f"Inception FID: {inception_note}")
     classifier_path = args.classifier or DEFAULT_PATH
     if not classifier_path.is_file():

@@ -158,11 +158,15 @@ LOGGING = {
 METRICS_TOKEN = os.environ.get("METRICS_TOKEN", "")  # set: /metrics wants `Authorization: Bearer <token>`
 
 # --- Models the service offers: MODELS="name=/path,other=/path"; the first is the default.
-# Until the built-in trained model lands, the default is a tiny random model made at first start.
+# The default is the built-in model trained on shapes64, kept in the repository (models/shapes64; MODEL_CARD.md).
+# `tiny` (a random model for tests, made by `python -m generator make-tiny`) is made at first use if named here.
+BUILTIN_MODEL_DIR = BASE_DIR / "models" / "shapes64"
 TINY_MODEL_DIR = VAR_DIR / "models" / "tiny"
 MODELS = {
     name.strip(): Path(path.strip())
-    for name, path in (item.split("=", 1) for item in os.environ.get("MODELS", f"tiny={TINY_MODEL_DIR}").split(","))
+    for name, path in (
+        item.split("=", 1) for item in os.environ.get("MODELS", f"shapes64={BUILTIN_MODEL_DIR}").split(",")
+    )
 }
 DEFAULT_MODEL = next(iter(MODELS))
 

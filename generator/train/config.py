@@ -96,6 +96,7 @@ class UnetConfig(CommonConfig):
     prediction_type: str = "v_prediction"  # epsilon | v_prediction
     offset_noise: float = 0.0
     cond_dropout: float = 0.1  # captions replaced by "" for classifier-free guidance
+    init_from: str = ""  # a model folder whose UNet to start from (block settings then come from it), "" : new
     train_text_encoder: bool = False
     text_encoder_lr: float = 1e-4
     ema_decay: float = 0.999

@@ -79,20 +79,25 @@ def sample_prompts(count: int) -> list[str]:
 
 class UnetStage:
     def __init__(self, config, accelerator):
-        from diffusers import AutoencoderKL, DDPMScheduler
+        from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
         from diffusers.training_utils import EMAModel
         from transformers import CLIPTextModel, CLIPTokenizer
 
         self.config, self.accelerator = config, accelerator
         clip_dir = Path(config.clip_dir)
         self.tokenizer = CLIPTokenizer.from_pretrained(clip_dir / "tokenizer")
-        text_encoder = CLIPTextModel.from_pretrained(clip_dir / "text_encoder")
-        self.vae = AutoencoderKL.from_pretrained(Path(config.vae_dir) / "vae").eval().requires_grad_(False)
+        # fp32 whatever the saved dtype: `clip_dir` and `vae_dir` may name an fp16 exported model folder.
+        text_encoder = CLIPTextModel.from_pretrained(clip_dir / "text_encoder", dtype=torch.float32)
+        self.vae = AutoencoderKL.from_pretrained(Path(config.vae_dir) / "vae", torch_dtype=torch.float32)
+        self.vae.eval().requires_grad_(False)
         self.vae.to(accelerator.device)
         factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
-        unet = make_unet(
-            config, text_encoder.config.hidden_size, self.vae.config.latent_channels, shapes64.CANVAS // factor
-        )
+        if config.init_from:  # go on from an exported model's UNet (e.g. models/shapes64), with fresh optimizer state
+            unet = UNet2DConditionModel.from_pretrained(Path(config.init_from) / "unet", torch_dtype=torch.float32)
+        else:
+            unet = make_unet(
+                config, text_encoder.config.hidden_size, self.vae.config.latent_channels, shapes64.CANVAS // factor
+            )
         self.noise_scheduler = DDPMScheduler.from_config(scheduler_config(config))  # drops DDIM-only keys
 
         groups = [{"params": list(unet.parameters())}]

@@ -64,7 +64,8 @@ class PerceptualLoss(nn.Module):
         super().__init__()
         from transformers import CLIPModel
 
-        self.tower = CLIPModel.from_pretrained(Path(clip_dir) / "clip").vision_model.eval().requires_grad_(False)
+        clip = CLIPModel.from_pretrained(Path(clip_dir) / "clip", dtype=torch.float32)
+        self.tower = clip.vision_model.eval().requires_grad_(False)
         self.layers = list(layers)
         depth = self.tower.config.num_hidden_layers
         if not self.layers or not all(0 <= layer <= depth for layer in self.layers):

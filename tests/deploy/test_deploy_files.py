@@ -243,7 +243,20 @@ def test_the_build_time_model_step_makes_a_model_the_api_can_read(runtime, tmp_p
 
     info = read_model_info(tmp_path / out_in_image, "tiny")
     assert info.defaults.width == info.defaults.height == 64
-    # It is the folder MODELS names in .env.example, and the worker's own tiny default (VAR_DIR/models/tiny).
+    # It is a folder MODELS names in .env.example, and the one the worker makes itself (VAR_DIR/models/tiny).
     (workdir,) = {i.arguments for i in runtime.all("WORKDIR")}
-    assert f"tiny={workdir}/{out_in_image}" == read_env_file(ENV_EXAMPLE)["MODELS"].split(",")[0]
+    assert f"tiny={workdir}/{out_in_image}" in read_env_file(ENV_EXAMPLE)["MODELS"].split(",")
     assert f"{workdir}/{out_in_image}" == f"{runtime.environment()['VAR_DIR']}/models/tiny"
+
+
+def test_the_image_holds_the_built_in_model_as_the_default(runtime):
+    """The repository's trained model is copied into the models folder and is MODELS' first (default) entry."""
+    from generator.model_info import read_model_info
+
+    (copy,) = [i for i in runtime.all("COPY") if "models/shapes64" in i.arguments]
+    source, target = copy.arguments.split()[-2:]
+    (workdir,) = {i.arguments for i in runtime.all("WORKDIR")}
+    default = read_env_file(ENV_EXAMPLE)["MODELS"].split(",")[0]
+    assert default == f"shapes64={workdir}/{target.rstrip('/')}"
+    info = read_model_info(ROOT / source, "shapes64")
+    assert (info.defaults.width, info.defaults.height) == (64, 64)

@@ -132,7 +132,6 @@ def test_real_sets_are_disjoint_draws_of_the_evaluation_mixture():
 
 
 def test_evaluate_without_clip_reports_accuracy_is_and_speed(tiny_model_dir, classifier_path, tmp_path, monkeypatch):
-    monkeypatch.delenv("INCEPTION_WEIGHTS", raising=False)
     out = tmp_path / "report"
     argv = ["--model", str(tiny_model_dir), "--out", str(out), *RUN, "--classifier", str(classifier_path)]
     assert evaluate_main(argv) == 0
@@ -169,7 +168,6 @@ def test_evaluate_without_clip_reports_accuracy_is_and_speed(tiny_model_dir, cla
 
 
 def test_evaluate_with_clip_reports_fid_kid_and_clip_score(clip_model_dir, classifier_path, tmp_path, monkeypatch):
-    monkeypatch.delenv("INCEPTION_WEIGHTS", raising=False)
     out = tmp_path / "report"
     argv = ["--model", str(clip_model_dir), "--out", str(out), *RUN, "--classifier", str(classifier_path)]
     assert evaluate_main(argv) == 0
@@ -192,16 +190,13 @@ def test_evaluate_rejects_a_missing_model_and_bad_counts(tmp_path, capsys):
         evaluate_main(["--model", str(tmp_path), "--out", str(tmp_path / "out"), "--images-per-prompt", "0"])
 
 
-def test_inception_features_are_never_downloaded(tmp_path, monkeypatch):
-    monkeypatch.delenv("INCEPTION_WEIGHTS", raising=False)
-    network, note = InceptionFeatures.from_environment()
-    assert network is None and "not available: set INCEPTION_WEIGHTS" in note
-    monkeypatch.setenv("INCEPTION_WEIGHTS", str(tmp_path / "missing.pth"))
-    network, note = InceptionFeatures.from_environment()
+def test_inception_features_are_never_downloaded(tmp_path):
+    network, note = InceptionFeatures.from_path(None)
+    assert network is None and "not available: pass --inception-weights" in note
+    network, note = InceptionFeatures.from_path(tmp_path / "missing.pth")
     assert network is None and "is not a file" in note
     (tmp_path / "junk.pth").write_bytes(b"not a state dict")
-    monkeypatch.setenv("INCEPTION_WEIGHTS", str(tmp_path / "junk.pth"))
-    network, note = InceptionFeatures.from_environment()
+    network, note = InceptionFeatures.from_path(tmp_path / "junk.pth")
     assert network is None and note.startswith("not available")
 
 

@@ -142,3 +142,20 @@ def test_command_line_prints_the_resolved_config(capsys):
     assert "steps: 9" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         main(["--config", str(CONFIGS / "vae.yaml"), "nonsense=1"])
+
+
+def test_unet_stage_goes_on_from_an_exported_model_folder(trained, tmp_path):
+    """`init_from`, `clip_dir` and `vae_dir` can all name an exported fp16 model: it starts from its UNet."""
+    from safetensors.torch import load_file
+
+    _, _, _, exported = trained
+    config = tiny_config(
+        "unet", tmp_path, clip_dir=str(exported), vae_dir=str(exported), init_from=str(exported),
+        steps=1, sample_every=0, learning_rate=1e-12,
+    )
+    final = _run(config)
+    before = load_file(exported / "unet" / "diffusion_pytorch_model.safetensors")
+    after = load_file(final / "unet" / "diffusion_pytorch_model.safetensors")
+    assert before.keys() == after.keys()
+    for key in before:
+        torch.testing.assert_close(after[key], before[key], rtol=0, atol=1e-3)
