@@ -65,7 +65,7 @@ import torch  # noqa: E402
 from diffusers import StableDiffusionPipeline  # noqa: E402
 
 from generator import SCHEDULERS, GenerationRequest, LoadedModel, generate, load_model, make_scheduler  # noqa: E402
-from generator.tiny import make_clip_tokenizer, make_tiny_model  # noqa: E402
+from generator.tiny import make_clip_tokenizer, make_tiny_model, write_model_index  # noqa: E402
 
 PROMPT = "a photo of a red house in the forest at night, detailed painting"
 BUILTIN_PROMPT = "a small red circle in the top left on a white background"  # the built-in model's grammar
@@ -226,19 +226,7 @@ def build_sd15_model(out: Path) -> None:
     scheduler_config = {"_class_name": "PNDMScheduler", "_diffusers_version": diffusers.__version__, **SD15_SCHEDULER}
     (out / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler_config, indent=2) + "\n")
 
-    model_index = {
-        "_class_name": "StableDiffusionPipeline",
-        "_diffusers_version": diffusers.__version__,
-        "feature_extractor": [None, None],
-        "requires_safety_checker": False,
-        "safety_checker": [None, None],
-        "scheduler": ["diffusers", "PNDMScheduler"],
-        "text_encoder": ["transformers", "CLIPTextModel"],
-        "tokenizer": ["transformers", "CLIPTokenizer"],
-        "unet": ["diffusers", "UNet2DConditionModel"],
-        "vae": ["diffusers", "AutoencoderKL"],
-    }
-    (out / "model_index.json").write_text(json.dumps(model_index, indent=2) + "\n")
+    write_model_index(out, scheduler_class="PNDMScheduler")
 
 
 @contextlib.contextmanager

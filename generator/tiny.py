@@ -164,22 +164,27 @@ def make_tiny_model(out_dir: str | Path, config: TinyModelConfig | None = None) 
 
     DDIMScheduler(**config.scheduler).save_pretrained(out / "scheduler")
 
+    write_model_index(out)
+    tiny_config = asdict(config)
+    (out / "tiny_config.json").write_text(json.dumps(tiny_config, indent=2) + "\n")
+    return out
+
+
+def write_model_index(out: Path, scheduler_class: str = "DDIMScheduler") -> None:
+    """`model_index.json` of an SD-layout folder (no safety checker or feature extractor)."""
     model_index = {
         "_class_name": "StableDiffusionPipeline",
         "_diffusers_version": _diffusers_version(),
         "feature_extractor": [None, None],
         "requires_safety_checker": False,
         "safety_checker": [None, None],
-        "scheduler": ["diffusers", "DDIMScheduler"],
+        "scheduler": ["diffusers", scheduler_class],
         "text_encoder": ["transformers", "CLIPTextModel"],
         "tokenizer": ["transformers", "CLIPTokenizer"],
         "unet": ["diffusers", "UNet2DConditionModel"],
         "vae": ["diffusers", "AutoencoderKL"],
     }
-    (out / "model_index.json").write_text(json.dumps(model_index, indent=2) + "\n")
-    tiny_config = asdict(config)
-    (out / "tiny_config.json").write_text(json.dumps(tiny_config, indent=2) + "\n")
-    return out
+    (Path(out) / "model_index.json").write_text(json.dumps(model_index, indent=2) + "\n")
 
 
 def _diffusers_version() -> str:

@@ -208,6 +208,8 @@ def export(model, config, out: Path) -> None:
     """The complete fp16 diffusers-layout folder of `model` (a LoadedModel) at `out`."""
     import diffusers
 
+    from generator.tiny import write_model_index
+
     out.mkdir(parents=True, exist_ok=True)
     model.tokenizer.save_pretrained(out / "tokenizer")
     for name in ("text_encoder", "unet", "vae"):
@@ -219,19 +221,7 @@ def export(model, config, out: Path) -> None:
         from transformers import CLIPModel
 
         CLIPModel.from_pretrained(clip, dtype=torch.float16).save_pretrained(out / "clip", safe_serialization=True)
-    model_index = {
-        "_class_name": "StableDiffusionPipeline",
-        "_diffusers_version": diffusers.__version__,
-        "feature_extractor": [None, None],
-        "requires_safety_checker": False,
-        "safety_checker": [None, None],
-        "scheduler": ["diffusers", "DDIMScheduler"],
-        "text_encoder": ["transformers", "CLIPTextModel"],
-        "tokenizer": ["transformers", "CLIPTokenizer"],
-        "unet": ["diffusers", "UNet2DConditionModel"],
-        "vae": ["diffusers", "AutoencoderKL"],
-    }
-    (out / "model_index.json").write_text(json.dumps(model_index, indent=2) + "\n")
+    write_model_index(out)
     defaults = {
         "steps": config.default_steps,
         "guidance_scale": config.default_guidance_scale,
