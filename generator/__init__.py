@@ -10,6 +10,9 @@ The names below are imported on first use, so that `generator.model_info` and
 import importlib
 
 _EXPORTS = {
+    "Bucket": "generator.fastpath",
+    "optimize": "generator.fastpath",
+    "parse_buckets": "generator.fastpath",
     "LoadedModel": "generator.loading",
     "check_model_folder": "generator.loading",
     "load_model": "generator.loading",

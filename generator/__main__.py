@@ -33,7 +33,12 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("--height", type=int)
     gen.add_argument("--num-images", type=int, default=1)
     gen.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 … (default: cuda when present)")
-    gen.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
+    gen.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"],
+                     help="bf16 is the CPU fast path on CPUs with AVX-512 BF16 or AMX")
+    gen.add_argument("--decoder", default="vae", choices=["vae", "tiny"],
+                     help="tiny: the model's own tiny_vae/ decoder (faster, slightly different pixels)")
+    gen.add_argument("--compile", action="store_true",
+                     help="torch.compile the UNet for this request's shape first (pays off over many images)")
     gen.add_argument("--save-intermediates", type=Path, help="folder for each step's latents and preview")
     gen.add_argument("--out", type=Path, required=True, help="a .png path, or a folder")
 
@@ -58,7 +63,7 @@ def _generate(args: argparse.Namespace) -> int:
     from generator import GenerationRequest, ModelLoadError, generate_one, load_model, resolve_request
 
     try:
-        model = load_model(args.model, device=args.device, dtype=args.dtype)
+        model = load_model(args.model, device=args.device, dtype=args.dtype, decoder=args.decoder)
         request = resolve_request(
             model,
             GenerationRequest(
@@ -77,6 +82,11 @@ def _generate(args: argparse.Namespace) -> int:
     except (ModelLoadError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+
+    from generator.fastpath import Bucket, optimize
+
+    buckets = [Bucket(request.width, request.height, request.num_images)] if args.compile else []
+    optimize(model, buckets=buckets, guidance=request.guidance_scale > 1)
 
     bar = tqdm(total=request.steps, desc=f"{request.scheduler}, seed {request.seed}", unit="step")
 

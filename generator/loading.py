@@ -21,6 +21,7 @@ REQUIRED_FILES = {
     "scheduler": [("scheduler_config.json",)],
 }
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
+DECODERS = ("vae", "tiny")  # tiny: the model's own `tiny_vae/` folder (an AutoencoderKL distilled to AutoencoderTiny)
 
 
 @dataclass
@@ -38,6 +39,8 @@ class LoadedModel:
     device: torch.device
     dtype: torch.dtype
     defaults: ModelDefaults
+    tiny_vae: torch.nn.Module | None = None  # diffusers.AutoencoderTiny, the fast path's cheap decoder (`tiny_vae/`)
+    decoder: str = "vae"  # which decodes the images: "vae" (the AutoencoderKL) or "tiny" (tiny_vae)
     cache: dict = field(default_factory=dict)  # per-model derived values (e.g. preview matrix)
 
     @property
@@ -115,14 +118,25 @@ def load_model(
     device: str | torch.device | None = "cpu",
     dtype: str | torch.dtype = "fp32",
     name: str | None = None,
+    decoder: str = "vae",
 ) -> LoadedModel:
-    """Load tokenizer, text encoder, UNet, VAE and scheduler config from a local folder."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
+    """Load tokenizer, text encoder, UNet, VAE and scheduler config from a local folder.
+
+    `decoder="tiny"` also loads `tiny_vae/` (an `AutoencoderTiny` trained for this model) and decodes with it.
+    """
+    from diffusers import AutoencoderKL, AutoencoderTiny, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
     path = check_model_folder(path)
     device = resolve_device(device)
     dtype = resolve_dtype(dtype)
+    if decoder not in DECODERS:
+        raise ValueError(f"unknown decoder {decoder!r}; use one of {', '.join(DECODERS)}")
+    if decoder == "tiny" and not (path / "tiny_vae" / "config.json").is_file():
+        raise ModelLoadError(
+            f"model folder {path} has no tiny_vae/ folder, which decoder 'tiny' needs "
+            "(train one with `python -m generator.train --config configs/tiny_vae.yaml`)"
+        )
 
     def load(part: str, loader):
         try:
@@ -134,8 +148,13 @@ def load_model(
     text_encoder = load("text_encoder", lambda p: CLIPTextModel.from_pretrained(p, local_files_only=True, dtype=dtype))
     unet = load("unet", lambda p: UNet2DConditionModel.from_pretrained(p, local_files_only=True, torch_dtype=dtype))
     vae = load("vae", lambda p: AutoencoderKL.from_pretrained(p, local_files_only=True, torch_dtype=dtype))
-    for module in (text_encoder, unet, vae):
-        module.to(device).eval().requires_grad_(False)
+    tiny_vae = None
+    if decoder == "tiny":
+        tiny_vae = load("tiny_vae", lambda p: AutoencoderTiny.from_pretrained(p, local_files_only=True,
+                                                                              torch_dtype=dtype))
+    for module in (text_encoder, unet, vae, tiny_vae):
+        if module is not None:
+            module.to(device).eval().requires_grad_(False)
 
     scheduler_config = read_json(path / "scheduler" / "scheduler_config.json")
     info = read_model_info(path, name)
@@ -151,4 +170,6 @@ def load_model(
         device=device,
         dtype=dtype,
         defaults=info.defaults,
+        tiny_vae=tiny_vae,
+        decoder=decoder,
     )

@@ -171,11 +171,13 @@ def generate(
     for r in requests:
         image_slices.append(slice(start, start + r.num_images))
         start += r.num_images
+    # Latents, guidance and scheduler arithmetic stay in fp32 whatever the weights' dtype: only the UNet's
+    # input is cast, so bf16 or fp16 weights do not add rounding to every step's update.
     guidance = torch.tensor(
-        [r.guidance_scale for r in requests for _ in range(r.num_images)], device=device, dtype=dtype
+        [r.guidance_scale for r in requests for _ in range(r.num_images)], device=device, dtype=torch.float32
     ).view(-1, 1, 1, 1)  # (N, 1, 1, 1)
     rescale = torch.tensor(
-        [r.guidance_rescale for r in requests for _ in range(r.num_images)], device=device, dtype=dtype
+        [r.guidance_rescale for r in requests for _ in range(r.num_images)], device=device, dtype=torch.float32
     ).view(-1, 1, 1, 1)
     guidance_embedding = model.unet.config.time_cond_proj_dim is not None
     use_cfg = not guidance_embedding and any(r.guidance_scale > 1 for r in requests)
@@ -196,7 +198,7 @@ def generate(
     shape = (1, model.unet.config.in_channels, first.height // factor, first.width // factor)
     generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
     latents = torch.cat([torch.randn(shape, generator=g, dtype=torch.float32) for g in generators])
-    latents = latents.to(device=device, dtype=dtype) * scheduler.init_noise_sigma  # (N, C, H/f, W/f)
+    latents = latents.to(device=device) * scheduler.init_noise_sigma  # (N, C, H/f, W/f), fp32
 
     # 5. Extra step arguments: ancestral and DDPM-like schedulers draw noise from the same generators
     step_kwargs = {"generator": generators} if "generator" in _step_parameters(scheduler) else {}
@@ -209,10 +211,10 @@ def generate(
     canceled: set[int] = set()
     for i, t in enumerate(timesteps):
         model_input = torch.cat([latents] * 2) if use_cfg else latents  # (2N or N, C, h, w)
-        model_input = scheduler.scale_model_input(model_input, t)
+        model_input = scheduler.scale_model_input(model_input, t).to(dtype)
         noise_pred = model.unet(
             model_input, t, encoder_hidden_states=prompt_embeds, timestep_cond=timestep_cond, return_dict=False
-        )[0]
+        )[0].float()
         if use_cfg:
             noise_uncond, noise_text = noise_pred.chunk(2)
             noise_pred = noise_uncond + guidance * (noise_text - noise_uncond)
@@ -291,8 +293,12 @@ def guidance_scale_embedding(w: torch.Tensor, dim: int) -> torch.Tensor:
 
 
 def decode_latents(model: LoadedModel, latents: torch.Tensor) -> list:
-    """VAE-decode (N, C, h, w) latents to a uint8 array (N, H, W, 3)."""
-    images = model.vae.decode(latents / model.vae.config.scaling_factor, return_dict=False)[0]  # (N, 3, H, W)
+    """Decode (N, C, h, w) latents to a uint8 array (N, H, W, 3), with the VAE or the model's tiny decoder."""
+    latents = latents.to(model.dtype)
+    if model.decoder == "tiny":  # trained on the UNet's latent space directly (scaling factor included)
+        images = model.tiny_vae.decode(latents, return_dict=False)[0]  # (N, 3, H, W)
+    else:
+        images = model.vae.decode(latents / model.vae.config.scaling_factor, return_dict=False)[0]  # (N, 3, H, W)
     images = (images / 2 + 0.5).clamp(0, 1)
     array = images.cpu().permute(0, 2, 3, 1).float().numpy()
     return (array * 255).round().astype("uint8")
@@ -314,6 +320,7 @@ def build_manifest(model: LoadedModel, request: GenerationRequest, *, index: int
         "model": {"name": model.name, "hash": model.content_hash},
         "scheduler_settings": scheduler_settings,
         "dtype": str(model.dtype).removeprefix("torch."),
+        "decoder": model.decoder,
         "device_type": model.device.type,
         "versions": {
             "torch": torch.__version__,

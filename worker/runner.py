@@ -14,10 +14,12 @@ from django.db import connection
 from diffusion_api.jobs import services
 from diffusion_api.jobs.models import Job
 from generator import GenerationRequest, LoadedModel, generate, load_model, make_tiny_model, resolve_request
+from generator.fastpath import optimize, parse_buckets
 
 logger = logging.getLogger(__name__)
 
 _loaded: dict[str, LoadedModel] = {}  # model name → model, loaded once per worker process
+_loading = threading.Lock()  # the start-up warm-up thread and the first task load under it
 
 
 def ensure_model_files(name: str) -> Path:
@@ -30,14 +32,35 @@ def ensure_model_files(name: str) -> Path:
 
 
 def get_model(name: str) -> LoadedModel:
-    if name not in _loaded:
-        _loaded.clear()  # one model in memory at a time: a GPU holds one SD model comfortably, not several
-        started = time.monotonic()
-        _loaded[name] = load_model(
-            ensure_model_files(name), device=settings.GENERATOR_DEVICE, dtype=settings.GENERATOR_DTYPE, name=name
-        )
-        logger.info("loaded model %s in %.1fs", name, time.monotonic() - started)
-    return _loaded[name]
+    with _loading:
+        if name not in _loaded:
+            _loaded.clear()  # one model in memory at a time: a GPU holds one SD model comfortably, not several
+            started = time.monotonic()
+            model = load_model(
+                ensure_model_files(name), device=settings.GENERATOR_DEVICE, dtype=settings.GENERATOR_DTYPE,
+                name=name, decoder=settings.GENERATOR_DECODER,
+            )
+            # Compile buckets are for the default model, the one a worker warms up at start.
+            buckets = parse_buckets(settings.GENERATOR_COMPILE) if name == settings.DEFAULT_MODEL else []
+            compile_seconds = optimize(model, channels_last=settings.GENERATOR_CHANNELS_LAST, buckets=buckets)
+            _loaded[name] = model
+            logger.info("loaded model %s in %.1fs (compiled: %s)", name, time.monotonic() - started,
+                        compile_seconds or "nothing")
+        return _loaded[name]
+
+
+def warm_up_in_background() -> threading.Thread:
+    """Load (and compile) the default model on a thread when a worker process starts; the first job waits for it."""
+
+    def load() -> None:
+        try:
+            get_model(settings.DEFAULT_MODEL)
+        except Exception:  # the first job loads again and fails with the reason
+            logger.exception("warming up model %s failed", settings.DEFAULT_MODEL)
+
+    thread = threading.Thread(target=load, daemon=True, name="warm-up")
+    thread.start()
+    return thread
 
 
 class LeaseKeeper:

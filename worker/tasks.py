@@ -6,7 +6,7 @@ import socket
 import threading
 
 from celery.exceptions import SoftTimeLimitExceeded
-from celery.signals import worker_ready, worker_shutdown
+from celery.signals import worker_process_init, worker_ready, worker_shutdown
 from django.conf import settings
 from django.db import connection
 from django.utils import timezone
@@ -109,3 +109,15 @@ def start_heartbeat(sender=None, **kwargs) -> None:
 @worker_shutdown.connect
 def stop_heartbeat(**kwargs) -> None:
     _stop_heartbeat.set()
+
+
+@worker_process_init.connect
+def warm_up_model(**kwargs) -> None:
+    """A pool process that serves the jobs queue loads (and compiles) the default model at once, not at its first job.
+
+    On a thread: this signal's handler must return within seconds, and a compile takes minutes.
+    """
+    queues = getattr(app.amqp.queues, "consume_from", None) or app.amqp.queues
+    if settings.CELERY_TASK_DEFAULT_QUEUE in queues:
+        runner.warm_up_in_background()
+

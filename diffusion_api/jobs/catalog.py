@@ -39,6 +39,11 @@ def model_version(name: str) -> str:
     """Changes whenever a file of the model changes (size or mtime); cheap: stat calls only, no reading."""
     path = Path(settings.MODELS[name])
     digest = hashlib.sha256()
+    # The workers' numerics change pixels too: a cached image must come from the same dtype, decoder and kernels.
+    digest.update(
+        f"{settings.GENERATOR_DTYPE}\0{settings.GENERATOR_DECODER}\0{settings.GENERATOR_CHANNELS_LAST}\0"
+        f"{settings.GENERATOR_COMPILE}\n".encode()
+    )
     for file in sorted(p for p in path.rglob("*") if p.is_file()):
         stat = file.stat()
         digest.update(f"{file.relative_to(path).as_posix()}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())

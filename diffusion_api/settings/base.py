@@ -173,6 +173,12 @@ DEFAULT_MODEL = next(iter(MODELS))
 # --- Where the worker runs the model.
 GENERATOR_DEVICE = os.environ.get("GENERATOR_DEVICE", "auto")  # auto: cuda when present, else cpu
 GENERATOR_DTYPE = os.environ.get("GENERATOR_DTYPE", "fp32")  # fp32, fp16 or bf16
+# The fast path (generator/fastpath.py). Channels-last memory for the UNet and VAE convolutions.
+GENERATOR_CHANNELS_LAST = env_bool("GENERATOR_CHANNELS_LAST", True)
+# Shapes to torch.compile the default model's UNet for when a worker starts: WIDTHxHEIGHTxIMAGES, comma-separated
+# (e.g. "64x64x1,64x64x4"); smaller batches of one size are padded into a compiled one, other shapes run eager.
+GENERATOR_COMPILE = os.environ.get("GENERATOR_COMPILE", "")
+GENERATOR_DECODER = os.environ.get("GENERATOR_DECODER", "vae")  # vae, or tiny: the model's own tiny_vae/ decoder
 
 # --- Request limits: going over any of them is a 400 that names the allowed range.
 JOB_MAX_PIXELS = env_int("JOB_MAX_PIXELS", 768 * 768)

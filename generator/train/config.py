@@ -33,6 +33,7 @@ class CommonConfig:
     checkpoint_every: int = 500
     keep_checkpoints: int = 2
     threads: int = 0  # torch intra-op threads on the CPU; 0: torch's default
+    mixed_precision: str = "no"  # no | bf16 | fp16: Accelerate's autocast (bf16 runs fast on AVX-512 BF16 CPUs)
 
 
 @dataclass
@@ -85,7 +86,10 @@ class UnetConfig(CommonConfig):
     batch_size: int = 64
     block_out_channels: list[int] = field(default_factory=lambda: [64, 128, 192])
     layers_per_block: int = 1
-    attention_head_dim: int = 32
+    # Channels per attention head; each block gets channels // head_channels heads. (diffusers' own
+    # `attention_head_dim` argument is really a head count: 32 "dims" on 64 channels made 32 heads of
+    # 2 channels, and attention took half of each training step.)
+    head_channels: int = 32
     norm_num_groups: int = 16
     cross_attention_dim: int | None = None  # None: the text encoder's hidden size
     # Noise schedule and objective.
@@ -108,7 +112,25 @@ class UnetConfig(CommonConfig):
     export_dir: str = ""  # also write the final fp16 diffusers folder here ("" : only under output_dir/model)
 
 
-STAGES: dict[str, type[CommonConfig]] = {"clip": ClipConfig, "vae": VaeConfig, "unet": UnetConfig}
+@dataclass
+class TinyVaeConfig(CommonConfig):
+    """An `AutoencoderTiny` distilled from a model's `AutoencoderKL`: the fast path's cheap decoder."""
+
+    stage: str = "tiny_vae"
+    model_dir: str = "models/shapes64"  # the model it is for: its vae/ is the teacher, its clip/ the perceptual net
+    learning_rate: float = 1e-3
+    batch_size: int = 32
+    channels: int = 64  # every block's width
+    blocks_per_level: int = 2
+    perceptual_weight: float = 0.1
+    perceptual_layers: list[int] = field(default_factory=lambda: [1, 2])
+    eval_images: int = 256
+    export_dir: str = ""  # also copy tiny_vae/ into this model folder ("" : only under output_dir/final)
+
+
+STAGES: dict[str, type[CommonConfig]] = {
+    "clip": ClipConfig, "vae": VaeConfig, "unet": UnetConfig, "tiny_vae": TinyVaeConfig,
+}
 
 
 def parse_overrides(words: list[str]) -> dict:

@@ -82,7 +82,9 @@ def train(config: CommonConfig, resume: str | None = None, progress: bool = True
     if config.threads:
         torch.set_num_threads(config.threads)
     output_dir = Path(config.output_dir)
-    accelerator = Accelerator(project_dir=str(output_dir))
+    if config.mixed_precision not in ("no", "bf16", "fp16"):
+        raise ValueError(f"mixed_precision must be no, bf16 or fp16, got {config.mixed_precision!r}")
+    accelerator = Accelerator(project_dir=str(output_dir), mixed_precision=config.mixed_precision)
     set_seed(config.seed)
     stage = make_stage(config, accelerator)
 

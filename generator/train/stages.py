@@ -10,6 +10,8 @@ def make_stage(config, accelerator):
         from generator.train.vae import VaeStage as stage_class
     elif config.stage == "unet":
         from generator.train.unet import UnetStage as stage_class
+    elif config.stage == "tiny_vae":
+        from generator.train.tiny_vae import TinyVaeStage as stage_class
     else:
         raise ValueError(f"unknown stage {config.stage!r}")
     return stage_class(config, accelerator)

@@ -56,6 +56,8 @@ def make_unet(config, cross_attention_dim: int, latent_channels: int, sample_siz
     from diffusers import UNet2DConditionModel
 
     channels = list(config.block_out_channels)
+    if any(c % config.head_channels for c in channels):
+        raise ValueError(f"block_out_channels {channels} must be multiples of head_channels {config.head_channels}")
     return UNet2DConditionModel(
         sample_size=sample_size,
         in_channels=latent_channels,
@@ -65,7 +67,7 @@ def make_unet(config, cross_attention_dim: int, latent_channels: int, sample_siz
         down_block_types=["CrossAttnDownBlock2D"] * (len(channels) - 1) + ["DownBlock2D"],
         up_block_types=["UpBlock2D"] + ["CrossAttnUpBlock2D"] * (len(channels) - 1),
         cross_attention_dim=config.cross_attention_dim or cross_attention_dim,
-        attention_head_dim=config.attention_head_dim,
+        attention_head_dim=[c // config.head_channels for c in channels],  # diffusers: heads per block
         norm_num_groups=config.norm_num_groups,
     )
 

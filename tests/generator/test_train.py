@@ -23,9 +23,10 @@ TINY = {
         disc_start=1, perceptual_layers=[1],
     ),
     "unet": dict(
-        steps=3, batch_size=4, block_out_channels=[32, 32], norm_num_groups=8, attention_head_dim=8,
+        steps=3, batch_size=4, block_out_channels=[32, 32], norm_num_groups=8, head_channels=16,
         sample_prompts=3, default_steps=2,
     ),
+    "tiny_vae": dict(steps=3, batch_size=4, channels=16, blocks_per_level=1, eval_images=8, perceptual_layers=[1]),
 }
 COMMON = dict(log_every=1, sample_every=2, checkpoint_every=2, warmup_steps=1)
 
@@ -34,7 +35,7 @@ def tiny_config(stage: str, out: Path, **extra):
     return load_config(CONFIGS / f"{stage}.yaml", {**COMMON, **TINY[stage], "output_dir": str(out / stage), **extra})
 
 
-@pytest.mark.parametrize("stage", ["clip", "vae", "unet"])
+@pytest.mark.parametrize("stage", ["clip", "vae", "unet", "tiny_vae"])
 def test_shipped_configs_load(stage):
     config = load_config(CONFIGS / f"{stage}.yaml")
     assert config.stage == stage
@@ -159,3 +160,23 @@ def test_unet_stage_goes_on_from_an_exported_model_folder(trained, tmp_path):
     assert before.keys() == after.keys()
     for key in before:
         torch.testing.assert_close(after[key], before[key], rtol=0, atol=1e-3)
+
+
+def test_tiny_vae_stage_trains_a_decoder_the_fast_path_loads(trained, tmp_path):
+    import shutil
+
+    from generator.loading import load_model
+    from generator.pipeline import GenerationRequest, generate_one
+
+    _, _, _, exported = trained
+    model_dir = tmp_path / "model"
+    shutil.copytree(exported, model_dir)
+    final = _run(tiny_config("tiny_vae", tmp_path, model_dir=str(model_dir), export_dir=str(model_dir)))
+    records = [json.loads(line) for line in (tmp_path / "tiny_vae" / "log.jsonl").read_text().splitlines()]
+    assert len([r for r in records if "loss" in r]) == 3
+    assert {"teacher_accuracy", "tiny_accuracy", "tiny_psnr"} <= set(records[-1])
+    assert (final / "tiny_vae" / "config.json").is_file() and (model_dir / "tiny_vae" / "config.json").is_file()
+    model = load_model(model_dir, decoder="tiny")
+    assert model.tiny_vae.dtype == torch.float32  # saved in fp16, loaded in the dtype asked for
+    assert generate_one(model, GenerationRequest(prompt="a red circle", seed=1)).images[0].image.size == (64, 64)
+

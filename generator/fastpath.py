@@ -1,0 +1,165 @@
+"""The fast path on a CPU: bf16 weights, channels-last memory, SDPA attention and `torch.compile` for shape buckets.
+
+    model = load_model(path, dtype="bf16", decoder="tiny")      # bf16 weights; the model's own tiny VAE decoder
+    optimize(model, channels_last=True, buckets=[Bucket(64, 64, 4)])
+    generate(model, requests)                                   # same API, same seeds, faster
+
+- bf16 runs on AVX-512 BF16 / AMX units (about 3× fp32's matmul rate on this project's CPUs,
+  `benchmarks/cpu_peak.py`); the loop keeps latents and scheduler arithmetic in fp32 and casts only
+  the UNet's input.
+- Channels-last lets oneDNN's convolutions skip a layout change on every call.
+- Attention goes through PyTorch's `scaled_dot_product_attention` (diffusers' `AttnProcessor2_0`,
+  transformers' "sdpa"); `optimize` checks that it does.
+- `torch.compile` with inductor's weight freezing compiles the UNet once per bucket, a (width,
+  height, images) shape, when the worker starts. A batch smaller than a compiled one of the same size
+  is padded up to it (images in a batch do not see each other, so the padding changes nothing but
+  time); any other shape runs the eager UNet, so no request waits for a compile.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from dataclasses import dataclass
+
+import torch
+
+from generator.loading import LoadedModel
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Bucket:
+    """Images of one width and height generated together; the UNet sees 2 × images rows under guidance."""
+
+    width: int
+    height: int
+    images: int = 1
+
+    @classmethod
+    def parse(cls, text: str) -> Bucket:
+        """'64x64' or '64x64x4' (width × height × images)."""
+        match = re.fullmatch(r"\s*(\d+)x(\d+)(?:x(\d+))?\s*", text)
+        if not match:
+            raise ValueError(f"a compile bucket reads WIDTHxHEIGHT or WIDTHxHEIGHTxIMAGES, e.g. 64x64x4; got {text!r}")
+        width, height, images = int(match[1]), int(match[2]), int(match[3] or 1)
+        if images < 1:
+            raise ValueError(f"a compile bucket needs at least 1 image, got {text!r}")
+        return cls(width, height, images)
+
+
+def parse_buckets(text: str) -> list[Bucket]:
+    """A comma-separated list of buckets ('' → none)."""
+    return [Bucket.parse(part) for part in text.split(",") if part.strip()]
+
+
+class BucketedUNet:
+    """The UNet, compiled for the batch shapes in `compiled_batches`; eager for every other shape.
+
+    A plain callable, not a module, so the compiled and eager paths do not register the weights twice;
+    other attributes (`parameters`, `device` …) are the eager UNet's.
+    """
+
+    def __init__(self, unet: torch.nn.Module):
+        self.eager = unet
+        # freezing: weights become constants, so oneDNN packs them once instead of on every call
+        self.compiled = torch.compile(unet, dynamic=False, options={"freezing": True})
+        self.compiled_batches: dict[tuple[int, int], list[int]] = {}  # latent (h, w) → UNet batch sizes, ascending
+
+    def __getattr__(self, name: str):
+        return getattr(self.eager, name)
+
+    def compile_for(self, batch: int, height: int, width: int, context: torch.Tensor) -> float:
+        """Compile for UNet inputs (batch, C, height, width) with text context like `context` (1, T, D); seconds."""
+        started = time.perf_counter()
+        sample = torch.zeros(
+            (batch, self.config.in_channels, height, width), device=context.device, dtype=self.dtype
+        ).to(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            self.compiled(
+                sample, _timestep(500, sample.device), encoder_hidden_states=context.expand(batch, -1, -1),
+                return_dict=False,
+            )
+        sizes = self.compiled_batches.setdefault((height, width), [])
+        sizes.append(batch)
+        sizes.sort()
+        return time.perf_counter() - started
+
+    def __call__(self, sample: torch.Tensor, timestep, encoder_hidden_states: torch.Tensor, **kwargs):
+        rows = sample.shape[0]
+        fits = [b for b in self.compiled_batches.get(tuple(sample.shape[-2:]), []) if b >= rows]
+        if not fits or kwargs.get("timestep_cond") is not None or kwargs.get("cross_attention_kwargs"):
+            return self.eager(sample, timestep, encoder_hidden_states=encoder_hidden_states, **kwargs)
+        pad = fits[0] - rows
+        if pad:  # repeat the last row: every op in the UNet works per image
+            sample = torch.cat([sample, sample[-1:].expand(pad, -1, -1, -1)])
+            encoder_hidden_states = torch.cat([encoder_hidden_states, encoder_hidden_states[-1:].expand(pad, -1, -1)])
+        # One timestep dtype for every scheduler (ints for DDIM, floats for Euler), so they share one compiled graph.
+        timestep = _timestep(timestep, sample.device)
+        out = self.compiled(sample.contiguous(memory_format=torch.channels_last), timestep,
+                            encoder_hidden_states=encoder_hidden_states, **kwargs)
+        prediction = out[0] if isinstance(out, tuple) else out.sample
+        return (prediction[:rows],)
+
+
+def _timestep(timestep, device: torch.device) -> torch.Tensor:
+    # The UNet's timestep embedding computes in fp32 whatever comes in, so this changes no value.
+    return torch.as_tensor(timestep, device=device).to(torch.float32).reshape(())
+
+
+def optimize(
+    model: LoadedModel,
+    *,
+    channels_last: bool = True,
+    buckets: list[Bucket] | tuple[Bucket, ...] = (),
+    guidance: bool = True,
+) -> dict:
+    """Apply the fast path to a loaded model in place; returns {bucket: compile seconds}.
+
+    `guidance`: compile the UNet batch of classifier-free guidance (2 × images), as the model's default
+    guidance scale uses; a request without guidance then runs padded into the same graph.
+    """
+    check_sdpa(model)
+    if channels_last:
+        for module in (model.unet, model.vae, model.tiny_vae):
+            if module is not None:
+                module.to(memory_format=torch.channels_last)
+    model.cache["fast_path"] = {"channels_last": channels_last, "buckets": [vars(b) for b in buckets]}
+    if not buckets:
+        return {}
+    factor = model.vae_scale_factor
+    unet = model.unet if isinstance(model.unet, BucketedUNet) else BucketedUNet(model.unet)
+    model.unet = unet
+    context = _empty_prompt_context(model)
+    times = {}
+    for bucket in buckets:
+        if bucket.width % factor or bucket.height % factor:
+            raise ValueError(f"compile bucket {bucket} is not a multiple of the VAE factor {factor}")
+        batch = bucket.images * (2 if guidance else 1)
+        seconds = unet.compile_for(batch, bucket.height // factor, bucket.width // factor, context)
+        times[f"{bucket.width}x{bucket.height}x{bucket.images}"] = seconds
+        logger.info("compiled the UNet for %sx%s, %d images, in %.1fs", bucket.width, bucket.height,
+                    bucket.images, seconds)
+    return times
+
+
+def check_sdpa(model: LoadedModel) -> None:
+    """Raise if some attention layer does not use `torch.nn.functional.scaled_dot_product_attention`."""
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    unet = model.unet.eager if isinstance(model.unet, BucketedUNet) else model.unet
+    for name, processor in unet.attn_processors.items():
+        if not isinstance(processor, AttnProcessor2_0):
+            raise ValueError(f"UNet attention {name} uses {type(processor).__name__}, not SDPA (AttnProcessor2_0)")
+    implementation = getattr(model.text_encoder.config, "_attn_implementation", "sdpa")
+    if implementation != "sdpa":
+        raise ValueError(f"the text encoder's attention is {implementation!r}, not 'sdpa'")
+
+
+@torch.inference_mode()
+def _empty_prompt_context(model: LoadedModel) -> torch.Tensor:
+    from generator.pipeline import _encode
+
+    return _encode([""], model)  # (1, T, D) in the model's dtype
