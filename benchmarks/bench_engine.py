@@ -45,6 +45,7 @@ import contextlib
 import gc
 import hashlib
 import json
+import math
 import os
 import shutil
 import statistics
@@ -64,7 +65,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from diffusers import StableDiffusionPipeline  # noqa: E402
 
+from benchmarks import cpu_peak  # noqa: E402
 from generator import SCHEDULERS, GenerationRequest, LoadedModel, generate, load_model, make_scheduler  # noqa: E402
+from generator.fastpath import Bucket, optimize  # noqa: E402
 from generator.tiny import make_clip_tokenizer, make_tiny_model, write_model_index  # noqa: E402
 
 PROMPT = "a photo of a red house in the forest at night, detailed painting"
@@ -175,9 +178,12 @@ class ModelResult:
     model: str
     resolution: int
     iterations: int  # denoising iterations per image (UNet calls)
-    max_pixel_difference: int  # ours vs stock on the warm-up image: both paths did the same work
-    ours: PathResult
-    stock: PathResult
+    paths: dict[str, PathResult]  # "ours", "stock" and, with --fast, "fast"
+    psnr: dict[str, float]  # each path's warm-up image against stock's (fp32), dB; inf = the same pixels
+    max_pixel_difference: dict[str, int]
+    compile_seconds: float | None = None  # the fast path's torch.compile of its bucket, once
+    unet_gflop: float | None = None  # one UNet call on the (uncond, cond) batch
+    peak_gflops: dict | None = None  # this run's cpu_peak.measure(bf16)
 
 
 # ---- model folders -------------------------------------------------------------------------
@@ -297,15 +303,24 @@ def run_stock(pipe: StableDiffusionPipeline, side: int, settings: Settings) -> t
     return Run(end - start, [s - start for s in stamps], cpu_end - cpu_start), np.asarray(image)
 
 
-def benchmark_model(model: LoadedModel, name: str, side: int, settings: Settings) -> ModelResult:
-    """Warm up both paths once, then time them interleaved: ours, stock, ours, stock, ..."""
+def benchmark_model(
+    model: LoadedModel, name: str, side: int, settings: Settings, fast: LoadedModel | None = None
+) -> ModelResult:
+    """Warm up every path once, then time them interleaved: ours, stock[, fast], ours, stock[, fast], ..."""
     pipe = stock_pipeline(model, settings.scheduler)
     paths: dict[str, Callable[[], tuple[Run, np.ndarray]]] = {
         "ours": lambda: run_ours(model, side, settings),
         "stock": lambda: run_stock(pipe, side, settings),
     }
+    if fast is not None:
+        paths["fast"] = lambda: run_ours(fast, side, settings)
     warm_up = {label: run() for label, run in paths.items()}
-    difference = np.abs(warm_up["ours"][1].astype(int) - warm_up["stock"][1].astype(int)).max()
+    reference = warm_up["stock"][1].astype(np.float64)
+    psnr, difference = {}, {}
+    for label, (_, image) in warm_up.items():
+        mse = float(np.mean((image.astype(np.float64) - reference) ** 2))
+        psnr[label] = math.inf if mse == 0 else 10 * math.log10(255**2 / mse)
+        difference[label] = int(np.abs(image.astype(np.float64) - reference).max())
     results = {label: PathResult() for label in paths}
     for repeat in range(settings.repeats):
         for label, run in paths.items():
@@ -322,10 +337,35 @@ def benchmark_model(model: LoadedModel, name: str, side: int, settings: Settings
         model=name,
         resolution=side,
         iterations=len(warm_up["ours"][0].step_ends),
-        max_pixel_difference=int(difference),
-        ours=results["ours"],
-        stock=results["stock"],
+        paths=results,
+        psnr=psnr,
+        max_pixel_difference=difference,
     )
+
+
+def load_fast(path: Path, side: int, compile_unet: bool, decoder: str) -> tuple[LoadedModel, float]:
+    """The fast path: bf16 weights, channels-last, SDPA, the UNet compiled for one (side, side, 1 image) bucket."""
+    model = load_model(path, device="cpu", dtype="bf16", decoder=decoder)
+    started = time.perf_counter()
+    optimize(model, channels_last=True, buckets=[Bucket(side, side, 1)] if compile_unet else [])
+    return model, time.perf_counter() - started
+
+
+def unet_gflop(model: LoadedModel, side: int, context_tokens: int) -> float:
+    """FLOPs of one UNet call on a guidance batch of 2, counted by torch's FlopCounterMode.
+
+    Attention runs on SDPA's math backend here, so its matmuls are counted too (the fused CPU kernel is not).
+    """
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    factor = model.vae_scale_factor
+    sample = torch.zeros(2, model.unet.config.in_channels, side // factor, side // factor, dtype=model.dtype)
+    context = torch.zeros(2, context_tokens, model.unet.config.cross_attention_dim, dtype=model.dtype)
+    counter = FlopCounterMode(display=False)
+    with torch.inference_mode(), sdpa_kernel([SDPBackend.MATH]), counter:
+        model.unet(sample, torch.tensor(500), encoder_hidden_states=context)
+    return counter.get_total_flops() / 1e9
 
 
 # ---- report --------------------------------------------------------------------------------
@@ -362,17 +402,37 @@ def load_average() -> str:
 
 def markdown_table(results: list[ModelResult]) -> str:
     lines = [
-        "| model | resolution | ours s/step | stock s/step | ratio | ours s/image | stock s/image | ratio |",
+        "| model | resolution | path | s/step | s/image | step speed-up vs stock | image speed-up vs stock "
+        "| PSNR vs stock fp32 |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
-        ours, stock = r.ours, r.stock
-        lines.append(
-            f"| {r.model} | {r.resolution}x{r.resolution} "
-            f"| {ours.step_seconds:.4g} | {stock.step_seconds:.4g} | {ours.step_seconds / stock.step_seconds:.3f} "
-            f"| {ours.image_seconds:.4g} | {stock.image_seconds:.4g} | {ours.image_seconds / stock.image_seconds:.3f} |"
-        )
+        stock = r.paths["stock"]
+        for label, path in r.paths.items():
+            lines.append(
+                f"| {r.model} | {r.resolution}x{r.resolution} | {label} | {path.step_seconds:.4g} "
+                f"| {path.image_seconds:.4g} | {stock.step_seconds / path.step_seconds:.2f}× "
+                f"| {stock.image_seconds / path.image_seconds:.2f}× | {r.psnr[label]:.1f} dB |"
+            )
     return "\n".join(lines)
+
+
+def flops_lines(results: list[ModelResult]) -> list[str]:
+    lines = []
+    for r in results:
+        if r.unet_gflop is None or "fast" not in r.paths:
+            continue
+        achieved = r.unet_gflop / r.paths["fast"].step_seconds
+        stock = r.unet_gflop / r.paths["stock"].step_seconds
+        peak = r.peak_gflops["matmul"]
+        lines.append(
+            f"{r.model}: one UNet call (guidance batch 2) = {r.unet_gflop:.1f} GFLOP; fast path {achieved:.0f} GFLOP/s "
+            f"= {achieved / peak:.0%} of this run's bf16 matmul peak ({peak:.0f} GFLOP/s; 3×3 conv channels-last "
+            f"{r.peak_gflops['conv_channels_last']:.0f}); stock fp32 {stock:.0f} GFLOP/s"
+        )
+        if r.compile_seconds is not None:
+            lines.append(f"{r.model}: fast path set-up (torch.compile of one bucket) {r.compile_seconds:.0f} s, once")
+    return lines
 
 
 def to_json(machine: dict, settings: Settings, command: str, results: list[ModelResult]) -> dict:
@@ -393,11 +453,15 @@ def to_json(machine: dict, settings: Settings, command: str, results: list[Model
                 "model": r.model,
                 "resolution": r.resolution,
                 "iterations": r.iterations,
-                "max_pixel_difference": r.max_pixel_difference,
-                "ours": path_json(r.ours),
-                "stock": path_json(r.stock),
-                "ratio_step": r.ours.step_seconds / r.stock.step_seconds,
-                "ratio_image": r.ours.image_seconds / r.stock.image_seconds,
+                "psnr_vs_stock": {k: (None if math.isinf(v) else v) for k, v in r.psnr.items()},
+                "max_pixel_difference_vs_stock": r.max_pixel_difference,
+                "compile_seconds": r.compile_seconds,
+                "unet_gflop": r.unet_gflop,
+                "peak_gflops_bf16": r.peak_gflops,
+                "paths": {label: path_json(path) for label, path in r.paths.items()},
+                "step_speedup_vs_stock": {
+                    label: r.paths["stock"].step_seconds / path.step_seconds for label, path in r.paths.items()
+                },
             }
             for r in results
         ],
@@ -418,6 +482,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--scheduler", choices=list(SCHEDULERS), default="pndm")
     parser.add_argument("--json", type=Path, help="write raw results here")
     parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR, help="where the SD 1.5-size model is kept")
+    parser.add_argument("--fast", action="store_true",
+                        help="add the fast path: bf16, channels-last, SDPA, torch.compile (and FLOP/s vs peak)")
+    parser.add_argument("--no-compile", action="store_true", help="the fast path without torch.compile")
+    parser.add_argument("--decoder", choices=["vae", "tiny"], default="vae",
+                        help="the fast path's decoder (tiny: the model's tiny_vae/, builtin only)")
     args = parser.parse_args(argv)
     if args.steps < 2:
         parser.error("--steps must be at least 2: the step time is measured between consecutive steps")
@@ -438,8 +507,16 @@ def main(argv: list[str] | None = None) -> None:
     for size in sizes:
         with model_folder(size, args.cache_dir) as path:
             model = load_model(path, device="cpu", dtype="fp32")
-            results.append(benchmark_model(model, size, SIZES[size], settings))
-        del model
+            fast, compile_seconds = None, None
+            if args.fast:
+                fast, compile_seconds = load_fast(path, SIZES[size], not args.no_compile, args.decoder)
+            result = benchmark_model(model, size, SIZES[size], settings, fast)
+            if args.fast:
+                result.compile_seconds = None if args.no_compile else compile_seconds
+                result.unet_gflop = unet_gflop(model, SIZES[size], model.tokenizer.model_max_length)
+                result.peak_gflops = cpu_peak.measure(torch.bfloat16)
+            results.append(result)
+        del model, fast
         gc.collect()
 
     print()
@@ -448,16 +525,21 @@ def main(argv: list[str] | None = None) -> None:
     print(f"CPU: {machine['cpu']}, {machine['cpu_count']} cores, torch threads: {machine['torch_threads']}")
     print(f"load average (1/5/15 min): {machine['load_average_at_start']} at start, {end_load} at end")
     print(
-        f"scheduler {settings.scheduler}, {settings.steps} steps, guidance {settings.guidance_scale}, fp32, "
-        f"1 image, medians of {settings.repeats} interleaved repeats after 1 warm-up; ratio = ours / stock"
+        f"scheduler {settings.scheduler}, {settings.steps} steps, guidance {settings.guidance_scale}, "
+        f"1 image, medians of {settings.repeats} interleaved repeats after 1 warm-up; speed-up = stock / path"
     )
+    if args.fast:
+        print(f"fast path: bf16, channels-last, SDPA, {'no compile' if args.no_compile else 'torch.compile'}, "
+              f"decoder {args.decoder}")
     for r in results:
         print(
-            f"{r.model}: {r.iterations} denoising iterations per image; ours vs stock max pixel difference "
-            f"{r.max_pixel_difference}"
+            f"{r.model}: {r.iterations} denoising iterations per image; max pixel difference vs stock "
+            + ", ".join(f"{label} {d}" for label, d in r.max_pixel_difference.items())
         )
     print()
     print(markdown_table(results))
+    for line in flops_lines(results):
+        print(line)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(to_json(machine, settings, command, results), indent=2) + "\n")
