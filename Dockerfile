@@ -42,6 +42,10 @@ ENV PATH=/opt/venv/bin:$PATH \
     HF_HOME=/app/var/cache/huggingface \
     HF_HUB_OFFLINE=1 \
     TRANSFORMERS_OFFLINE=1
+# A C++ compiler for torch.compile (GENERATOR_COMPILE): inductor writes and builds C++ kernels at worker start.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends g++=4:12.2.0-3 \
+    && rm -rf /var/lib/apt/lists/*
 RUN groupadd --system --gid 10001 app \
     && useradd --system --uid 10001 --gid app --home-dir /app --no-create-home --shell /usr/sbin/nologin app
 COPY --from=build /opt/venv /opt/venv

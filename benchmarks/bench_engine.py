@@ -24,7 +24,12 @@ What is measured
 How
     One untimed warm-up call per path, then `--repeats` timed rounds interleaved
     ours, stock, ours, stock, ... so slow drifts of the machine hit both paths alike. The table
-    shows medians over the repeats and the ratio ours/stock (< 1: ours is faster).
+    shows medians over the repeats and each path's speed-up, stock / path (> 1: faster than stock).
+
+    --fast adds a third path on the same folder: bf16 weights, channels-last, SDPA and the UNet
+    compiled for this size (generator.fastpath), with its PSNR against stock's fp32 image, one UNet
+    call's FLOPs (torch.utils.flop_counter) and this run's bf16 peak (cpu_peak.measure), so the
+    achieved FLOP/s is a fraction of a peak measured in the same process.
 
 Model sizes
     * sd15: the SD 1.5 architecture (UNet, VAE, CLIP ViT-L/14 text tower, PNDM schedule) with
@@ -36,6 +41,7 @@ Model sizes
 
 Usage
     python benchmarks/bench_engine.py --size both --steps 4 --repeats 3 [--scheduler pndm] [--json out.json]
+    python benchmarks/bench_engine.py --size sd15 --fast    # + the fast path, FLOP/s and fraction of peak
 """
 
 from __future__ import annotations

@@ -36,9 +36,13 @@ def get_model(name: str) -> LoadedModel:
         if name not in _loaded:
             _loaded.clear()  # one model in memory at a time: a GPU holds one SD model comfortably, not several
             started = time.monotonic()
+            path = ensure_model_files(name)
+            decoder = settings.GENERATOR_DECODER
+            if decoder == "tiny" and not (path / "tiny_vae").is_dir():  # tiny where the model has one
+                logger.info("model %s has no tiny_vae/; decoding with its VAE", name)
+                decoder = "vae"
             model = load_model(
-                ensure_model_files(name), device=settings.GENERATOR_DEVICE, dtype=settings.GENERATOR_DTYPE,
-                name=name, decoder=settings.GENERATOR_DECODER,
+                path, device=settings.GENERATOR_DEVICE, dtype=settings.GENERATOR_DTYPE, name=name, decoder=decoder
             )
             # Compile buckets are for the default model, the one a worker warms up at start.
             buckets = parse_buckets(settings.GENERATOR_COMPILE) if name == settings.DEFAULT_MODEL else []

@@ -120,7 +120,7 @@ class TinyVaeConfig(CommonConfig):
     model_dir: str = "models/shapes64"  # the model it is for: its vae/ is the teacher, its clip/ the perceptual net
     learning_rate: float = 1e-3
     batch_size: int = 32
-    channels: int = 64  # every block's width
+    channels: int = 32  # every block's width
     blocks_per_level: int = 2
     perceptual_weight: float = 0.1
     perceptual_layers: list[int] = field(default_factory=lambda: [1, 2])

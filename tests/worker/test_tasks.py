@@ -173,3 +173,34 @@ def test_a_job_that_lost_a_worker_runs_alone(user, published, settings):
     fresh_first = services.job_create(owner=user, prompt="z", steps=1)
     tasks.run_job(str(fresh_first.id))
     assert Job.objects.get(id=waiting.id).status == JobStatus.SUCCEEDED  # fresh jobs do batch together
+
+
+def test_fast_path_settings_reach_the_model(user, published, settings, monkeypatch):
+    """GENERATOR_DTYPE/CHANNELS_LAST/DECODER/COMPILE are applied when the worker loads a model."""
+    import torch
+
+    from generator import fastpath
+
+    settings.GENERATOR_DTYPE = "bf16"
+    settings.GENERATOR_DECODER = "tiny"  # the tiny test model has no tiny_vae/: its VAE decodes
+    settings.GENERATOR_COMPILE = "32x32x1"
+    compiled_for = []  # the warm-up call is skipped here: the job's first step compiles the graph instead
+    monkeypatch.setattr(fastpath.BucketedUNet, "compile_for", lambda self, batch, h, w, context: compiled_for.append(
+        (batch, h, w)) or self.compiled_batches.setdefault((h, w), []).append(batch) or 0.0)
+    monkeypatch.setattr(runner, "_loaded", {})
+    model = runner.get_model("tiny")
+    assert model.dtype == torch.bfloat16 and model.decoder == "vae"
+    assert model.unet.eager.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    assert compiled_for == [(2, 16, 16)]  # 1 image under guidance = 2 UNet rows, at the 32 px model's 16² latents
+    job = services.job_create(owner=user, prompt="a red circle", steps=2, seed=1)
+    assert tasks.run_job(str(job.id)) == "succeeded"
+    assert read_manifest(bytes(job.images.get().png))["dtype"] == "bfloat16"
+
+
+def test_worker_process_start_warms_up_the_default_model(settings, monkeypatch):
+    monkeypatch.setattr(runner, "_loaded", {})
+    tasks.warm_up_model()
+    for thread in __import__("threading").enumerate():
+        if thread.name == "warm-up":
+            thread.join(timeout=60)
+    assert "tiny" in runner._loaded
