@@ -184,9 +184,11 @@ def test_fast_path_settings_reach_the_model(user, published, settings, monkeypat
     settings.GENERATOR_DTYPE = "bf16"
     settings.GENERATOR_DECODER = "tiny"  # the tiny test model has no tiny_vae/: its VAE decodes
     settings.GENERATOR_COMPILE = "32x32x1"
-    compiled_for = []  # the warm-up call is skipped here: the job's first step compiles the graph instead
-    monkeypatch.setattr(fastpath.BucketedUNet, "compile_for", lambda self, batch, h, w, context: compiled_for.append(
-        (batch, h, w)) or self.compiled_batches.setdefault((h, w), []).append(batch) or 0.0)
+    # Compiling is left out (tests/generator/test_fastpath.py compiles for real): a job that outlasts a third of
+    # its lease would look lost here, since the lease thread's connection cannot see the test's transaction.
+    compiled_for = []
+    monkeypatch.setattr(fastpath.BucketedUNet, "compile_for",
+                        lambda self, batch, h, w, context: compiled_for.append((batch, h, w)) or 0.0)
     monkeypatch.setattr(runner, "_loaded", {})
     model = runner.get_model("tiny")
     assert model.dtype == torch.bfloat16 and model.decoder == "vae"
