@@ -13,11 +13,10 @@ Images/s are medians of `--repeats` timed steps after one warm-up, all in one pr
 """
 
 import argparse
-import statistics
-import time
 
 import torch
 import torch.nn.functional as F
+from cpu_peak import seconds  # beside this script
 from diffusers import UNet2DConditionModel
 
 CHANNELS = [64, 128, 192]
@@ -45,13 +44,7 @@ def images_per_second(unet, bf16: bool, repeats: int, batch: int = 64) -> float:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    step()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return batch / statistics.median(times)
+    return batch / seconds(step, repeats)
 
 
 def main() -> None:

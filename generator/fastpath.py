@@ -4,7 +4,7 @@
     optimize(model, channels_last=True, buckets=[Bucket(64, 64, 4)])
     generate(model, requests)                                   # same API, same seeds, faster
 
-- bf16 runs on AVX-512 BF16 / AMX units (about 3× fp32's matmul rate on this project's CPUs,
+- bf16 runs on AVX-512 BF16 / AMX units (2.3× fp32's matmul rate on the 2026-12-01 VM,
   `benchmarks/cpu_peak.py`); the loop keeps latents and scheduler arithmetic in fp32 and casts only
   the UNet's input.
 - Channels-last lets oneDNN's convolutions skip a layout change on every call.

@@ -321,6 +321,7 @@ def build_manifest(model: LoadedModel, request: GenerationRequest, *, index: int
         "scheduler_settings": scheduler_settings,
         "dtype": str(model.dtype).removeprefix("torch."),
         "decoder": model.decoder,
+        "fast_path": model.cache.get("fast_path", {}),  # channels-last and compiled buckets change low bits
         "device_type": model.device.type,
         "versions": {
             "torch": torch.__version__,

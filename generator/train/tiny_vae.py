@@ -68,11 +68,14 @@ class TinyVaeStage:
         latents = self.teacher_latents(images)
         tiny = self.accelerator.unwrap_model(self.tiny)
         self.tiny.train()
-        decoded = tiny.decode(latents).sample
-        l1 = (decoded - images).abs().mean()
-        perceptual = self.perceptual(decoded, images)
-        encoder = F.mse_loss(tiny.encode(images).latents, latents)
-        loss = l1 + self.config.perceptual_weight * perceptual + encoder
+        # decode/encode bypass the prepared module's forward, so `mixed_precision` needs the autocast said here
+        with self.accelerator.autocast():
+            decoded = tiny.decode(latents).sample
+            perceptual = self.perceptual(decoded, images)
+            encoded = tiny.encode(images).latents
+        l1 = (decoded.float() - images).abs().mean()
+        encoder = F.mse_loss(encoded.float(), latents)
+        loss = l1 + self.config.perceptual_weight * perceptual.float() + encoder
         self.accelerator.backward(loss)
         if self.config.grad_clip:
             self.accelerator.clip_grad_norm_(self.tiny.parameters(), self.config.grad_clip)
