@@ -95,7 +95,9 @@ class ClipStage:
         self.validation = validation_pairs(256)
 
     def train_step(self, step: int, rng: np.random.Generator) -> dict:
-        images, captions = training_batch(rng, self.config.batch_size, self.config.data_seed)
+        images, captions = training_batch(
+            rng, self.config.batch_size, self.config.data_seed, hard_negatives=self.config.hard_negatives
+        )
         device = self.accelerator.device
         self.model.train()
         output = self.model(

@@ -44,6 +44,7 @@ class ClipConfig(CommonConfig):
     learning_rate: float = 1e-3
     batch_size: int = 128
     hidden_size: int = 128  # both towers
+    hard_negatives: float = 0.0  # fraction of a batch in (scene, position-changed scene) pairs; see train/data.py
     layers: int = 4
     heads: int = 4
     projection_dim: int = 128

@@ -8,26 +8,57 @@ and `right` stay true. No crops: a crop could cut a shape or move it to another 
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import torch
 from PIL import Image
 
-from generator.data.shapes64 import caption, flip_scene, make_scene, render
+from generator.data.shapes64 import CELLS, _draw_jitter, _place, caption, flip_scene, full_caption, make_scene, render
 
 SCENES = 2**31 - 1
 
 
+def hard_negative(scene, rng: np.random.Generator):
+    """The scene changed only where its caption's position words are: a single object moved to another cell
+    (new jitter), or two objects' colours and shapes swapped (so `A left of B` becomes `B left of A`).
+    Every box keeps to the spec, and colour–shape pairs stay together, so held-out pairs stay out."""
+    if len(scene.objects) == 1:
+        (obj,) = scene.objects
+        cell = str(rng.choice([c for c in CELLS if c != obj.cell]))
+        cx, cy = _place(cell, obj.s, _draw_jitter(rng))
+        objects = (dataclasses.replace(obj, cell=cell, cx=cx, cy=cy),)
+    else:
+        first, second = scene.objects
+        objects = (dataclasses.replace(first, colour=second.colour, shape=second.shape),
+                   dataclasses.replace(second, colour=first.colour, shape=first.shape))
+    moved = dataclasses.replace(scene, objects=objects)
+    return dataclasses.replace(moved, caption=full_caption(moved))
+
+
 def training_batch(
-    rng: np.random.Generator, batch_size: int, data_seed: int, *, flip: bool = True, split: str = "train"
+    rng: np.random.Generator, batch_size: int, data_seed: int, *, flip: bool = True, split: str = "train",
+    hard_negatives: float = 0.0,
 ) -> tuple[torch.Tensor, list[str]]:
-    """(images in [-1, 1] as (N, 3, 64, 64) float32, training captions with random omissions)."""
+    """(images in [-1, 1] as (N, 3, 64, 64) float32, training captions with random omissions).
+
+    With `hard_negatives` = f > 0, the first f × N items come in pairs: a scene with its full caption, then
+    its `hard_negative` with its full caption, so that a contrastive loss must read the position words.
+    """
     images, captions = [], []
-    for index in rng.integers(0, SCENES, size=batch_size):
+    pairs = int(batch_size * hard_negatives) // 2
+    for i, index in enumerate(rng.integers(0, SCENES, size=batch_size - pairs)):
         scene = make_scene(data_seed, int(index), split)
         if flip and rng.random() < 0.5:
             scene = flip_scene(scene)
         images.append(np.asarray(render(scene)))
-        captions.append(caption(scene, rng))
+        if i < pairs:
+            other = hard_negative(scene, rng)
+            captions.append(full_caption(scene))
+            images.append(np.asarray(render(other)))
+            captions.append(full_caption(other))
+        else:
+            captions.append(caption(scene, rng))
     return to_tensor(np.stack(images)), captions
 
 
