@@ -18,7 +18,3 @@ def test_hard_negative_pairs_differ_in_position_words_and_match_their_pixels():
         assert check(image, text).correct, text
         assert not any(pair in text for pair in (f"{c} {s}" for c, s in HELD_OUT_PAIRS))
 
-
-def test_no_hard_negatives_by_default_keeps_the_batch_size():
-    images, captions = training_batch(np.random.default_rng(1), 10, 0)
-    assert len(captions) == 10 and images.shape[0] == 10
