@@ -70,13 +70,15 @@ def prompt_pairs(edit: str, count: int, seed: int = 0) -> list[tuple[str, str]]:
 
 
 @torch.no_grad()
-def sensitivity(tokenizer, text_encoder, count: int = 200, seed: int = 0) -> dict[str, float]:
-    """{edit: median relative change of the hidden states} for every edit in SINGLE_EDITS + RELATION_EDITS."""
+def sensitivity(
+    tokenizer, text_encoder, count: int = 200, seed: int = 0, edits: tuple[str, ...] = SINGLE_EDITS + RELATION_EDITS
+) -> dict[str, float]:
+    """{edit: median relative change of the hidden states} for each of `edits`."""
     from generator.train.clip import tokenize
 
     text_encoder.eval()
     result = {}
-    for edit in SINGLE_EDITS + RELATION_EDITS:
+    for edit in edits:
         pairs = prompt_pairs(edit, count, seed)
         first = text_encoder(tokenize(tokenizer, [a for a, _ in pairs]))[0].float()
         second = text_encoder(tokenize(tokenizer, [b for _, b in pairs]))[0].float()

@@ -3,6 +3,12 @@
 The text tower becomes the built-in model's text encoder; the image tower gives the VAE its
 perceptual loss and the evaluation its image features and CLIP score. Pixels go in as [-1, 1]
 (no ImageNet normalisation: nothing here was trained on ImageNet).
+
+Contrastive learning alone lets the text tower drop the position and relation words: in a batch,
+colour, shape, size and background nearly always tell the right image apart already (MODEL_CARD.md,
+experiment 2). With `attribute_weight` > 0 the stage adds a caption-only loss: one linear head per
+attribute on the pooled text output must tell what the caption says (`AttributeHeads`), with the
+caption's own words as labels and the parts it leaves out ignored.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import numpy as np
 import torch
 
 from generator.data import shapes64
+from generator.evaluation.attributes import parse_prompt
 from generator.train.data import grid, to_tensor, training_batch
 from generator.train.loop import make_optimizer
 
@@ -83,13 +90,80 @@ def text_embeddings(model, input_ids: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.normalize(model.get_text_features(input_ids=input_ids).pooler_output, dim=-1)
 
 
+# What a caption can say, each with its options: the targets of the attribute heads.
+ATTRIBUTES: dict[str, tuple[str, ...]] = {
+    "background": tuple(shapes64.BACKGROUNDS),
+    "colour": tuple(shapes64.COLOURS),  # of the first (or only) object
+    "shape": shapes64.SHAPES,
+    "size": tuple(shapes64.SIDES),
+    "cell": shapes64.CELLS,
+    "relation": shapes64.RELATIONS,
+    "colour2": tuple(shapes64.COLOURS),  # of the second object
+    "shape2": shapes64.SHAPES,
+}
+IGNORE = -100  # cross-entropy's ignore_index: the caption does not say
+HEAD_LR_SCALE = 10.0  # the attribute heads' learning rate, as a multiple of the towers'
+
+
+def attribute_labels(captions: list[str]) -> torch.Tensor:
+    """(N, len(ATTRIBUTES)) class indices of what each caption says; IGNORE where it says nothing."""
+    rows = []
+    for text in captions:
+        spec = parse_prompt(text)
+        first = spec.objects[0]
+        second = spec.objects[1] if len(spec.objects) == 2 else None
+        said = {"background": spec.background, "colour": first.colour, "shape": first.shape, "size": first.size,
+                "cell": first.cell, "relation": spec.relation,
+                "colour2": second and second.colour, "shape2": second and second.shape}
+        rows.append([ATTRIBUTES[k].index(said[k]) if said[k] else IGNORE for k in ATTRIBUTES])
+    return torch.tensor(rows, dtype=torch.long)
+
+
+class AttributeHeads(torch.nn.Module):
+    """One linear classifier per attribute on the text tower's pooled output (training only; not exported)."""
+
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        self.heads = torch.nn.ModuleDict({k: torch.nn.Linear(hidden_size, len(v)) for k, v in ATTRIBUTES.items()})
+
+    def forward(self, pooled: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean cross-entropy over the attributes captions name, per-attribute accuracy (len(ATTRIBUTES),))."""
+        losses, accuracy = [], []
+        for i, head in enumerate(self.heads.values()):
+            target = labels[:, i]
+            known = target != IGNORE
+            if not known.any():
+                accuracy.append(torch.tensor(float("nan")))
+                continue
+            logits = head(pooled[known])
+            losses.append(torch.nn.functional.cross_entropy(logits, target[known]))
+            accuracy.append((logits.argmax(1) == target[known]).float().mean().detach().cpu())
+        return torch.stack(losses).mean(), torch.stack(accuracy)
+
+
+def load_clip(folder: Path):
+    """(CLIPModel in fp32, tokenizer) saved by `save_clip` or found in an exported model folder."""
+    from transformers import CLIPModel, CLIPTokenizer
+
+    return CLIPModel.from_pretrained(folder / "clip", dtype=torch.float32), CLIPTokenizer.from_pretrained(
+        folder / "tokenizer"
+    )
+
+
 class ClipStage:
     def __init__(self, config, accelerator):
         self.config, self.accelerator = config, accelerator
-        self.tokenizer = make_tokenizer(config.max_tokens, config.tokenizer_merges)
-        model = make_clip(config, self.tokenizer)
-        optimizer, schedule = make_optimizer(model.parameters(), config)
-        self.model, self.optimizer = accelerator.prepare(model, optimizer)
+        if config.init_from:  # go on from a trained CLIP; its tokenizer and tower sizes then apply
+            model, self.tokenizer = load_clip(Path(config.init_from))
+        else:
+            self.tokenizer = make_tokenizer(config.max_tokens, config.tokenizer_merges)
+            model = make_clip(config, self.tokenizer)
+        heads = AttributeHeads(model.config.text_config.hidden_size)
+        groups = [{"params": list(model.parameters()), "lr": config.learning_rate}]
+        if config.attribute_weight:  # new linear heads on layer-normed features learn slowly at the towers' rate
+            groups.append({"params": list(heads.parameters()), "lr": HEAD_LR_SCALE * config.learning_rate})
+        optimizer, schedule = make_optimizer(groups, config)
+        self.model, self.heads, self.optimizer = accelerator.prepare(model, heads, optimizer)
         self.schedule = schedule
         accelerator.register_for_checkpointing(schedule)
         self.validation = validation_pairs(256)
@@ -100,16 +174,28 @@ class ClipStage:
         )
         device = self.accelerator.device
         self.model.train()
-        output = self.model(
-            input_ids=tokenize(self.tokenizer, captions).to(device), pixel_values=images.to(device), return_loss=True
-        )
-        self.accelerator.backward(output.loss)
+        input_ids = tokenize(self.tokenizer, captions)
+        output = self.model(input_ids=input_ids.to(device), pixel_values=images.to(device), return_loss=True)
+        loss, logs = output.loss, {"contrastive": output.loss.item()}
+        if self.config.attribute_weight:
+            # The end token and every padding token after it (the same id) have seen the whole caption, and the
+            # UNet's cross-attention reads them all: each must tell the caption's attributes.
+            ids = input_ids.to(device)
+            after_end = (ids == self.tokenizer.eos_token_id).cumsum(1) > 0
+            labels = attribute_labels(captions).to(device)[:, None, :].expand(-1, ids.shape[1], -1)
+            hidden = output.text_model_output.last_hidden_state
+            attribute_loss, accuracy = self.heads(hidden[after_end], labels[after_end])
+            loss = loss + self.config.attribute_weight * attribute_loss
+            logs["attribute_loss"] = attribute_loss.item()
+            logs.update({f"{k}_acc": a.item() for k, a in zip(ATTRIBUTES, accuracy) if k in ("cell", "relation")})
+        self.accelerator.backward(loss)
         if self.config.grad_clip:
-            self.accelerator.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+            parameters = [p for group in self.optimizer.param_groups for p in group["params"]]
+            self.accelerator.clip_grad_norm_(parameters, self.config.grad_clip)
         self.optimizer.step()
         self.schedule.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return {"loss": output.loss.item(), "lr": self.schedule.get_last_lr()[0]}
+        return {"loss": loss.item(), **logs, "lr": self.schedule.get_last_lr()[0]}
 
     @torch.no_grad()
     def retrieval(self) -> tuple[dict, np.ndarray]:
@@ -133,7 +219,12 @@ class ClipStage:
         images, _ = self.validation
         rows = [np.concatenate([images[i : i + 1], images[ranking[i, :5].numpy()]]) for i in range(8)]
         grid(np.concatenate(rows), columns=6).save(path)
-        return metrics
+        # How much the hidden states move when the cell or relation words change (evaluation/text_probe.py).
+        from generator.evaluation.text_probe import sensitivity
+
+        model = self.accelerator.unwrap_model(self.model)
+        changes = sensitivity(self.tokenizer, model.text_model, count=100, edits=("colour", "cell", "relation"))
+        return {**metrics, **{f"probe_{k}": v for k, v in changes.items()}}
 
     def save(self, out: Path) -> None:
         save_clip(self.accelerator.unwrap_model(self.model), self.tokenizer, out)

@@ -45,6 +45,10 @@ class ClipConfig(CommonConfig):
     batch_size: int = 128
     hidden_size: int = 128  # both towers
     hard_negatives: float = 0.0  # fraction of a batch in (scene, position-changed scene) pairs; see train/data.py
+    # Weight of a caption-only loss: linear heads on the text tower's pooled output must tell each attribute the
+    # caption names (colours, shapes, size, cell, relation, background), so the encoder keeps every word's meaning.
+    attribute_weight: float = 0.0
+    init_from: str = ""  # a folder with clip/ and tokenizer/ (e.g. models/shapes64) to go on from; "" : new
     layers: int = 4
     heads: int = 4
     projection_dim: int = 128

@@ -184,3 +184,20 @@ def test_tiny_vae_stage_trains_a_decoder_the_fast_path_loads(trained, tmp_path):
     assert model.tiny_vae.dtype == torch.float32  # saved in fp16, loaded in the dtype asked for
     assert generate_one(model, GenerationRequest(prompt="a red circle", seed=1)).images[0].image.size == (64, 64)
 
+
+
+def test_clip_stage_goes_on_from_a_model_folder_with_the_attribute_loss(trained, tmp_path):
+    """`init_from` starts from a trained CLIP and its tokenizer; `attribute_weight` adds the heads' loss."""
+    from safetensors.torch import load_file
+
+    _, clip, _, _ = trained
+    config = tiny_config("clip", tmp_path, init_from=str(clip), attribute_weight=1.0, steps=2, sample_every=0)
+    final = _run(config)
+    records = [json.loads(line) for line in (tmp_path / "clip" / "log.jsonl").read_text().splitlines()]
+    assert all(r["loss"] > r["contrastive"] > 0 for r in records if "loss" in r)
+    assert {"attribute_loss", "cell_acc", "relation_acc"} <= set(records[0])
+    before = load_file(clip / "clip" / "model.safetensors")
+    after = load_file(final / "clip" / "model.safetensors")
+    assert before.keys() == after.keys()
+    assert any(not torch.equal(before[k], after[k]) for k in before)  # it trained from there
+    assert (final / "tokenizer" / "vocab.json").read_text() == (clip / "tokenizer" / "vocab.json").read_text()
