@@ -189,6 +189,7 @@ def test_tiny_vae_stage_trains_a_decoder_the_fast_path_loads(trained, tmp_path):
 def test_clip_stage_goes_on_from_a_model_folder_with_the_attribute_loss(trained, tmp_path):
     """`init_from` starts from a trained CLIP and its tokenizer; `attribute_weight` adds the heads' loss."""
     from safetensors.torch import load_file
+    from transformers import CLIPTokenizer
 
     _, clip, _, _ = trained
     config = tiny_config("clip", tmp_path, init_from=str(clip), attribute_weight=1.0, steps=2, sample_every=0)
@@ -200,4 +201,8 @@ def test_clip_stage_goes_on_from_a_model_folder_with_the_attribute_loss(trained,
     after = load_file(final / "clip" / "model.safetensors")
     assert before.keys() == after.keys()
     assert any(not torch.equal(before[k], after[k]) for k in before)  # it trained from there
-    assert (final / "tokenizer" / "vocab.json").read_text() == (clip / "tokenizer" / "vocab.json").read_text()
+    assert (final / "tokenizer" / "tokenizer.json").read_text() == (clip / "tokenizer" / "tokenizer.json").read_text()
+    caption = "a small red circle in the top left on a white background"
+    start, now = (CLIPTokenizer.from_pretrained(d / "tokenizer") for d in (clip, final))
+    assert now.model_max_length == start.model_max_length
+    assert now(caption, padding="max_length").input_ids == start(caption, padding="max_length").input_ids
