@@ -170,6 +170,14 @@ class Stack:
         lists = re.findall(rf"\b{action} \[([^\]]*)\]", self.sweeper_log())
         return sum(job_id in listed for listed in lists)
 
+    def swept_once_logged(self, job_id: str, action: str, timeout: float = 10.0) -> int:
+        """`swept`, after waiting for the sweep's log line: the sweeper logs a sweep after it commits, so a job
+        the API already shows as ended by a sweep may not be in the log yet."""
+        deadline = time.monotonic() + timeout
+        while not self.swept(job_id, action) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        return self.swept(job_id, action)
+
     # --- jobs through the API
     def submit(
         self, prompt: str, *, steps: int, num_images: int = 2, retries: int = 0, on_5xx: Callable | None = None
