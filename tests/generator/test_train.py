@@ -39,10 +39,18 @@ def tiny_config(stage: str, out: Path, **extra):
     return load_config(CONFIGS / f"{stage}.yaml", {**COMMON, **TINY[stage], "output_dir": str(out / stage), **extra})
 
 
-@pytest.mark.parametrize("stage", ["clip", "vae", "unet", "tiny_vae"])
-def test_shipped_configs_load(stage):
-    config = load_config(CONFIGS / f"{stage}.yaml")
-    assert config.stage == stage
+SHIPPED_CONFIGS = {"clip.yaml": "clip", "clip_attributes.yaml": "clip", "vae.yaml": "vae", "unet.yaml": "unet",
+                   "tiny_vae.yaml": "tiny_vae"}
+
+
+def test_every_config_is_checked():
+    assert sorted(p.name for p in CONFIGS.glob("*.yaml")) == sorted(SHIPPED_CONFIGS)
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED_CONFIGS))
+def test_shipped_configs_load(name):
+    config = load_config(CONFIGS / name)
+    assert config.stage == SHIPPED_CONFIGS[name]
 
 
 def test_unknown_keys_and_bad_types_are_errors(tmp_path):
