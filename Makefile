@@ -38,10 +38,11 @@ serve: $(VENV)/.installed
 	$(BIN)/python manage.py migrate --verbosity 0
 	$(BIN)/python scripts/serve.py
 
-# Train the built-in model's three stages on the CPU (MODEL_CARD.md has the times) and write it to models/shapes64.
+# Train the built-in model's stages on the CPU (MODEL_CARD.md has the times) and write it to models/shapes64.
 # A stage interrupted part-way goes on from its last checkpoint: add `--resume latest` to its line.
 train: $(VENV)/.installed
 	$(BIN)/python -m generator.train --config configs/clip.yaml
+	$(BIN)/python -m generator.train --config configs/clip_attributes.yaml
 	$(BIN)/python -m generator.train --config configs/vae.yaml
 	$(BIN)/python -m generator.train --config configs/unet.yaml export_dir=models/shapes64
 	$(BIN)/python -m generator.train --config configs/tiny_vae.yaml
