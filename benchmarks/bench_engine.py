@@ -242,12 +242,12 @@ def build_sd15_model(out: Path) -> None:
 
 
 @contextlib.contextmanager
-def model_folder(size: str, cache_dir: Path) -> Iterator[Path]:
+def model_folder(size: str, cache_dir: Path, builtin: Path = BUILTIN_MODEL) -> Iterator[Path]:
     if size == "sd15":
         yield sd15_model_folder(cache_dir)
         return
     if size == "builtin":
-        yield BUILTIN_MODEL
+        yield builtin
         return
     with tempfile.TemporaryDirectory(prefix="bench-tiny-") as tmp:
         yield make_tiny_model(Path(tmp) / "tiny")
@@ -483,6 +483,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--size", choices=["sd15", "tiny", "both", "builtin"], default="both",
         help="both: sd15 and tiny; builtin: the trained default model (use its scheduler, e.g. --scheduler ddim)",
     )
+    parser.add_argument("--model", type=Path, default=BUILTIN_MODEL,
+                        help="with --size builtin: the model folder (default models/shapes64)")
     parser.add_argument("--steps", type=int, default=4, help="denoising steps per image (at least 2)")
     parser.add_argument("--repeats", type=int, default=3, help="timed rounds per path, after one warm-up")
     parser.add_argument("--scheduler", choices=list(SCHEDULERS), default="pndm")
@@ -511,7 +513,7 @@ def main(argv: list[str] | None = None) -> None:
 
     results = []
     for size in sizes:
-        with model_folder(size, args.cache_dir) as path:
+        with model_folder(size, args.cache_dir, args.model) as path:
             model = load_model(path, device="cpu", dtype="fp32")
             fast, compile_seconds = None, None
             if args.fast:
