@@ -496,6 +496,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--decoder", choices=["vae", "tiny"], default="vae",
                         help="the fast path's decoder (tiny: the model's tiny_vae/, builtin only)")
     args = parser.parse_args(argv)
+    if args.model != BUILTIN_MODEL and args.size != "builtin":
+        parser.error("--model applies to --size builtin only")
     if args.steps < 2:
         parser.error("--steps must be at least 2: the step time is measured between consecutive steps")
     if args.repeats < 1:

@@ -90,7 +90,7 @@ def single_object_scenes(rng, size, split="train"):
     return scenes
 
 
-def test_scenes(per_cell: int):
+def evaluation_scenes(per_cell: int):
     """`per_cell` validation scenes in each cell, in CELLS order."""
     rng, chosen = np.random.default_rng(1), {cell: [] for cell in CELLS}
     while any(len(c) < per_cell for c in chosen.values()):
@@ -125,7 +125,7 @@ def run(variant: str, steps: int, batch_size: int, vae, schedule) -> tuple[float
     model.eval()
     sampler = DDIMScheduler(**scheduler_config(Config))
     sampler.set_timesteps(20)
-    scenes = test_scenes(per_cell=4)
+    scenes = evaluation_scenes(per_cell=4)
     condition = model.condition(scenes).detach()
     x = torch.randn(len(scenes), 4, 16, 16, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
