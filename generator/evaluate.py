@@ -10,7 +10,8 @@ reference, and the generation speed.
 - `grid_single.png`, `grid_held_out.png`, `grid_relation.png`: generated images with their prompts.
 
 What is measured:
-1. Prompts: `validation_prompt_sets(seed=0, count=prompts)`, the sets `single`, `held_out` and
+1. Prompts: `validation_prompt_sets(seed=prompt_seed, count=prompts)` (`--prompt-seed`, 0 by default: the
+   reported figures; tune sampling settings on another seed), the sets `single`, `held_out` and
    `relation`; prompt i of a set gets `images_per_prompt` images with seeds 1000 i, 1000 i + 1, …, at
    64 × 64 and the model's steps, guidance and scheduler unless overridden. Requests go through
    `generate` in batches of about `--batch` images; the wall clock of generation alone, divided by the
@@ -393,7 +394,8 @@ def markdown_report(report: dict) -> str:
         "",
         f"Model `{model['path']}`, sha256 `{model['hash']}`.",
         f"Sampling: `{settings['scheduler']}`, {settings['steps']} steps, guidance {settings['guidance_scale']}, "
-        f"{settings['width']} × {settings['height']}; {settings['prompts']} prompts per set × "
+        f"{settings['width']} × {settings['height']}; {settings['prompts']} prompts per set "
+        f"(prompt seed {settings.get('prompt_seed', PROMPT_SEED)}) × "
         f"{settings['images_per_prompt']} images = {counts['generated']} generated images; "
         f"real sets A and B of {counts['real_a']} rendered validation scenes each.",
         "",
@@ -445,6 +447,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, required=True, help="the report folder")
     parser.add_argument("--prompts", type=int, default=64, help="prompts per prompt set (default 64)")
     parser.add_argument("--images-per-prompt", type=int, default=4)
+    parser.add_argument(
+        "--prompt-seed", type=int, default=PROMPT_SEED,
+        help=f"seed of the validation prompt sets (default {PROMPT_SEED}, the reported figures; tune settings on another)",
+    )
     parser.add_argument("--scheduler", choices=list(SCHEDULERS), help="default: the model's")
     parser.add_argument("--steps", type=int, help="default: the model's")
     parser.add_argument("--guidance", type=float, help="default: the model's")
@@ -489,7 +495,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         model = load_model(args.model, device=args.device, dtype=args.dtype)
         sampling = resolve_sampling(model, scheduler=args.scheduler, steps=args.steps, guidance=args.guidance)
-        prompt_sets = validation_prompt_sets(seed=PROMPT_SEED, count=args.prompts)
+        prompt_sets = validation_prompt_sets(seed=args.prompt_seed, count=args.prompts)
     except (ModelLoadError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -592,7 +598,7 @@ def main(argv: list[str] | None = None) -> int:
             **asdict(sampling),
             "prompts": args.prompts,
             "images_per_prompt": args.images_per_prompt,
-            "prompt_seed": PROMPT_SEED,
+            "prompt_seed": args.prompt_seed,
             "image_seeds": f"prompt i of each set: {IMAGE_SEED_STRIDE} i + j for its image j",
             "real_a_seeds": seeds_a,
             "real_b_seeds": seeds_b,
@@ -601,6 +607,7 @@ def main(argv: list[str] | None = None) -> int:
             "dtype": str(model.dtype).removeprefix("torch."),
         },
         "counts": {"generated": count, "real_a": len(real_a), "real_b": len(real_b)},
+        "prompts": {name: [case.prompt for case in cases] for name, cases in prompt_sets.items()},
         "metrics": {key: {k: _finite_tree(v) for k, v in value.items()} for key, value in metrics.items()},
         "accuracy": accuracy_report,
         "speed": {

@@ -76,6 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--guidance", type=lambda text: _list(float, text), default=[2.0, 4.0, 7.0])
     parser.add_argument("--prompts", type=int, default=16, help="prompts per prompt set (default 16)")
     parser.add_argument("--images-per-prompt", type=int, default=1)
+    parser.add_argument(
+        "--prompt-seed", type=int, default=PROMPT_SEED,
+        help=f"seed of the validation prompt sets (default {PROMPT_SEED}, the evaluation's)",
+    )
     parser.add_argument("--batch", type=int, default=32, help="images per generate call (default 32)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, … (default: cuda when present)")
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
@@ -183,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     # 1. Model, prompts, real sets and their CLIP features (once for every combination)
     try:
         model = load_model(args.model, device=args.device, dtype=args.dtype)
-        prompt_sets = validation_prompt_sets(seed=PROMPT_SEED, count=args.prompts)
+        prompt_sets = validation_prompt_sets(seed=args.prompt_seed, count=args.prompts)
     except (ModelLoadError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -182,6 +182,23 @@ def test_evaluate_with_clip_reports_fid_kid_and_clip_score(clip_model_dir, class
     assert "(real B vs real A)" in markdown and "(real A with its prompts)" in markdown
 
 
+def test_evaluate_prompt_seed_picks_another_prompt_set(tiny_model_dir, classifier_path, tmp_path):
+    """Sampling settings are tuned on prompts of another seed than the reported figures' (seed 0)."""
+    reports = {}
+    for seed in (0, 7):
+        out = tmp_path / f"seed-{seed}"
+        argv = ["--model", str(tiny_model_dir), "--out", str(out), *RUN, "--classifier", str(classifier_path)]
+        assert evaluate_main([*argv, "--prompt-seed", str(seed)]) == 0
+        reports[seed] = json.loads((out / "report.json").read_text(encoding="utf-8"))
+        assert reports[seed]["settings"]["prompt_seed"] == seed
+        assert f"(prompt seed {seed})" in (out / "report.md").read_text(encoding="utf-8")
+    prompts = {seed: report["prompts"] for seed, report in reports.items()}
+    for seed in (0, 7):
+        expected = validation_prompt_sets(seed=seed, count=2)
+        assert prompts[seed] == {name: [case.prompt for case in cases] for name, cases in expected.items()}
+    assert prompts[0] != prompts[7]
+
+
 def test_evaluate_rejects_a_missing_model_and_bad_counts(tmp_path, capsys):
     assert evaluate_main(["--model", str(tmp_path / "nothing"), "--out", str(tmp_path / "out")]) == 2
     assert "does not exist" in capsys.readouterr().err
