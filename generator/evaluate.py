@@ -449,7 +449,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--images-per-prompt", type=int, default=4)
     parser.add_argument(
         "--prompt-seed", type=int, default=PROMPT_SEED,
-        help=f"seed of the validation prompt sets (default {PROMPT_SEED}, the reported figures; tune settings on another)",
+        help=f"seed of the validation prompt sets (default {PROMPT_SEED}: the reported figures; tune on another)",
     )
     parser.add_argument("--scheduler", choices=list(SCHEDULERS), help="default: the model's")
     parser.add_argument("--steps", type=int, help="default: the model's")
