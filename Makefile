@@ -44,7 +44,8 @@ train: $(VENV)/.installed
 	$(BIN)/python -m generator.train --config configs/clip.yaml
 	$(BIN)/python -m generator.train --config configs/clip_attributes.yaml
 	$(BIN)/python -m generator.train --config configs/vae.yaml
-	$(BIN)/python -m generator.train --config configs/unet.yaml export_dir=models/shapes64
+	$(BIN)/python -m generator.train --config configs/unet.yaml
+	$(BIN)/python -m generator.train --config configs/unet_long.yaml
 	$(BIN)/python -m generator.train --config configs/tiny_vae.yaml
 
 # The built-in model's evaluation report, scheduler sweep and explanatory figures (docs/ holds the committed copies).

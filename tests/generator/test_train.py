@@ -40,7 +40,7 @@ def tiny_config(stage: str, out: Path, **extra):
 
 
 SHIPPED_CONFIGS = {"clip.yaml": "clip", "clip_attributes.yaml": "clip", "vae.yaml": "vae", "unet.yaml": "unet",
-                   "tiny_vae.yaml": "tiny_vae"}
+                   "unet_long.yaml": "unet", "tiny_vae.yaml": "tiny_vae"}
 
 
 def test_every_config_is_checked():
@@ -51,6 +51,18 @@ def test_every_config_is_checked():
 def test_shipped_configs_load(name):
     config = load_config(CONFIGS / name)
     assert config.stage == SHIPPED_CONFIGS[name]
+
+
+def test_the_long_unet_step_goes_on_from_the_first_with_its_schedule_and_encoder():
+    """configs/unet_long.yaml continues configs/unet.yaml's run: same noise schedule, objective and text encoder."""
+    from generator.train.unet import scheduler_config
+
+    first, second = load_config(CONFIGS / "unet.yaml"), load_config(CONFIGS / "unet_long.yaml")
+    assert second.init_from == f"{first.output_dir}/final"
+    assert scheduler_config(second) == scheduler_config(first)
+    assert (second.clip_dir, second.vae_dir, second.cond_dropout) == (first.clip_dir, first.vae_dir, first.cond_dropout)
+    assert (second.default_scheduler, second.default_steps) == (first.default_scheduler, first.default_steps)
+    assert second.export_dir == "models/shapes64" and not first.export_dir
 
 
 def test_unknown_keys_and_bad_types_are_errors(tmp_path):
