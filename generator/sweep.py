@@ -1,7 +1,7 @@
 """Scheduler × steps × guidance sweep: attribute accuracy and FID against seconds per image.
 
 `python -m generator.sweep --model DIR --out DIR [--schedulers ddim,euler,dpmpp_2m,unipc]
-[--steps 5,10,20,50] [--guidance 2,4,7] [--prompts 16]` generates, for every combination, the
+[--steps 5,10,20,50] [--guidance 2,4,7] [--prompts 16] [--prompt-seed 0]` generates, for every combination, the
 evaluation's images (`generator.evaluate`: the three prompt sets, fixed seeds, 64 × 64) with fewer
 prompts, and measures
 
@@ -95,8 +95,9 @@ def markdown_table(sweep: dict) -> str:
     lines = [
         f"# Sampler sweep of `{sweep['model']['name']}`",
         "",
-        f"Model `{sweep['model']['path']}`, sha256 `{sweep['model']['hash']}`; {settings['prompts']} prompts per set × "
-        f"{settings['images_per_prompt']} images = {settings['images']} images per combination, 64 × 64.",
+        f"Model `{sweep['model']['path']}`, sha256 `{sweep['model']['hash']}`; {settings['prompts']} prompts per set "
+        f"(prompt seed {settings.get('prompt_seed', PROMPT_SEED)}) × {settings['images_per_prompt']} images = "
+        f"{settings['images']} images per combination, 64 × 64.",
         "",
         f"Command: `{sweep['command']}`",
         "",
@@ -250,6 +251,7 @@ def main(argv: list[str] | None = None) -> int:
             "steps": args.steps,
             "guidance": args.guidance,
             "prompts": args.prompts,
+            "prompt_seed": args.prompt_seed,
             "images_per_prompt": args.images_per_prompt,
             "images": count,
             "batch": args.batch,

@@ -223,9 +223,11 @@ def test_inception_features_are_never_downloaded(tmp_path):
 def test_sweep_writes_its_table_and_plot(clip_model_dir, tmp_path):
     out = tmp_path / "sweep"
     argv = ["--model", str(clip_model_dir), "--out", str(out), "--schedulers", "ddim,euler", "--steps", "1,2"]
-    assert sweep_main([*argv, "--guidance", "4", "--prompts", "2", "--batch", "8", "--device", "cpu"]) == 0
+    assert sweep_main([*argv, "--guidance", "4", "--prompts", "2", "--batch", "8", "--device", "cpu",
+                       "--prompt-seed", "3"]) == 0
 
     sweep = json.loads((out / "sweep.json").read_text(encoding="utf-8"))
+    assert sweep["settings"]["prompt_seed"] == 3
     assert _finite(sweep["fid_noise_floor"])
     assert [(r["scheduler"], r["steps"], r["guidance_scale"]) for r in sweep["results"]] == [
         ("ddim", 1, 4.0),
@@ -239,6 +241,7 @@ def test_sweep_writes_its_table_and_plot(clip_model_dir, tmp_path):
         assert set(row["accuracy"]) == {"single", "held_out", "relation", "all"}
     table = (out / "sweep.md").read_text(encoding="utf-8")
     assert table.count("\n| ddim |") == 2 and table.count("\n| euler |") == 2
+    assert "(prompt seed 3)" in table
     with Image.open(out / "sweep.png") as plot:
         plot.load()
         assert plot.format == "PNG" and plot.width > 300

@@ -184,6 +184,8 @@ def test_unet_stage_goes_on_from_an_exported_model_folder(trained, tmp_path):
     assert before.keys() == after.keys()
     for key in before:
         torch.testing.assert_close(after[key], before[key], rtol=0, atol=1e-3)
+    for name in ("unet", "vae", "text_encoder"):  # no local path of the source folder in a shipped config
+        assert "_name_or_path" not in json.loads((final / name / "config.json").read_text()), name
 
 
 def test_tiny_vae_stage_trains_a_decoder_the_fast_path_loads(trained, tmp_path):
