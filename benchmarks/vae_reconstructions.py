@@ -16,7 +16,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from generator.evaluation.attributes import check, evaluate  # noqa: E402
+from generator.evaluation.attributes import accuracy, check  # noqa: E402
 from generator.train.clip import validation_pairs  # noqa: E402
 from generator.train.data import to_tensor, to_uint8  # noqa: E402
 
@@ -32,15 +32,15 @@ def main() -> None:
             to_uint8(vae.decode(vae.encode(to_tensor(images[i : i + 64])).latent_dist.mode()).sample)
             for i in range(0, len(images), 64)
         ])
-    print("all   ", evaluate(zip(reconstructions, captions, strict=True)).format())
-    single = [(r, c) for r, c in zip(reconstructions, captions, strict=True) if len(check(r, c).matched) == 1]
-    print("single", evaluate(single).format())
+    verdicts = [check(image, caption) for image, caption in zip(reconstructions, captions, strict=True)]
+    single = [verdict for verdict in verdicts if len(verdict.matched) == 1]
+    print("all   ", accuracy(verdicts).format())
+    print("single", accuracy(single).format())
     failures = Counter()
-    for reconstruction, caption in single:
-        verdict = check(reconstruction, caption)
+    for verdict in single:
         if not verdict.correct:
             failed = tuple(name for name, ok in verdict.checks.items() if not ok)
-            failures[(caption.split()[1], caption.split(" on a ")[-1], failed)] += 1
+            failures[(verdict.prompt.split()[1], verdict.prompt.split(" on a ")[-1], failed)] += 1
     for (size, background, failed), count in failures.most_common():
         print(f"{count:4d}  {size} on {background}: {', '.join(failed)} wrong")
 

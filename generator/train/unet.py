@@ -217,10 +217,11 @@ def export(model, config, out: Path) -> None:
     for name in ("text_encoder", "unet", "vae"):
         module = copy.deepcopy(getattr(model, name)).to(torch.float16)
         module.save_pretrained(out / name, safe_serialization=True)
-        config_file = out / name / "config.json"  # a module loaded by `init_from` would carry its source's path
-        config_file.write_text(json.dumps(
-            {k: v for k, v in json.loads(config_file.read_text()).items() if k != "_name_or_path"}, indent=2,
-            sort_keys=True) + "\n")
+        # A module loaded with from_pretrained (the VAE, or the UNet under `init_from`) records its source's local path.
+        config_file = out / name / "config.json"
+        module_config = json.loads(config_file.read_text())
+        if module_config.pop("_name_or_path", None) is not None:
+            config_file.write_text(json.dumps(module_config, indent=2, sort_keys=True) + "\n")
     diffusers.DDIMScheduler(**scheduler_config(config)).save_pretrained(out / "scheduler")
     clip = Path(config.clip_dir) / "clip"
     if clip.is_dir():  # the evaluation's image features and CLIP score

@@ -96,5 +96,4 @@ def test_it_draws_what_prompts_ask(builtin_model):
     cases = validation_prompt_sets(seed=5, count=24)["single"]
     results = generate(builtin_model, [GenerationRequest(prompt=c.prompt, seed=i) for i, c in enumerate(cases)])
     report = evaluate((result.images[0].image, case.prompt) for result, case in zip(results, cases, strict=True))
-    print(report.format())
     assert report.overall >= SINGLE_OBJECT_FLOOR, report.format()
