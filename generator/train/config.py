@@ -105,6 +105,9 @@ class UnetConfig(CommonConfig):
     prediction_type: str = "v_prediction"  # epsilon | v_prediction
     offset_noise: float = 0.0
     cond_dropout: float = 0.1  # captions replaced by "" for classifier-free guidance
+    # Share of two-object scenes in a batch: a sampling weight over the training split (whose own mix, 30%, is
+    # the spec's and stays unchanged); null keeps the split's mix.
+    two_object_fraction: float | None = None
     init_from: str = ""  # a model folder whose UNet to start from (block settings then come from it), "" : new
     train_text_encoder: bool = False
     text_encoder_lr: float = 1e-4
@@ -115,6 +118,11 @@ class UnetConfig(CommonConfig):
     default_guidance_scale: float = 4.0
     sample_prompts: int = 16
     export_dir: str = ""  # also write the final fp16 diffusers folder here ("" : only under output_dir/model)
+
+    def __post_init__(self):
+        share = self.two_object_fraction
+        if share is not None and (isinstance(share, (bool, str)) or not 0 <= share <= 1):
+            raise ValueError(f"two_object_fraction should be a number in [0, 1] or null, got {share!r}")
 
 
 @dataclass

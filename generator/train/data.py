@@ -38,17 +38,21 @@ def hard_negative(scene, rng: np.random.Generator):
 
 def training_batch(
     rng: np.random.Generator, batch_size: int, data_seed: int, *, flip: bool = True, split: str = "train",
-    hard_negatives: float = 0.0,
+    hard_negatives: float = 0.0, two_object_fraction: float | None = None,
 ) -> tuple[torch.Tensor, list[str]]:
     """(images in [-1, 1] as (N, 3, 64, 64) float32, training captions with random omissions).
+
+    `two_object_fraction` reweights the sampling, not the data set: each item first decides whether it is a
+    two-object scene (with that probability), then draws training-split scenes until one of that kind comes
+    up. None keeps the split's own mix (30% two-object scenes, per the spec).
 
     With `hard_negatives` = f > 0, the first f × N items come in pairs: a scene with its full caption, then
     its `hard_negative` with its full caption, so that a contrastive loss must read the position words.
     """
     images, captions = [], []
     pairs = int(batch_size * hard_negatives) // 2
-    for i, index in enumerate(rng.integers(0, SCENES, size=batch_size - pairs)):
-        scene = make_scene(data_seed, int(index), split)
+    for i in range(batch_size - pairs):
+        scene = _draw(rng, data_seed, split, two_object_fraction)
         if flip and rng.random() < 0.5:
             scene = flip_scene(scene)
         images.append(np.asarray(render(scene)))
@@ -60,6 +64,14 @@ def training_batch(
         else:
             captions.append(caption(scene, rng))
     return to_tensor(np.stack(images)), captions
+
+
+def _draw(rng: np.random.Generator, data_seed: int, split: str, two_object_fraction: float | None):
+    want = None if two_object_fraction is None else 1 + int(rng.random() < two_object_fraction)
+    while True:
+        scene = make_scene(data_seed, int(rng.integers(0, SCENES)), split)
+        if want is None or len(scene.objects) == want:
+            return scene
 
 
 def to_tensor(images: np.ndarray) -> torch.Tensor:

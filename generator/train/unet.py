@@ -129,7 +129,9 @@ class UnetStage:
 
     def train_step(self, step: int, rng: np.random.Generator) -> dict:
         config, device = self.config, self.accelerator.device
-        images, captions = training_batch(rng, config.batch_size, config.data_seed)
+        images, captions = training_batch(
+            rng, config.batch_size, config.data_seed, two_object_fraction=config.two_object_fraction
+        )
         captions = ["" if rng.random() < config.cond_dropout else text for text in captions]
         generator = torch.Generator().manual_seed(int(rng.integers(2**63)))
         with torch.no_grad():

@@ -40,7 +40,7 @@ def tiny_config(stage: str, out: Path, **extra):
 
 
 SHIPPED_CONFIGS = {"clip.yaml": "clip", "clip_attributes.yaml": "clip", "vae.yaml": "vae", "unet.yaml": "unet",
-                   "unet_long.yaml": "unet", "tiny_vae.yaml": "tiny_vae"}
+                   "unet_long.yaml": "unet", "unet_two.yaml": "unet", "tiny_vae.yaml": "tiny_vae"}
 
 
 def test_every_config_is_checked():
@@ -96,6 +96,25 @@ def test_training_batches_keep_captions_true_and_never_show_held_out_pairs():
     # A flipped scene's full caption swaps left and right and nothing else.
     scene = next(s for i in range(100) if "left" in full_caption(s := make_scene(0, i, "train")))
     assert full_caption(flip_scene(scene)) == full_caption(scene).replace("left", "right")
+
+
+def _is_two_object(caption: str) -> bool:
+    return any(word in caption for word in (" left of ", " right of ", " above ", " below "))
+
+
+def test_two_object_fraction_reweights_the_scenes_drawn_not_what_they_are():
+    for share, expected in ((1.0, 64), (0.0, 0)):
+        _, captions = training_batch(np.random.default_rng(1), 64, data_seed=0, two_object_fraction=share)
+        assert sum(map(_is_two_object, captions)) == expected
+        assert not any(f"{c} {s}" in text for text in captions for c, s in HELD_OUT_PAIRS)
+    _, captions = training_batch(np.random.default_rng(2), 400, data_seed=0, two_object_fraction=0.6)
+    assert 0.5 < np.mean([_is_two_object(c) for c in captions]) < 0.7
+    _, captions = training_batch(np.random.default_rng(2), 400, data_seed=0)  # the split's own mix: 30%
+    assert 0.2 < np.mean([_is_two_object(c) for c in captions]) < 0.4
+    with pytest.raises(ValueError, match="two_object_fraction"):
+        load_config(CONFIGS / "unet.yaml", ["two_object_fraction=1.5"])
+    with pytest.raises(ValueError, match="two_object_fraction"):
+        load_config(CONFIGS / "unet.yaml", ["two_object_fraction=most"])
 
 
 def _run(config, resume=None):
