@@ -53,29 +53,24 @@ def test_shipped_configs_load(name):
     assert config.stage == SHIPPED_CONFIGS[name]
 
 
-def test_the_long_unet_step_goes_on_from_the_first_with_its_schedule_and_encoder():
-    """configs/unet_long.yaml continues configs/unet.yaml's run: same noise schedule, objective and text encoder."""
+UNET_STEPS = ["unet.yaml", "unet_long.yaml", "unet_two.yaml"]  # make train's order
+
+
+@pytest.mark.parametrize("earlier, later", zip(UNET_STEPS, UNET_STEPS[1:]))
+def test_each_unet_step_goes_on_from_the_one_before_with_its_schedule_and_encoder(earlier, later):
+    """A UNet step's config continues the step before it: same noise schedule, objective and text encoder."""
     from generator.train.unet import scheduler_config
 
-    first, second = load_config(CONFIGS / "unet.yaml"), load_config(CONFIGS / "unet_long.yaml")
+    first, second = load_config(CONFIGS / earlier), load_config(CONFIGS / later)
     assert second.init_from == f"{first.output_dir}/final"
     assert scheduler_config(second) == scheduler_config(first)
     assert (second.clip_dir, second.vae_dir, second.cond_dropout) == (first.clip_dir, first.vae_dir, first.cond_dropout)
     assert (second.default_scheduler, second.default_steps) == (first.default_scheduler, first.default_steps)
-    assert not first.export_dir and not second.export_dir
 
 
-def test_the_two_object_unet_step_goes_on_from_the_long_one_and_writes_the_built_in_model():
-    """configs/unet_two.yaml continues configs/unet_long.yaml's run with more two-object scenes; only it exports."""
-    from generator.train.unet import scheduler_config
-
-    second, third = load_config(CONFIGS / "unet_long.yaml"), load_config(CONFIGS / "unet_two.yaml")
-    assert third.init_from == f"{second.output_dir}/final"
-    assert scheduler_config(third) == scheduler_config(second)
-    assert (third.clip_dir, third.vae_dir, third.cond_dropout) == (second.clip_dir, second.vae_dir, second.cond_dropout)
-    assert (third.default_scheduler, third.default_steps) == (second.default_scheduler, second.default_steps)
-    assert second.two_object_fraction is None and third.two_object_fraction == 0.6
-    assert third.export_dir == "models/shapes64"
+def test_only_the_last_unet_step_writes_the_built_in_model():
+    exports = [load_config(CONFIGS / name).export_dir for name in UNET_STEPS]
+    assert exports == ["", "", "models/shapes64"]
 
 
 def test_unknown_keys_and_bad_types_are_errors(tmp_path):
