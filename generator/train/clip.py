@@ -101,12 +101,22 @@ ATTRIBUTES: dict[str, tuple[str, ...]] = {
     "colour2": tuple(shapes64.COLOURS),  # of the second object
     "shape2": shapes64.SHAPES,
 }
+# With `layout_heads`, also what a two-object caption puts where: the colour and shape of the object at the top or
+# on the left ("lead") and of the other one ("trail"). These follow from the other attributes, but a head that
+# reads them off the end tokens makes the encoder hand the UNet the layout, not only the words.
+LAYOUT_ATTRIBUTES: dict[str, tuple[str, ...]] = {
+    "lead_colour": tuple(shapes64.COLOURS),
+    "lead_shape": shapes64.SHAPES,
+    "trail_colour": tuple(shapes64.COLOURS),
+    "trail_shape": shapes64.SHAPES,
+}
+LEADING_FIRST = ("to the left of", "above")  # relations whose first object is the top or left one
 IGNORE = -100  # cross-entropy's ignore_index: the caption does not say
 HEAD_LR_SCALE = 10.0  # the attribute heads' learning rate, as a multiple of the towers'
 
 
-def attribute_labels(captions: list[str]) -> torch.Tensor:
-    """(N, len(ATTRIBUTES)) class indices of what each caption says; IGNORE where it says nothing."""
+def attribute_labels(captions: list[str], attributes: dict[str, tuple[str, ...]] = ATTRIBUTES) -> torch.Tensor:
+    """(N, len(attributes)) class indices of what each caption says; IGNORE where it says nothing."""
     rows = []
     for text in captions:
         spec = parse_prompt(text)
@@ -115,19 +125,23 @@ def attribute_labels(captions: list[str]) -> torch.Tensor:
         said = {"background": spec.background, "colour": first.colour, "shape": first.shape, "size": first.size,
                 "cell": first.cell, "relation": spec.relation,
                 "colour2": second and second.colour, "shape2": second and second.shape}
-        rows.append([ATTRIBUTES[k].index(said[k]) if said[k] else IGNORE for k in ATTRIBUTES])
+        if second is not None:
+            lead, trail = (first, second) if spec.relation in LEADING_FIRST else (second, first)
+            said.update({"lead_colour": lead.colour, "lead_shape": lead.shape,
+                         "trail_colour": trail.colour, "trail_shape": trail.shape})
+        rows.append([values.index(said[k]) if said.get(k) else IGNORE for k, values in attributes.items()])
     return torch.tensor(rows, dtype=torch.long)
 
 
 class AttributeHeads(torch.nn.Module):
     """One linear classifier per attribute on the text tower's pooled output (training only; not exported)."""
 
-    def __init__(self, hidden_size: int):
+    def __init__(self, hidden_size: int, attributes: dict[str, tuple[str, ...]] = ATTRIBUTES):
         super().__init__()
-        self.heads = torch.nn.ModuleDict({k: torch.nn.Linear(hidden_size, len(v)) for k, v in ATTRIBUTES.items()})
+        self.heads = torch.nn.ModuleDict({k: torch.nn.Linear(hidden_size, len(v)) for k, v in attributes.items()})
 
     def forward(self, pooled: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(mean cross-entropy over the attributes captions name, per-attribute accuracy (len(ATTRIBUTES),))."""
+        """(mean cross-entropy over the attributes captions name, per-attribute accuracy (len(attributes),))."""
         losses, accuracy = [], []
         for i, head in enumerate(self.heads.values()):
             target = labels[:, i]
@@ -158,7 +172,8 @@ class ClipStage:
         else:
             self.tokenizer = make_tokenizer(config.max_tokens, config.tokenizer_merges)
             model = make_clip(config, self.tokenizer)
-        heads = AttributeHeads(model.config.text_config.hidden_size)
+        self.attributes = ATTRIBUTES | LAYOUT_ATTRIBUTES if config.layout_heads else ATTRIBUTES
+        heads = AttributeHeads(model.config.text_config.hidden_size, self.attributes)
         groups = [{"params": list(model.parameters()), "lr": config.learning_rate}]
         if config.attribute_weight:  # new linear heads on layer-normed features learn slowly at the towers' rate
             groups.append({"params": list(heads.parameters()), "lr": HEAD_LR_SCALE * config.learning_rate})
@@ -182,12 +197,13 @@ class ClipStage:
             # UNet's cross-attention reads them all: each must tell the caption's attributes.
             ids = input_ids.to(device)
             after_end = (ids == self.tokenizer.eos_token_id).cumsum(1) > 0
-            labels = attribute_labels(captions).to(device)[:, None, :].expand(-1, ids.shape[1], -1)
+            labels = attribute_labels(captions, self.attributes).to(device)[:, None, :].expand(-1, ids.shape[1], -1)
             hidden = output.text_model_output.last_hidden_state
             attribute_loss, accuracy = self.heads(hidden[after_end], labels[after_end])
             loss = loss + self.config.attribute_weight * attribute_loss
             logs["attribute_loss"] = attribute_loss.item()
-            logs.update({f"{k}_acc": a.item() for k, a in zip(ATTRIBUTES, accuracy) if k in ("cell", "relation")})
+            logs.update({f"{k}_acc": a.item() for k, a in zip(self.attributes, accuracy)
+                         if k in ("cell", "relation", "lead_colour", "trail_colour")})
         self.accelerator.backward(loss)
         if self.config.grad_clip:
             parameters = [p for group in self.optimizer.param_groups for p in group["params"]]

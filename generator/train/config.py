@@ -33,7 +33,9 @@ class CommonConfig:
     checkpoint_every: int = 500
     keep_checkpoints: int = 2
     threads: int = 0  # torch intra-op threads on the CPU; 0: torch's default
-    mixed_precision: str = "no"  # no | bf16 | fp16: Accelerate's autocast (bf16 runs fast on AVX-512 BF16 CPUs)
+    # no | bf16 | fp16 | auto: Accelerate's autocast. bf16 runs fast on AVX-512 BF16 CPUs and slow elsewhere;
+    # auto takes bf16 where it is fast (a CUDA GPU with bf16, a CPU with AVX-512 BF16 or AMX) and no elsewhere.
+    mixed_precision: str = "no"
 
 
 @dataclass
@@ -48,6 +50,7 @@ class ClipConfig(CommonConfig):
     # Weight of a caption-only loss: linear heads on the text tower's pooled output must tell each attribute the
     # caption names (colours, shapes, size, cell, relation, background), so the encoder keeps every word's meaning.
     attribute_weight: float = 0.0
+    layout_heads: bool = False  # also heads for the colour and shape at the top/left and bottom/right (two objects)
     init_from: str = ""  # a folder with clip/ and tokenizer/ (e.g. models/shapes64) to go on from; "" : new
     layers: int = 4
     heads: int = 4

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from generator.data.shapes64 import CELLS, RELATIONS, make_scene
-from generator.train.clip import ATTRIBUTES, IGNORE, AttributeHeads, attribute_labels
+from generator.train.clip import ATTRIBUTES, IGNORE, LAYOUT_ATTRIBUTES, AttributeHeads, attribute_labels
 
 
 def _column(name: str) -> int:
@@ -50,3 +50,26 @@ def test_heads_learn_training_captions_labels_and_report_accuracy():
         optimizer.step()
     assert loss.item() < 0.1 * first.item()
     assert accuracy.shape == (len(ATTRIBUTES),) and bool((accuracy > 0.95).all())
+
+
+def test_layout_labels_name_the_top_or_left_object_first_whatever_the_caption_order():
+    attributes = ATTRIBUTES | LAYOUT_ATTRIBUTES
+    captions = [
+        "a green circle above a yellow triangle on a black background",  # the first object is on top
+        "a green circle below a yellow triangle",  # the second is
+        "a red square to the right of a blue circle",  # the second is on the left
+        "a small red circle in the top left on a gray background",  # one object: no layout
+    ]
+    labels = attribute_labels(captions, attributes).tolist()
+    names = list(attributes)
+
+    def said(row, name):
+        value = labels[row][names.index(name)]
+        return None if value == IGNORE else attributes[name][value]
+
+    assert [said(0, k) for k in LAYOUT_ATTRIBUTES] == ["green", "circle", "yellow", "triangle"]
+    assert [said(1, k) for k in LAYOUT_ATTRIBUTES] == ["yellow", "triangle", "green", "circle"]
+    assert [said(2, k) for k in LAYOUT_ATTRIBUTES] == ["blue", "circle", "red", "square"]
+    assert [said(3, k) for k in LAYOUT_ATTRIBUTES] == [None] * 4
+    # The caption attributes are unchanged by the extra columns.
+    assert attribute_labels(captions)[:, :len(ATTRIBUTES)].tolist() == [row[:len(ATTRIBUTES)] for row in labels]
