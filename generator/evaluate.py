@@ -51,7 +51,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from generator.data.shapes64 import CANVAS, PromptCase, render, validation_prompt_sets
-from generator.evaluation.attributes import AccuracyReport, accuracy, check
+from generator.evaluation.attributes import AccuracyReport, accuracy, check, parse_prompt
 from generator.evaluation.metrics import clip_score, frechet_distance, inception_score, kernel_inception_distance
 from generator.limits import MAX_IMAGES_PER_REQUEST
 from generator.loading import LoadedModel
@@ -331,6 +331,25 @@ def attribute_accuracy(image_set: ImageSet) -> dict[str, AccuracyReport]:
     return reports
 
 
+def relation_breakdown(image_set: ImageSet) -> dict[str, dict[str, int]]:
+    """Two-object images by relation word: how many, all right, both objects right (count, colours and shapes),
+    the relation right, and the relation right where both objects are: binding and placement apart."""
+    table: dict[str, dict[str, int]] = {}
+    for image, prompt, name in zip(image_set.images, image_set.prompts, image_set.sets):
+        if name != "relation":
+            continue
+        verdict = check(image, prompt)
+        row = table.setdefault(parse_prompt(prompt).relation, dict.fromkeys(
+            ("images", "correct", "objects_right", "relation_right", "relation_right_where_objects_right"), 0))
+        objects_right = all(verdict.checks[k] for k in ("count", "colour", "shape"))
+        row["images"] += 1
+        row["correct"] += verdict.correct
+        row["objects_right"] += objects_right
+        row["relation_right"] += verdict.checks["relation"]
+        row["relation_right_where_objects_right"] += objects_right and verdict.checks["relation"]
+    return dict(sorted(table.items()))
+
+
 def inception_splits(count: int) -> int:
     """Ten splits as usual when there are images enough (>= 100 a split), fewer otherwise."""
     return max(1, min(10, count // 100))
@@ -422,6 +441,20 @@ def markdown_report(report: dict) -> str:
             cells = [f"{part['per_attribute'][a]:.3f}" if a in part["per_attribute"] else "" for a in attributes]
             label = who if who == "model" else "real A"
             lines.append(f"| {name} | {part['count']} | {label} | {part['overall']:.3f} | " + " | ".join(cells) + " |")
+    if report.get("relations"):
+        lines += [
+            "",
+            "Two-object prompts by relation word (images; all right; both objects right in count, colour and shape; "
+            "relation right; relation right where both objects are):",
+            "",
+            "| relation | images | all right | objects right | relation right | relation right where objects right |",
+            "|---|---|---|---|---|---|",
+        ]
+        for relation, row in report["relations"].items():
+            lines.append(
+                f"| {relation} | {row['images']} | {row['correct']} | {row['objects_right']} | {row['relation_right']} "
+                f"| {row['relation_right_where_objects_right']} of {row['objects_right']} |"
+            )
     speed = report["speed"]
     lines += [
         "",
@@ -610,6 +643,7 @@ def main(argv: list[str] | None = None) -> int:
         "prompts": {name: [case.prompt for case in cases] for name, cases in prompt_sets.items()},
         "metrics": {key: {k: _finite_tree(v) for k, v in value.items()} for key, value in metrics.items()},
         "accuracy": accuracy_report,
+        "relations": relation_breakdown(generated),
         "speed": {
             "seconds_per_image": seconds / count,
             "generation_seconds": seconds,

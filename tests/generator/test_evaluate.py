@@ -161,6 +161,8 @@ def test_evaluate_without_clip_reports_accuracy_is_and_speed(tiny_model_dir, cla
     markdown = (out / "report.md").read_text(encoding="utf-8")
     assert "| metric | model | real-vs-real noise floor |" in markdown
     assert "seconds per image" in markdown and "does not exist" in markdown
+    assert sum(row["images"] for row in report["relations"].values()) == 2
+    assert "| relation | images | all right | objects right |" in markdown
     for name in ("single", "held_out", "relation"):
         with Image.open(out / f"grid_{name}.png") as grid:
             grid.load()
@@ -263,3 +265,26 @@ def test_sweep_skips_what_a_scheduler_refuses(tiny_model_dir, tmp_path):
     assert sweep["fid_noise_floor"] is None
     assert "skipped: " in (out / "sweep.md").read_text(encoding="utf-8")
     assert (out / "sweep.png").is_file()
+
+
+def test_relation_breakdown_tells_binding_from_placement():
+    """Real renders are right in every column; the same render under the opposite relation word keeps both objects
+    right and loses only the relation."""
+    from generator.evaluate import ImageSet, relation_breakdown
+
+    opposite = {"above": "below", "below": "above", "to the left of": "to the right of",
+                "to the right of": "to the left of"}
+    cases = validation_prompt_sets(count=8)["relation"]
+    images, prompts = [], []
+    for case in cases:
+        image = np.asarray(render(case.scene).convert("RGB"))
+        relation = case.scene.relation
+        images += [image, image]
+        prompts += [case.prompt, case.prompt.replace(f" {relation} ", f" {opposite[relation]} ")]
+    table = relation_breakdown(ImageSet(np.stack(images), prompts, ["relation"] * len(prompts)))
+    assert sum(row["images"] for row in table.values()) == 16
+    assert sum(row["objects_right"] for row in table.values()) == 16
+    assert sum(row["correct"] for row in table.values()) == 8
+    assert sum(row["relation_right"] for row in table.values()) == 8
+    assert sum(row["relation_right_where_objects_right"] for row in table.values()) == 8
+    assert set(table) <= set(opposite)
