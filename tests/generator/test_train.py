@@ -73,6 +73,13 @@ def test_only_the_last_unet_step_writes_the_built_in_model():
     assert exports == ["", "", "models/shapes64"]
 
 
+def test_the_exporting_unet_step_writes_the_shipped_sampling_defaults():
+    config = load_config(CONFIGS / UNET_STEPS[-1])
+    shipped = json.loads((CONFIGS.parent / config.export_dir / "generator.json").read_text())["defaults"]
+    assert shipped == {"steps": config.default_steps, "guidance_scale": config.default_guidance_scale,
+                       "scheduler": config.default_scheduler}
+
+
 def test_unknown_keys_and_bad_types_are_errors(tmp_path):
     with pytest.raises(ValueError, match="unknown key.*bogus"):
         load_config(CONFIGS / "clip.yaml", ["bogus=1"])
