@@ -51,7 +51,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from generator.data.shapes64 import CANVAS, PromptCase, render, validation_prompt_sets
-from generator.evaluation.attributes import AccuracyReport, accuracy, check, parse_prompt
+from generator.evaluation.attributes import AccuracyReport, Verdict, accuracy, check, parse_prompt
 from generator.evaluation.metrics import clip_score, frechet_distance, inception_score, kernel_inception_distance
 from generator.limits import MAX_IMAGES_PER_REQUEST
 from generator.loading import LoadedModel
@@ -319,9 +319,14 @@ def _fid_inception() -> torch.nn.Module:
 # --- Metrics ------------------------------------------------------------------------------------
 
 
-def attribute_accuracy(image_set: ImageSet) -> dict[str, AccuracyReport]:
-    """Accuracy per prompt set present, and over all images (`all`)."""
-    verdicts = [check(image, prompt) for image, prompt in zip(image_set.images, image_set.prompts)]
+def verdicts_of(image_set: ImageSet) -> list[Verdict]:
+    """The attribute evaluator's verdict on each image against its prompt."""
+    return [check(image, prompt) for image, prompt in zip(image_set.images, image_set.prompts)]
+
+
+def attribute_accuracy(image_set: ImageSet, verdicts: list[Verdict] | None = None) -> dict[str, AccuracyReport]:
+    """Accuracy per prompt set present, and over all images (`all`); `verdicts`: `verdicts_of(image_set)` if known."""
+    verdicts = verdicts_of(image_set) if verdicts is None else verdicts
     reports = {}
     for name in PROMPT_SETS:
         chosen = [v for v, s in zip(verdicts, image_set.sets) if s == name]
@@ -331,15 +336,15 @@ def attribute_accuracy(image_set: ImageSet) -> dict[str, AccuracyReport]:
     return reports
 
 
-def relation_breakdown(image_set: ImageSet) -> dict[str, dict[str, int]]:
+def relation_breakdown(image_set: ImageSet, verdicts: list[Verdict]) -> dict[str, dict[str, int]]:
     """Two-object images by relation word: how many, all right, both objects right (count, colours and shapes),
-    the relation right, and the relation right where both objects are: binding and placement apart."""
+    the relation right, and the relation right where both objects are: binding and placement apart.
+    `verdicts` are `verdicts_of(image_set)`."""
     table: dict[str, dict[str, int]] = {}
-    for image, prompt, name in zip(image_set.images, image_set.prompts, image_set.sets):
+    for verdict, name in zip(verdicts, image_set.sets, strict=True):
         if name != "relation":
             continue
-        verdict = check(image, prompt)
-        row = table.setdefault(parse_prompt(prompt).relation, dict.fromkeys(
+        row = table.setdefault(parse_prompt(verdict.prompt).relation, dict.fromkeys(
             ("images", "correct", "objects_right", "relation_right", "relation_right_where_objects_right"), 0))
         objects_right = all(verdict.checks[k] for k in ("count", "colour", "shape"))
         row["images"] += 1
@@ -616,7 +621,8 @@ def main(argv: list[str] | None = None) -> int:
     }
 
     # 8. Attribute accuracy per prompt set
-    model_accuracy, real_accuracy = attribute_accuracy(generated), attribute_accuracy(real_a)
+    generated_verdicts = verdicts_of(generated)
+    model_accuracy, real_accuracy = attribute_accuracy(generated, generated_verdicts), attribute_accuracy(real_a)
     accuracy_report = {
         name: {"model": asdict(model_accuracy[name]), "real": asdict(real_accuracy[name])} for name in model_accuracy
     }
@@ -643,7 +649,7 @@ def main(argv: list[str] | None = None) -> int:
         "prompts": {name: [case.prompt for case in cases] for name, cases in prompt_sets.items()},
         "metrics": {key: {k: _finite_tree(v) for k, v in value.items()} for key, value in metrics.items()},
         "accuracy": accuracy_report,
-        "relations": relation_breakdown(generated),
+        "relations": relation_breakdown(generated, generated_verdicts),
         "speed": {
             "seconds_per_image": seconds / count,
             "generation_seconds": seconds,

@@ -270,7 +270,7 @@ def test_sweep_skips_what_a_scheduler_refuses(tiny_model_dir, tmp_path):
 def test_relation_breakdown_tells_binding_from_placement():
     """Real renders are right in every column; the same render under the opposite relation word keeps both objects
     right and loses only the relation."""
-    from generator.evaluate import ImageSet, relation_breakdown
+    from generator.evaluate import ImageSet, relation_breakdown, verdicts_of
 
     opposite = {"above": "below", "below": "above", "to the left of": "to the right of",
                 "to the right of": "to the left of"}
@@ -281,7 +281,8 @@ def test_relation_breakdown_tells_binding_from_placement():
         relation = case.scene.relation
         images += [image, image]
         prompts += [case.prompt, case.prompt.replace(f" {relation} ", f" {opposite[relation]} ")]
-    table = relation_breakdown(ImageSet(np.stack(images), prompts, ["relation"] * len(prompts)))
+    image_set = ImageSet(np.stack(images), prompts, ["relation"] * len(prompts))
+    table = relation_breakdown(image_set, verdicts_of(image_set))
     assert sum(row["images"] for row in table.values()) == 16
     assert sum(row["objects_right"] for row in table.values()) == 16
     assert sum(row["correct"] for row in table.values()) == 8

@@ -25,9 +25,10 @@ def test_an_unknown_precision_is_an_error():
 def test_fast_bf16_reads_the_cpu_flags(monkeypatch, tmp_path):
     monkeypatch.setattr(loop.torch.cuda, "is_available", lambda: False)
     cpuinfo = tmp_path / "cpuinfo"
-    real_path = loop.Path
-    monkeypatch.setattr(loop, "Path", lambda p: real_path(cpuinfo) if p == "/proc/cpuinfo" else real_path(p))
     cpuinfo.write_text("flags\t\t: fpu avx avx2 fma\n")
-    assert not loop.fast_bf16()
+    assert not loop.fast_bf16(cpuinfo)
     cpuinfo.write_text("flags\t\t: fpu avx avx2 avx512f avx512_bf16\n")
-    assert loop.fast_bf16()
+    assert loop.fast_bf16(cpuinfo)
+    cpuinfo.write_text("flags\t\t: fpu avx2 amx_bf16 amx_tile\n")
+    assert loop.fast_bf16(cpuinfo)
+    assert not loop.fast_bf16(tmp_path / "missing")
