@@ -2,16 +2,35 @@
 
 A YAML file sets fields by name; a key the stage does not have is an error that lists the keys
 it does have. Overrides are `key=value` words after the file, parsed as YAML scalars
-(`steps=200`, `ema_decay=0.99`, `text_encoder_lr=null`).
+(`steps=200`, `ema_decay=0.99`, `text_encoder_lr=null`). Booleans are YAML 1.2's, `true` and `false`
+only: YAML 1.1 also reads yes/no/on/off as booleans, which made `mixed_precision=no` the boolean False.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import yaml
+
+BOOL_TAG = "tag:yaml.org,2002:bool"
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2 booleans (`true`/`false`, any case): `no` stays the string "no"."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != BOOL_TAG]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(BOOL_TAG, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+
+
+def _load_yaml(text: str):
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
 
 
 @dataclass
@@ -155,7 +174,7 @@ def parse_overrides(words: list[str]) -> dict:
         key, sep, value = word.partition("=")
         if not sep or not key:
             raise ValueError(f"an override must read key=value, got {word!r}")
-        overrides[key] = yaml.safe_load(value)
+        overrides[key] = _load_yaml(value)
     return overrides
 
 
@@ -189,7 +208,7 @@ def _same_kind(expected, got) -> bool:
 def load_config(path: str | Path | None, overrides: list[str] | dict | None = None) -> CommonConfig:
     values = {}
     if path is not None:
-        values = yaml.safe_load(Path(path).read_text()) or {}
+        values = _load_yaml(Path(path).read_text()) or {}
         if not isinstance(values, dict):
             raise ValueError(f"{path}: a config is a mapping of key: value")
     extra = parse_overrides(overrides) if isinstance(overrides, list) else dict(overrides or {})

@@ -101,6 +101,17 @@ def test_overrides_replace_file_values_and_ints_become_floats():
     assert isinstance(load_config(CONFIGS / "clip.yaml"), ClipConfig)
 
 
+def test_no_is_a_word_not_a_boolean_on_the_command_line_and_in_files(tmp_path):
+    """YAML 1.1 reads no/yes/on/off as booleans: `mixed_precision=no` was refused as the boolean False."""
+    assert load_config(CONFIGS / "unet.yaml", ["mixed_precision=no"]).mixed_precision == "no"
+    path = tmp_path / "vae.yaml"
+    path.write_text((CONFIGS / "vae.yaml").read_text() + "mixed_precision: no\n")
+    assert load_config(path).mixed_precision == "no"
+    assert load_config(CONFIGS / "unet.yaml", ["train_text_encoder=False"]).train_text_encoder is False
+    with pytest.raises(ValueError, match="train_text_encoder should be bool"):
+        load_config(CONFIGS / "unet.yaml", ["train_text_encoder=yes"])
+
+
 def test_training_batches_keep_captions_true_and_never_show_held_out_pairs():
     rng = np.random.default_rng(0)
     images, captions = training_batch(rng, 64, data_seed=0)
