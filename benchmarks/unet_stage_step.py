@@ -25,22 +25,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from cpu_peak import seconds  # beside this script
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from generator.evaluation.attributes import accuracy, check  # noqa: E402
 from generator.train.clip import tokenize, validation_pairs  # noqa: E402
 from generator.train.data import to_tensor, to_uint8, training_batch  # noqa: E402
-
-
-def median_seconds(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def fp32_latents(stage):
@@ -88,7 +79,7 @@ def main() -> None:
         print(f"\n| part (batch {config.batch_size}) | seconds |\n|---|---|")
         with torch.no_grad():
             for name, fn in parts.items():
-                print(f"| {name} | {median_seconds(fn, args.repeats):.3f} |", flush=True)
+                print(f"| {name} | {seconds(fn, args.repeats):.3f} |", flush=True)
 
         step = 0
 
@@ -109,8 +100,8 @@ def main() -> None:
         stage.latents = autocast_encode
         before, now = (statistics.median(t) for t in times.values())
         print("\n| train_step | seconds | images/s |\n|---|---|---|")
-        for name, seconds in zip(times, (before, now), strict=True):
-            print(f"| {name} | {seconds:.3f} | {config.batch_size / seconds:.1f} |")
+        for name, median in zip(times, (before, now), strict=True):
+            print(f"| {name} | {median:.3f} | {config.batch_size / median:.1f} |")
         print(f"speed-up: {before / now:.2f} ×")
 
         real, prompts = validation_pairs(args.images)
