@@ -47,6 +47,7 @@ train: $(VENV)/.installed
 	$(BIN)/python -m generator.train --config configs/unet.yaml
 	$(BIN)/python -m generator.train --config configs/unet_long.yaml
 	$(BIN)/python -m generator.train --config configs/unet_two.yaml
+	$(BIN)/python -m generator.train --config configs/unet_again.yaml
 	$(BIN)/python -m generator.train --config configs/tiny_vae.yaml
 
 # The built-in model's evaluation report, scheduler sweep and explanatory figures (docs/ holds the committed copies).

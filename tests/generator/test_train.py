@@ -40,7 +40,8 @@ def tiny_config(stage: str, out: Path, **extra):
 
 
 SHIPPED_CONFIGS = {"clip.yaml": "clip", "clip_attributes.yaml": "clip", "vae.yaml": "vae", "unet.yaml": "unet",
-                   "unet_long.yaml": "unet", "unet_two.yaml": "unet", "tiny_vae.yaml": "tiny_vae"}
+                   "unet_long.yaml": "unet", "unet_two.yaml": "unet", "unet_again.yaml": "unet",
+                   "tiny_vae.yaml": "tiny_vae"}
 
 
 def test_every_config_is_checked():
@@ -53,7 +54,7 @@ def test_shipped_configs_load(name):
     assert config.stage == SHIPPED_CONFIGS[name]
 
 
-UNET_STEPS = ["unet.yaml", "unet_long.yaml", "unet_two.yaml"]  # make train's order
+UNET_STEPS = ["unet.yaml", "unet_long.yaml", "unet_two.yaml", "unet_again.yaml"]  # make train's order
 
 
 @pytest.mark.parametrize("earlier, later", zip(UNET_STEPS, UNET_STEPS[1:]))
@@ -70,7 +71,7 @@ def test_each_unet_step_goes_on_from_the_one_before_with_its_schedule_and_encode
 
 def test_only_the_last_unet_step_writes_the_built_in_model():
     exports = [load_config(CONFIGS / name).export_dir for name in UNET_STEPS]
-    assert exports == ["", "", "models/shapes64"]
+    assert exports == ["", "", "", "models/shapes64"]
 
 
 def test_the_exporting_unet_step_writes_the_shipped_sampling_defaults():
