@@ -54,15 +54,34 @@ def test_shipped_configs_load(name):
     assert config.stage == SHIPPED_CONFIGS[name]
 
 
-UNET_STEPS = ["unet.yaml", "unet_long.yaml", "unet_two.yaml", "unet_again.yaml"]  # make train's order
+def make_train_runs() -> list[tuple[str, list[str]]]:
+    """(config file, command-line overrides) of each line of the Makefile's `train` recipe, in order."""
+    makefile = (CONFIGS.parent / "Makefile").read_text()
+    recipe = makefile.split("\ntrain:", 1)[1].split("\n\n", 1)[0].replace("\\\n", " ").splitlines()[1:]
+    runs = []
+    for line in recipe:
+        words = line.split()
+        at = words.index("--config")
+        runs.append((Path(words[at + 1]).name, words[at + 2:]))
+    return runs
 
 
-@pytest.mark.parametrize("earlier, later", zip(UNET_STEPS, UNET_STEPS[1:]))
+MAKE_TRAIN = make_train_runs()
+UNET_RUNS = [(name, overrides) for name, overrides in MAKE_TRAIN if SHIPPED_CONFIGS[name] == "unet"]
+
+
+def test_make_train_runs_every_shipped_config_to_new_output_dirs():
+    assert {name for name, _ in MAKE_TRAIN} == set(SHIPPED_CONFIGS)
+    outputs = [load_config(CONFIGS / name, overrides).output_dir for name, overrides in MAKE_TRAIN]
+    assert len(set(outputs)) == len(outputs)
+
+
+@pytest.mark.parametrize("earlier, later", zip(UNET_RUNS, UNET_RUNS[1:]), ids=lambda run: " ".join([run[0], *run[1]]))
 def test_each_unet_step_goes_on_from_the_one_before_with_its_schedule_and_encoder(earlier, later):
-    """A UNet step's config continues the step before it: same noise schedule, objective and text encoder."""
+    """A UNet step of `make train` continues the step before it: same noise schedule, objective and text encoder."""
     from generator.train.unet import scheduler_config
 
-    first, second = load_config(CONFIGS / earlier), load_config(CONFIGS / later)
+    first, second = load_config(CONFIGS / earlier[0], earlier[1]), load_config(CONFIGS / later[0], later[1])
     assert second.init_from == f"{first.output_dir}/final"
     assert scheduler_config(second) == scheduler_config(first)
     assert (second.clip_dir, second.vae_dir, second.cond_dropout) == (first.clip_dir, first.vae_dir, first.cond_dropout)
@@ -70,12 +89,12 @@ def test_each_unet_step_goes_on_from_the_one_before_with_its_schedule_and_encode
 
 
 def test_only_the_last_unet_step_writes_the_built_in_model():
-    exports = [load_config(CONFIGS / name).export_dir for name in UNET_STEPS]
-    assert exports == ["", "", "", "models/shapes64"]
+    exports = [load_config(CONFIGS / name, overrides).export_dir for name, overrides in UNET_RUNS]
+    assert exports == [""] * (len(UNET_RUNS) - 1) + ["models/shapes64"]
 
 
 def test_the_exporting_unet_step_writes_the_shipped_sampling_defaults():
-    config = load_config(CONFIGS / UNET_STEPS[-1])
+    config = load_config(CONFIGS / UNET_RUNS[-1][0], UNET_RUNS[-1][1])
     shipped = json.loads((CONFIGS.parent / config.export_dir / "generator.json").read_text())["defaults"]
     assert shipped == {"steps": config.default_steps, "guidance_scale": config.default_guidance_scale,
                        "scheduler": config.default_scheduler}
