@@ -2,8 +2,7 @@
 
 - Noise schedule: `linear`, `scaled_linear` or `cosine` betas, optionally rescaled to zero terminal
   SNR (Lin et al. 2024) so the last training step is pure noise and the starting noise cannot decide
-  the layout; ε- or v-prediction; optional offset noise; optionally more timesteps at the noisy end
-  (`high_noise_share`), where the scene is laid out.
+  the layout; ε- or v-prediction; optional offset noise.
 - Classifier-free guidance: a caption is replaced by "" with probability `cond_dropout`.
 - The text encoder is frozen, or fine-tuned with the UNet at `text_encoder_lr`.
 - EMA weights (with warm-up) are what samples use and what is exported.
@@ -71,16 +70,6 @@ def make_unet(config, cross_attention_dim: int, latent_channels: int, sample_siz
         attention_head_dim=[c // config.head_channels for c in channels],  # diffusers: heads per block
         norm_num_groups=config.norm_num_groups,
     )
-
-
-def draw_timesteps(count: int, config, num_train_timesteps: int, generator: torch.Generator) -> torch.Tensor:
-    """Training timesteps: uniform, except that a `high_noise_share` of them come from [high_noise_from, end)."""
-    timesteps = torch.randint(0, num_train_timesteps, (count,), generator=generator)
-    if config.high_noise_share:  # draws nothing more when off, so earlier runs' random streams stay the same
-        high = torch.rand(count, generator=generator) < config.high_noise_share
-        noisy = torch.randint(config.high_noise_from, num_train_timesteps, (count,), generator=generator)
-        timesteps = torch.where(high, noisy, timesteps)
-    return timesteps
 
 
 def sample_prompts(count: int) -> list[str]:
@@ -164,7 +153,8 @@ class UnetStage:
         noise = torch.randn(latents.shape, generator=generator)
         if config.offset_noise:
             noise = noise + config.offset_noise * torch.randn(latents.shape[:2] + (1, 1), generator=generator)
-        timesteps = draw_timesteps(len(latents), config, self.noise_scheduler.config.num_train_timesteps, generator)
+        timesteps = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (len(latents),),
+                                  generator=generator)
         noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
         if config.prediction_type == "v_prediction":
             target = self.noise_scheduler.get_velocity(latents, noise, timesteps)

@@ -163,24 +163,6 @@ def test_two_object_fraction_reweights_the_scenes_drawn_not_what_they_are():
         load_config(CONFIGS / "unet.yaml", ["two_object_fraction=most"])
 
 
-def test_high_noise_share_moves_that_share_of_timesteps_to_the_noisy_end():
-    from generator.train.unet import draw_timesteps
-
-    def draw(*overrides):
-        config = load_config(CONFIGS / "unet.yaml", list(overrides))
-        return draw_timesteps(4000, config, 1000, torch.Generator().manual_seed(0))
-
-    uniform = draw()
-    assert 0.45 < (uniform >= 500).float().mean() < 0.55 and uniform.min() >= 0 and uniform.max() <= 999
-    assert torch.equal(uniform, torch.randint(0, 1000, (4000,), generator=torch.Generator().manual_seed(0)))
-    assert draw("high_noise_share=1", "high_noise_from=900").min() >= 900
-    mixed = draw("high_noise_share=0.5", "high_noise_from=500")  # half uniform, half in [500, 1000)
-    assert 0.70 < (mixed >= 500).float().mean() < 0.80 and mixed.min() < 100
-    for bad in ("high_noise_share=1.5", "high_noise_from=1000"):
-        with pytest.raises(ValueError, match=bad.split("=")[0]):
-            load_config(CONFIGS / "unet.yaml", [bad])
-
-
 def _run(config, resume=None):
     return train(config, resume=resume, progress=False)
 
