@@ -6,7 +6,8 @@ reference, and the generation speed.
 
 - `report.json`: every number, the settings, the model's content hash and the command line;
 - `report.md`: the same as tables: metric | model | real-vs-real noise floor, accuracy per prompt set and
-  per attribute, seconds per image;
+  per attribute, the two-object prompts by relation word, the held-out prompts by colour–shape pair (and what
+  was drawn instead), seconds per image;
 - `grid_single.png`, `grid_held_out.png`, `grid_relation.png`: generated images with their prompts.
 
 What is measured:
@@ -355,6 +356,26 @@ def relation_breakdown(image_set: ImageSet, verdicts: list[Verdict]) -> dict[str
     return dict(sorted(table.items()))
 
 
+def held_out_breakdown(image_set: ImageSet, verdicts: list[Verdict]) -> dict[str, dict]:
+    """Held-out-pair images by pair: how many, all right, and `drawn_as`: {the colour and shape of the object the
+    evaluator matched ("none" where it found none): images}, most frequent first. `verdicts` are
+    `verdicts_of(image_set)`."""
+    table: dict[str, dict] = {}
+    for verdict, name in zip(verdicts, image_set.sets, strict=True):
+        if name != "held_out":
+            continue
+        (wanted,) = parse_prompt(verdict.prompt).objects
+        row = table.setdefault(f"{wanted.colour} {wanted.shape}", {"images": 0, "correct": 0, "drawn_as": {}})
+        (found,) = verdict.matched
+        drawn = "none" if found is None else f"{found.colour} {found.shape}"
+        row["images"] += 1
+        row["correct"] += verdict.correct
+        row["drawn_as"][drawn] = row["drawn_as"].get(drawn, 0) + 1
+    for row in table.values():
+        row["drawn_as"] = dict(sorted(row["drawn_as"].items(), key=lambda item: (-item[1], item[0])))
+    return dict(sorted(table.items()))
+
+
 def inception_splits(count: int) -> int:
     """Ten splits as usual when there are images enough (>= 100 a split), fewer otherwise."""
     return max(1, min(10, count // 100))
@@ -460,6 +481,17 @@ def markdown_report(report: dict) -> str:
                 f"| {relation} | {row['images']} | {row['correct']} | {row['objects_right']} | {row['relation_right']} "
                 f"| {row['relation_right_where_objects_right']} of {row['objects_right']} |"
             )
+    if report.get("held_out_pairs"):
+        lines += [
+            "",
+            "Held-out colour–shape prompts by pair (images; all right; what the evaluator found, as colour and shape):",
+            "",
+            "| pair | images | all right | drawn as |",
+            "|---|---|---|---|",
+        ]
+        for pair, row in report["held_out_pairs"].items():
+            drawn = ", ".join(f"{what} {n}" for what, n in row["drawn_as"].items())
+            lines.append(f"| {pair} | {row['images']} | {row['correct']} | {drawn} |")
     speed = report["speed"]
     lines += [
         "",
@@ -650,6 +682,7 @@ def main(argv: list[str] | None = None) -> int:
         "metrics": {key: {k: _finite_tree(v) for k, v in value.items()} for key, value in metrics.items()},
         "accuracy": accuracy_report,
         "relations": relation_breakdown(generated, generated_verdicts),
+        "held_out_pairs": held_out_breakdown(generated, generated_verdicts),
         "speed": {
             "seconds_per_image": seconds / count,
             "generation_seconds": seconds,

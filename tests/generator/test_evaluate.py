@@ -163,6 +163,8 @@ def test_evaluate_without_clip_reports_accuracy_is_and_speed(tiny_model_dir, cla
     assert "seconds per image" in markdown and "does not exist" in markdown
     assert sum(row["images"] for row in report["relations"].values()) == 2
     assert "| relation | images | all right | objects right |" in markdown
+    assert sum(row["images"] for row in report["held_out_pairs"].values()) == 2
+    assert "| pair | images | all right | drawn as |" in markdown
     for name in ("single", "held_out", "relation"):
         with Image.open(out / f"grid_{name}.png") as grid:
             grid.load()
@@ -289,3 +291,28 @@ def test_relation_breakdown_tells_binding_from_placement():
     assert sum(row["relation_right"] for row in table.values()) == 8
     assert sum(row["relation_right_where_objects_right"] for row in table.values()) == 8
     assert set(table) <= set(opposite)
+
+
+def test_held_out_breakdown_names_what_was_drawn_instead():
+    """Each held-out prompt with its own render is right and drawn as asked; with the render of another pair's
+    prompt it is wrong, and the table says which pair was drawn."""
+    from generator.evaluate import ImageSet, held_out_breakdown, verdicts_of
+
+    cases = validation_prompt_sets(count=12)["held_out"]
+    pair = {case.prompt: " ".join((case.scene.objects[0].colour, case.scene.objects[0].shape)) for case in cases}
+    images, prompts, swapped = [], [], {}
+    for case in cases:
+        other = next(c for c in cases if pair[c.prompt] != pair[case.prompt])
+        images += [np.asarray(render(case.scene).convert("RGB")), np.asarray(render(other.scene).convert("RGB"))]
+        prompts += [case.prompt, case.prompt]
+        swapped.setdefault(pair[case.prompt], []).append(pair[other.prompt])
+    image_set = ImageSet(np.stack(images), prompts, ["held_out"] * len(prompts))
+    table = held_out_breakdown(image_set, verdicts_of(image_set))
+    assert set(table) == set(pair.values()) and len(table) == 3
+    for name, row in table.items():
+        n = len(swapped[name])
+        assert row["images"] == 2 * n and row["correct"] == n
+        expected = {name: n}
+        for other in swapped[name]:
+            expected[other] = expected.get(other, 0) + 1
+        assert row["drawn_as"] == dict(sorted(expected.items(), key=lambda item: (-item[1], item[0])))

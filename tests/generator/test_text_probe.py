@@ -2,7 +2,16 @@ from pathlib import Path
 
 import pytest
 
-from generator.evaluation.text_probe import RELATION_EDITS, SINGLE_EDITS, main, prompt_pairs
+from generator.data import shapes64
+from generator.evaluation.text_probe import (
+    RELATION_EDITS,
+    SINGLE_EDITS,
+    held_out_probe,
+    load_text_encoder,
+    main,
+    prompt_pairs,
+    single_object_captions,
+)
 
 BUILTIN = Path(__file__).resolve().parents[2] / "models" / "shapes64"
 
@@ -37,3 +46,31 @@ def test_cli_reports_every_edit_for_the_builtin_model(capsys):
     values = [float(cell.strip().rstrip("%")) for cell in row.strip("|").split("|")[1:]]
     assert edits == list(SINGLE_EDITS + RELATION_EDITS)
     assert all(value > 0 for value in values)
+
+
+def test_single_object_captions_cover_every_pair_and_follow_the_grammar():
+    captions, pairs = single_object_captions()
+    assert len(captions) == len(set(captions)) == len(pairs)
+    assert set(pairs) == set(shapes64.ALL_PAIRS)
+    for caption, (colour, shape) in zip(captions, pairs, strict=True):
+        assert f" {colour} {shape} " in caption and caption.endswith(" background")
+
+
+def test_held_out_probe_reads_the_embeddings_right_and_reports_every_layer():
+    rows = held_out_probe(*load_text_encoder(BUILTIN))
+    assert [row["layer"] for row in rows] == list(range(5))  # embeddings and the built-in encoder's four layers
+    # Token embeddings are compositional by construction: probes fitted on the training pairs must read the held-out
+    # pairs right there, or the probe (not the encoder) is broken.
+    assert rows[0]["colour"] == rows[0]["shape"] == 1.0
+    assert all(row["fit_colour"] > 0.99 and row["fit_shape"] > 0.99 for row in rows)
+    per_pair = len(single_object_captions()[0]) // len(shapes64.ALL_PAIRS)
+    for row in rows:
+        assert set(row["read_as"]) == {f"{c} {s}" for c, s in shapes64.HELD_OUT_PAIRS}
+        assert all(sum(reads.values()) == per_pair for reads in row["read_as"].values())
+
+
+def test_cli_held_out_prints_a_row_per_layer(capsys):
+    assert main(["--model", str(BUILTIN), "--held-out"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[1].startswith("| layer | held-out colour | held-out shape |")
+    assert [line.split("|")[1].strip() for line in lines[3:]] == ["0", "1", "2", "3", "4"]
