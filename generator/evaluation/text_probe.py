@@ -124,8 +124,9 @@ def _fit_probe(features: torch.Tensor, labels: torch.Tensor, classes: int, steps
 
 @torch.no_grad()
 def held_out_probe(tokenizer, text_encoder) -> list[dict]:
-    """Per layer: probe accuracy on the training pairs' captions (`fit_*`) and on the held-out pairs' (`colour`,
-    `shape`), and `read_as`: {held-out pair: {pair the probes read: captions}}."""
+    """Per layer ("0" the embeddings, …, and "0 and N": the embeddings beside the last layer's states): probe accuracy
+    on the training pairs' captions (`fit_*`) and on the held-out pairs' (`colour`, `shape`), and `read_as`:
+    {held-out pair: {pair the probes read: captions}}."""
     from generator.train.clip import tokenize
 
     captions, pairs = single_object_captions()
@@ -139,8 +140,12 @@ def held_out_probe(tokenizer, text_encoder) -> list[dict]:
     length = int((ids != ids[0, -1]).sum(1).max()) + 1  # through the first end token of the longest caption
     states = text_encoder(ids, output_hidden_states=True)
     layers = list(states.hidden_states[:-1]) + [states.last_hidden_state]  # the last one after the final norm
+    last = len(layers) - 1
+    # And the embeddings beside the last layer: does a reader that has both keep to the compositional ones?
+    both = torch.cat([layers[0], layers[-1]], 2)
+    named = [(str(i), hidden) for i, hidden in enumerate(layers)] + [(f"0 and {last}", both)]
     results = []
-    for index, hidden in enumerate(layers):
+    for index, hidden in named:
         features = hidden[:, :length].float().flatten(1)
         features = (features - features[seen].mean(0)) / (features[seen].std(0) + 1e-5)
         with torch.enable_grad():
