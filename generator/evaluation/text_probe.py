@@ -20,6 +20,7 @@ hidden states (all token positions, flattened) of every fully specified single-o
 pairs, and then read the captions of the held-out pairs, at each layer's output (layer 0: the token and position
 embeddings, which are compositional by construction). Where a probe reads a held-out pair as a seen one (`orange
 circle` as `orange square`), a UNet that learned its colours and shapes from the same states will draw it so.
+A last row gives the probes the embeddings beside the last layer's states: do they keep to the compositional ones?
 """
 
 from __future__ import annotations
@@ -154,9 +155,9 @@ def held_out_probe(tokenizer, text_encoder) -> list[dict]:
         colour_read, shape_read = colour_probe(features).argmax(1), shape_probe(features).argmax(1)
         read_as: dict[str, dict[str, int]] = {}
         for i in torch.nonzero(held).flatten().tolist():
-            asked, read = " ".join(pairs[i]), f"{colours[colour_read[i]]} {shapes[shape_read[i]]}"
-            read_as.setdefault(asked, {}).setdefault(read, 0)
-            read_as[asked][read] += 1
+            reads = read_as.setdefault(" ".join(pairs[i]), {})
+            read = f"{colours[colour_read[i]]} {shapes[shape_read[i]]}"
+            reads[read] = reads.get(read, 0) + 1
         results.append({
             "layer": index,
             "fit_colour": float((colour_read[seen] == colour_labels[seen]).float().mean()),
