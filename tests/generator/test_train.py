@@ -39,9 +39,10 @@ def tiny_config(stage: str, out: Path, **extra):
     return load_config(CONFIGS / f"{stage}.yaml", {**COMMON, **TINY[stage], "output_dir": str(out / stage), **extra})
 
 
-SHIPPED_CONFIGS = {"clip.yaml": "clip", "clip_attributes.yaml": "clip", "vae.yaml": "vae", "unet.yaml": "unet",
+SHIPPED_CONFIGS = {"clip.yaml": "clip", "clip_attributes.yaml": "clip", "clip_shallow.yaml": "clip",
+                   "clip_shallow_attributes.yaml": "clip", "vae.yaml": "vae", "unet.yaml": "unet",
                    "unet_long.yaml": "unet", "unet_two.yaml": "unet", "unet_again.yaml": "unet",
-                   "tiny_vae.yaml": "tiny_vae"}
+                   "unet_shallow.yaml": "unet", "tiny_vae.yaml": "tiny_vae"}
 
 
 def test_every_config_is_checked():
@@ -78,13 +79,20 @@ def test_make_train_runs_every_shipped_config_to_new_output_dirs():
 
 @pytest.mark.parametrize("earlier, later", zip(UNET_RUNS, UNET_RUNS[1:]), ids=lambda run: " ".join([run[0], *run[1]]))
 def test_each_unet_step_goes_on_from_the_one_before_with_its_schedule_and_encoder(earlier, later):
-    """A UNet step of `make train` continues the step before it: same noise schedule, objective and text encoder."""
+    """A UNet step of `make train` continues the step before it: same noise schedule, objective and text encoder,
+    but for unet_shallow.yaml, which moves the UNet onto the two-layer encoder that make train's CLIP lines write."""
     from generator.train.unet import scheduler_config
 
     first, second = load_config(CONFIGS / earlier[0], earlier[1]), load_config(CONFIGS / later[0], later[1])
     assert second.init_from == f"{first.output_dir}/final"
     assert scheduler_config(second) == scheduler_config(first)
-    assert (second.clip_dir, second.vae_dir, second.cond_dropout) == (first.clip_dir, first.vae_dir, first.cond_dropout)
+    assert (second.vae_dir, second.cond_dropout) == (first.vae_dir, first.cond_dropout)
+    if later[0] == "unet_shallow.yaml":
+        shallow = load_config(CONFIGS / "clip_shallow_attributes.yaml")
+        assert second.clip_dir == f"{shallow.output_dir}/final" != first.clip_dir
+        assert shallow.init_from == f"{load_config(CONFIGS / 'clip_shallow.yaml').output_dir}/final"
+    else:
+        assert second.clip_dir == first.clip_dir
     assert (second.default_scheduler, second.default_steps) == (first.default_scheduler, first.default_steps)
 
 
