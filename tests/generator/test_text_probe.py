@@ -57,9 +57,11 @@ def test_single_object_captions_cover_every_pair_and_follow_the_grammar():
 
 
 def test_held_out_probe_reads_the_embeddings_right_and_reports_every_layer():
-    rows = held_out_probe(*load_text_encoder(BUILTIN))
-    # The embeddings, the built-in encoder's four layers, and the embeddings beside the last layer.
-    assert [row["layer"] for row in rows] == ["0", "1", "2", "3", "4", "0 and 4"]
+    tokenizer, encoder = load_text_encoder(BUILTIN)
+    rows = held_out_probe(tokenizer, encoder)
+    # The embeddings, each of the built-in encoder's layers, and the embeddings beside the last layer.
+    layers = encoder.config.num_hidden_layers
+    assert [row["layer"] for row in rows] == [str(i) for i in range(layers + 1)] + [f"0 and {layers}"]
     # Token embeddings are compositional by construction: probes fitted on the training pairs must read the held-out
     # pairs right there, or the probe (not the encoder) is broken.
     assert rows[0]["colour"] == rows[0]["shape"] == 1.0
@@ -74,4 +76,5 @@ def test_cli_held_out_prints_a_row_per_layer(capsys):
     assert main(["--model", str(BUILTIN), "--held-out"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[1].startswith("| layer | held-out colour | held-out shape |")
-    assert [line.split("|")[1].strip() for line in lines[3:]] == ["0", "1", "2", "3", "4", "0 and 4"]
+    layers = load_text_encoder(BUILTIN)[1].config.num_hidden_layers
+    assert [line.split("|")[1].strip() for line in lines[3:]] == [str(i) for i in range(layers + 1)] + [f"0 and {layers}"]
