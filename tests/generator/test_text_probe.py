@@ -77,4 +77,5 @@ def test_cli_held_out_prints_a_row_per_layer(capsys):
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[1].startswith("| layer | held-out colour | held-out shape |")
     layers = load_text_encoder(BUILTIN)[1].config.num_hidden_layers
-    assert [line.split("|")[1].strip() for line in lines[3:]] == [str(i) for i in range(layers + 1)] + [f"0 and {layers}"]
+    rows = [line.split("|")[1].strip() for line in lines[3:]]
+    assert rows == [str(i) for i in range(layers + 1)] + [f"0 and {layers}"]
