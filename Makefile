@@ -57,9 +57,10 @@ train: $(VENV)/.installed
 	$(BIN)/python -m generator.train --config configs/clip.yaml layers=2 output_dir=var/train/clip-shallow
 	$(BIN)/python -m generator.train --config configs/clip_attributes.yaml \
 		init_from=var/train/clip-shallow/final output_dir=var/train/clip-shallow-attr5
-	$(BIN)/python -m generator.train --config configs/unet_shallow.yaml
-	$(BIN)/python -m generator.train --config configs/unet_shallow.yaml seed=5 export_dir=models/shapes64 \
-		init_from=var/train/unet-shallow/final output_dir=var/train/unet-shallow-2
+	$(BIN)/python -m generator.train --config configs/unet_again.yaml seed=4 clip_dir=var/train/clip-shallow-attr5/final \
+		init_from=var/train/unet-again-3/final output_dir=var/train/unet-shallow
+	$(BIN)/python -m generator.train --config configs/unet_again.yaml seed=5 clip_dir=var/train/clip-shallow-attr5/final \
+		init_from=var/train/unet-shallow/final output_dir=var/train/unet-shallow-2 export_dir=models/shapes64
 	$(BIN)/python -m generator.train --config configs/tiny_vae.yaml
 
 # The built-in model's evaluation report, scheduler sweep and explanatory figures (docs/ holds the committed copies).
