@@ -103,12 +103,12 @@ def test_make_train_changes_the_unets_text_encoder_once():
 
 
 def test_only_the_last_unet_step_writes_the_built_in_model():
-    exports = [load_config(CONFIGS / name, overrides).export_dir for name, overrides in UNET_RUNS]
-    assert exports == [""] * (len(UNET_RUNS) - 1) + ["models/shapes64"]
+    exports = [config.export_dir for config in UNET_CONFIGS]
+    assert exports == [""] * (len(UNET_CONFIGS) - 1) + ["models/shapes64"]
 
 
 def test_the_exporting_unet_step_writes_the_shipped_sampling_defaults():
-    config = load_config(CONFIGS / UNET_RUNS[-1][0], UNET_RUNS[-1][1])
+    config = UNET_CONFIGS[-1]
     shipped = json.loads((CONFIGS.parent / config.export_dir / "generator.json").read_text())["defaults"]
     assert shipped == {"steps": config.default_steps, "guidance_scale": config.default_guidance_scale,
                        "scheduler": config.default_scheduler}
