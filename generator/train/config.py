@@ -130,6 +130,10 @@ class UnetConfig(CommonConfig):
     # Share of two-object scenes in a batch: a sampling weight over the training split (whose own mix, 30%, is
     # the spec's and stays unchanged); null keeps the split's mix.
     two_object_fraction: float | None = None
+    # Share of each batch whose timesteps are drawn from [high_noise_from, 1000) instead of [0, 1000): the steps
+    # where the sampler decides the layout (MODEL_CARD.md, experiment 23). 0 draws every timestep uniformly.
+    high_noise_fraction: float = 0.0
+    high_noise_from: int = 600
     init_from: str = ""  # a model folder whose UNet to start from (block settings then come from it), "" : new
     train_text_encoder: bool = False
     text_encoder_lr: float = 1e-4
@@ -145,6 +149,12 @@ class UnetConfig(CommonConfig):
         share = self.two_object_fraction
         if share is not None and (isinstance(share, (bool, str)) or not 0 <= share <= 1):
             raise ValueError(f"two_object_fraction should be a number in [0, 1] or null, got {share!r}")
+        share = self.high_noise_fraction
+        if isinstance(share, (bool, str)) or not 0 <= share <= 1:
+            raise ValueError(f"high_noise_fraction should be a number in [0, 1], got {share!r}")
+        if isinstance(self.high_noise_from, bool) or not isinstance(self.high_noise_from, int) \
+                or not 0 <= self.high_noise_from < 1000:
+            raise ValueError(f"high_noise_from should be a timestep in [0, 1000), got {self.high_noise_from!r}")
 
 
 @dataclass

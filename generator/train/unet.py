@@ -79,6 +79,17 @@ def sample_prompts(count: int) -> list[str]:
     return prompts[:count]
 
 
+def draw_timesteps(n: int, total: int, high_noise_fraction: float, high_noise_from: int,
+                   generator: torch.Generator) -> torch.Tensor:
+    """(n,) training timesteps: uniform in [0, total), except that each one, with probability
+    `high_noise_fraction`, is drawn from [high_noise_from, total) instead, where the layout is decided."""
+    timesteps = torch.randint(0, total, (n,), generator=generator)
+    if high_noise_fraction:
+        high = torch.randint(high_noise_from, total, (n,), generator=generator)
+        timesteps = torch.where(torch.rand(n, generator=generator) < high_noise_fraction, high, timesteps)
+    return timesteps
+
+
 class UnetStage:
     def __init__(self, config, accelerator):
         from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
@@ -153,8 +164,8 @@ class UnetStage:
         noise = torch.randn(latents.shape, generator=generator)
         if config.offset_noise:
             noise = noise + config.offset_noise * torch.randn(latents.shape[:2] + (1, 1), generator=generator)
-        timesteps = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (len(latents),),
-                                  generator=generator)
+        timesteps = draw_timesteps(len(latents), self.noise_scheduler.config.num_train_timesteps,
+                                   config.high_noise_fraction, config.high_noise_from, generator)
         noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
         if config.prediction_type == "v_prediction":
             target = self.noise_scheduler.get_velocity(latents, noise, timesteps)

@@ -177,6 +177,23 @@ def test_two_object_fraction_reweights_the_scenes_drawn_not_what_they_are():
         load_config(CONFIGS / "unet.yaml", ["two_object_fraction=most"])
 
 
+def test_high_noise_fraction_moves_that_share_of_timesteps_to_the_high_noise_range():
+    from generator.train.unet import draw_timesteps
+
+    uniform = draw_timesteps(20_000, 1000, 0.0, 600, torch.Generator().manual_seed(0))
+    assert uniform.min() == 0 and uniform.max() == 999
+    assert 0.38 < (uniform >= 600).float().mean() < 0.42  # uniform: 40% of draws at t >= 600
+    biased = draw_timesteps(20_000, 1000, 0.6, 600, torch.Generator().manual_seed(0))
+    assert biased.min() == 0 and biased.max() == 999
+    assert 0.74 < (biased >= 600).float().mean() < 0.78  # 0.6 + 0.4 × 0.4
+    low = biased[biased < 600].float()
+    assert abs(low.mean().item() - 299.5) < 10  # what stays below 600 is still uniform there
+    assert torch.equal(biased, draw_timesteps(20_000, 1000, 0.6, 600, torch.Generator().manual_seed(0)))
+    for bad in ("high_noise_fraction=1.5", "high_noise_fraction=most", "high_noise_from=1000", "high_noise_from=0.5"):
+        with pytest.raises(ValueError, match=bad.split("=")[0]):
+            load_config(CONFIGS / "unet.yaml", [bad])
+
+
 def _run(config, resume=None):
     return train(config, resume=resume, progress=False)
 
@@ -255,7 +272,7 @@ def test_unet_stage_goes_on_from_an_exported_model_folder(trained, tmp_path):
     _, _, _, exported = trained
     config = tiny_config(
         "unet", tmp_path, clip_dir=str(exported), vae_dir=str(exported), init_from=str(exported),
-        steps=1, sample_every=0, learning_rate=1e-12,
+        steps=1, sample_every=0, learning_rate=1e-12, high_noise_fraction=0.6,  # the cycles' timestep draw
     )
     final = _run(config)
     before = load_file(exported / "unet" / "diffusion_pytorch_model.safetensors")
