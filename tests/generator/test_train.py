@@ -272,7 +272,7 @@ def test_unet_stage_goes_on_from_an_exported_model_folder(trained, tmp_path):
     _, _, _, exported = trained
     config = tiny_config(
         "unet", tmp_path, clip_dir=str(exported), vae_dir=str(exported), init_from=str(exported),
-        steps=1, sample_every=0, learning_rate=1e-12, high_noise_fraction=0.6,  # the cycles' timestep draw
+        steps=1, sample_every=0, learning_rate=1e-12, high_noise_fraction=0.6,  # runs draw_timesteps' high-noise branch
     )
     final = _run(config)
     before = load_file(exported / "unet" / "diffusion_pytorch_model.safetensors")
