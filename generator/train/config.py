@@ -117,6 +117,10 @@ class UnetConfig(CommonConfig):
     # `attention_head_dim` argument is really a head count: 32 "dims" on 64 channels made 32 heads of
     # 2 channels, and attention took half of each training step.)
     head_channels: int = 32
+    # The down levels (0 = the latent's full 16 x 16) whose blocks hold a transformer (self-attention, cross-attention
+    # to the caption, feed-forward), mirrored in the up path; the middle block always holds one. null: every level
+    # but the last. [1] leaves 16 x 16 to convolutions: a training step 1.6 x faster (BENCHMARKS.md).
+    attention_levels: list[int] | None = None
     norm_num_groups: int = 16
     cross_attention_dim: int | None = None  # None: the text encoder's hidden size
     # Noise schedule and objective.
@@ -146,6 +150,12 @@ class UnetConfig(CommonConfig):
     export_dir: str = ""  # also write the final fp16 diffusers folder here ("" : only under output_dir/model)
 
     def __post_init__(self):
+        levels = self.attention_levels
+        if levels is not None and (not isinstance(levels, list) or len(set(levels)) != len(levels) or any(
+                isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < len(self.block_out_channels)
+                for i in levels)):
+            raise ValueError(f"attention_levels should be null or a list of distinct down levels in "
+                             f"[0, {len(self.block_out_channels)}), got {levels!r}")
         share = self.two_object_fraction
         if share is not None and (isinstance(share, (bool, str)) or not 0 <= share <= 1):
             raise ValueError(f"two_object_fraction should be a number in [0, 1] or null, got {share!r}")

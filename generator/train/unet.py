@@ -58,14 +58,16 @@ def make_unet(config, cross_attention_dim: int, latent_channels: int, sample_siz
     channels = list(config.block_out_channels)
     if any(c % config.head_channels for c in channels):
         raise ValueError(f"block_out_channels {channels} must be multiples of head_channels {config.head_channels}")
+    levels = range(len(channels) - 1) if config.attention_levels is None else config.attention_levels
+    down = ["CrossAttnDownBlock2D" if i in levels else "DownBlock2D" for i in range(len(channels))]
     return UNet2DConditionModel(
         sample_size=sample_size,
         in_channels=latent_channels,
         out_channels=latent_channels,
         block_out_channels=channels,
         layers_per_block=config.layers_per_block,
-        down_block_types=["CrossAttnDownBlock2D"] * (len(channels) - 1) + ["DownBlock2D"],
-        up_block_types=["UpBlock2D"] + ["CrossAttnUpBlock2D"] * (len(channels) - 1),
+        down_block_types=down,
+        up_block_types=[name.replace("Down", "Up") for name in reversed(down)],
         cross_attention_dim=config.cross_attention_dim or cross_attention_dim,
         attention_head_dim=[c // config.head_channels for c in channels],  # diffusers: heads per block
         norm_num_groups=config.norm_num_groups,
@@ -93,6 +95,7 @@ def draw_timesteps(n: int, total: int, high_noise_fraction: float, high_noise_fr
 class UnetStage:
     def __init__(self, config, accelerator):
         from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+        from diffusers.models.attention_processor import AttnProcessor
         from diffusers.training_utils import EMAModel
         from transformers import CLIPTextModel, CLIPTokenizer
 
@@ -111,6 +114,9 @@ class UnetStage:
             unet = make_unet(
                 config, text_encoder.config.hidden_size, self.vae.config.latent_channels, shapes64.CANVAS // factor
             )
+        # Attention as plain matmuls and softmax: on the CPU, SDPA's fused kernel takes longer over these short
+        # sequences, its backward most of all (a UNet step 1.25 x faster without it, BENCHMARKS.md).
+        unet.set_attn_processor(AttnProcessor())
         self.noise_scheduler = DDPMScheduler.from_config(scheduler_config(config))  # drops DDIM-only keys
 
         groups = [{"params": list(unet.parameters())}]

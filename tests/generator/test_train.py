@@ -350,3 +350,47 @@ def test_unet_stage_encodes_under_the_stages_autocast_and_hands_on_fp32_latents(
     torch.testing.assert_close(draws["fp32"], expected)
     assert not torch.equal(draws["bf16"], expected)  # the encoder did run in bf16
     torch.testing.assert_close(draws["bf16"], expected, rtol=0.05, atol=0.05 * expected.abs().max().item())
+
+
+def test_attention_levels_choose_which_unet_levels_hold_transformers():
+    from generator.train.unet import make_unet
+
+    def blocks(**extra):
+        config = load_config(CONFIGS / "unet.yaml", {"block_out_channels": [32, 32, 32], "norm_num_groups": 8,
+                                                     "head_channels": 16, **extra})
+        unet = make_unet(config, cross_attention_dim=32, latent_channels=4, sample_size=8)
+        return unet, [type(b).__name__ for b in unet.down_blocks], [type(b).__name__ for b in unet.up_blocks]
+
+    _, down, up = blocks()  # null: every level but the last, as every shipped UNet so far
+    assert down == ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"]
+    assert up == ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"]
+    unet, down, up = blocks(attention_levels=[1])  # the full-resolution level left to convolutions
+    assert down == ["DownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"]
+    assert up == ["UpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"]
+    out = unet(torch.randn(2, 4, 8, 8), torch.tensor([1, 999]), torch.randn(2, 5, 32)).sample
+    assert out.shape == (2, 4, 8, 8)
+    for bad in ("attention_levels=[3]", "attention_levels=[1, 1]", "attention_levels=1", "attention_levels=[true]"):
+        with pytest.raises(ValueError, match="attention_levels"):
+            load_config(CONFIGS / "unet.yaml", [bad])
+
+
+def test_unet_stage_attends_with_plain_matmuls_that_match_sdpa(trained, tmp_path):
+    """The stage swaps SDPA for the classic processor (faster on the CPU, BENCHMARKS.md); the outputs agree."""
+    import copy
+
+    from accelerate import Accelerator
+    from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
+
+    from generator.train.unet import UnetStage
+
+    _, clip, vae, _ = trained
+    stage = UnetStage(tiny_config("unet", tmp_path, clip_dir=str(clip), vae_dir=str(vae), mixed_precision="no"),
+                      Accelerator(mixed_precision="no"))
+    unet = stage.accelerator.unwrap_model(stage.unet).eval()
+    processors = unet.attn_processors
+    assert processors and all(type(p) is AttnProcessor for p in processors.values())
+    sdpa = copy.deepcopy(unet)
+    sdpa.set_attn_processor(AttnProcessor2_0())
+    inputs = (torch.randn(3, 4, 16, 16), torch.tensor([0, 500, 999]), torch.randn(3, 16, 32))
+    with torch.no_grad():
+        torch.testing.assert_close(unet(*inputs).sample, sdpa(*inputs).sample, rtol=1e-4, atol=1e-5)
