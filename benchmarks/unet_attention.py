@@ -1,6 +1,6 @@
 """The UNet stage's whole training step with SDPA against plain-matmul attention, and without 16 x 16 attention.
 
-Usage: python benchmarks/unet_attention.py [--model models/shapes64] [--repeats 5]
+Usage: python benchmarks/unet_attention.py [--model models/shapes64] [--repeats 5] [--profile]
 
 Builds the real stage three times (`configs/unet.yaml`: a new UNet of 64/128/192 channels, batch 64, bf16 autocast
 where `mixed_precision: auto` picks it, the model's frozen text encoder and VAE) and times its `train_step`: drawing
@@ -11,6 +11,8 @@ see the same machine load; each figure is the median of `--repeats` steps after 
 * "plain matmuls, attention at 16 x 16 and 8 x 8": the stage now (`AttnProcessor`), the same UNet;
 * "plain matmuls, attention at 8 x 8 only": `attention_levels: [1]`, a UNet whose full-resolution level has
   convolutions only (MODEL_CARD.md, experiment 26).
+
+`--profile` then prints where the first variant's steps go (`torch.profiler`, 3 steps, the 10 costliest operators).
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="models/shapes64")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--profile", action="store_true")
     args = parser.parse_args()
     precision = resolve_precision("auto")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {torch.backends.cpu.get_cpu_capability()}, "
@@ -70,6 +73,15 @@ def main() -> None:
                 stage.train_step(repeat, np.random.default_rng([0, repeat]))
                 if repeat:
                     times[name].append(time.perf_counter() - start)
+
+        if args.profile:
+            from torch.profiler import profile
+
+            stage = next(iter(stages.values()))
+            with profile() as profiler:
+                for step in range(3):
+                    stage.train_step(step, np.random.default_rng([1, step]))
+            print(profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=10))
 
     baseline = statistics.median(next(iter(times.values())))
     print("\n| train_step (batch 64) | seconds | images/s | speed-up |\n|---|---|---|---|")
