@@ -119,7 +119,7 @@ class UnetConfig(CommonConfig):
     head_channels: int = 32
     # The down levels (0 = the latent's full 16 x 16) whose blocks hold a transformer (self-attention, cross-attention
     # to the caption, feed-forward), mirrored in the up path; the middle block always holds one. null: every level
-    # but the last. [1] leaves 16 x 16 to convolutions: a training step 1.6 x faster (BENCHMARKS.md).
+    # but the last. [1] leaves 16 x 16 to convolutions: a UNet-stage step about 1.4 x faster (BENCHMARKS.md).
     attention_levels: list[int] | None = None
     norm_num_groups: int = 16
     cross_attention_dim: int | None = None  # None: the text encoder's hidden size

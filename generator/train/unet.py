@@ -115,7 +115,7 @@ class UnetStage:
                 config, text_encoder.config.hidden_size, self.vae.config.latent_channels, shapes64.CANVAS // factor
             )
         # Attention as plain matmuls and softmax: on the CPU, SDPA's fused kernel takes longer over these short
-        # sequences, its backward most of all (a UNet step 1.25 x faster without it, BENCHMARKS.md).
+        # sequences, its backward most of all (the stage's step about 1.2 x faster without it, BENCHMARKS.md).
         unet.set_attn_processor(AttnProcessor())
         self.noise_scheduler = DDPMScheduler.from_config(scheduler_config(config))  # drops DDIM-only keys
 
