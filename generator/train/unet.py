@@ -114,9 +114,11 @@ class UnetStage:
             unet = make_unet(
                 config, text_encoder.config.hidden_size, self.vae.config.latent_channels, shapes64.CANVAS // factor
             )
-        # Attention as plain matmuls and softmax: on the CPU, SDPA's fused kernel takes longer over these short
-        # sequences, its backward most of all (the stage's step about 1.2 x faster without it, BENCHMARKS.md).
-        unet.set_attn_processor(AttnProcessor())
+        # On the CPU, attention as plain matmuls and softmax: SDPA's fused CPU kernel takes longer over these short
+        # sequences, its backward most of all (the stage's step about 1.2 x faster without it, BENCHMARKS.md). GPUs
+        # keep SDPA's fused kernels.
+        if accelerator.device.type == "cpu":
+            unet.set_attn_processor(AttnProcessor())
         self.noise_scheduler = DDPMScheduler.from_config(scheduler_config(config))  # drops DDIM-only keys
 
         groups = [{"params": list(unet.parameters())}]
