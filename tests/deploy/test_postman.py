@@ -37,7 +37,7 @@ def service(tmp_path_factory, tiny_model_dir, fresh_database, flushed_redis):
     subprocess.run([sys.executable, "manage.py", "migrate", "--verbosity", "0"], cwd=ROOT, env=run_env, check=True)
     password = secrets.token_urlsafe(16)
     subprocess.run(
-        [sys.executable, "manage.py", "issue_token", USERNAME, "--password", password],
+        [sys.executable, "manage.py", "issue_token", USERNAME, f"--password={password}"],
         cwd=ROOT,
         env=run_env,
         check=True,
