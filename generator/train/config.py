@@ -138,6 +138,10 @@ class UnetConfig(CommonConfig):
     # where the sampler decides the layout (MODEL_CARD.md, experiment 23). 0 draws every timestep uniformly.
     high_noise_fraction: float = 0.0
     high_noise_from: int = 600
+    # 0: every batch is drawn fresh and VAE-encoded (a quarter of an fp32 step, a seventh of a bf16 one). N > 0: N
+    # training scenes are drawn and encoded once, when the stage starts, and batches are read from them in passes,
+    # each pass a fresh order; every use still draws its own latent from the stored posterior and its own caption.
+    latent_pool: int = 0
     init_from: str = ""  # a model folder whose UNet to start from (block settings then come from it), "" : new
     train_text_encoder: bool = False
     text_encoder_lr: float = 1e-4
@@ -159,6 +163,8 @@ class UnetConfig(CommonConfig):
         share = self.two_object_fraction
         if share is not None and (isinstance(share, (bool, str)) or not 0 <= share <= 1):
             raise ValueError(f"two_object_fraction should be a number in [0, 1] or null, got {share!r}")
+        if isinstance(self.latent_pool, bool) or not isinstance(self.latent_pool, int) or self.latent_pool < 0:
+            raise ValueError(f"latent_pool should be a whole number of scenes, 0 for none, got {self.latent_pool!r}")
         share = self.high_noise_fraction
         if isinstance(share, (bool, str)) or not 0 <= share <= 1:
             raise ValueError(f"high_noise_fraction should be a number in [0, 1], got {share!r}")

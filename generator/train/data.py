@@ -66,6 +66,18 @@ def training_batch(
     return to_tensor(np.stack(images)), captions
 
 
+def training_scenes(
+    rng: np.random.Generator, count: int, data_seed: int, *, flip: bool = True, split: str = "train",
+    two_object_fraction: float | None = None,
+) -> list:
+    """`count` scenes drawn as `training_batch` draws them (each flipped with probability 1/2), not rendered."""
+    scenes = []
+    for _ in range(count):
+        scene = _draw(rng, data_seed, split, two_object_fraction)
+        scenes.append(flip_scene(scene) if flip and rng.random() < 0.5 else scene)
+    return scenes
+
+
 def _draw(rng: np.random.Generator, data_seed: int, split: str, two_object_fraction: float | None):
     want = None if two_object_fraction is None else 1 + int(rng.random() < two_object_fraction)
     while True:

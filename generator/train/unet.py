@@ -16,6 +16,8 @@ from __future__ import annotations
 import copy
 import json
 import shutil
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,9 +25,10 @@ import torch
 import torch.nn.functional as F
 
 from generator.data import shapes64
+from generator.data.shapes64 import caption
 from generator.evaluation.attributes import evaluate
 from generator.train.clip import tokenize
-from generator.train.data import grid, training_batch
+from generator.train.data import grid, to_tensor, training_batch, training_scenes
 from generator.train.loop import make_optimizer
 
 BETA_SCHEDULES = {"linear": "linear", "scaled_linear": "scaled_linear", "cosine": "squaredcos_cap_v2"}
@@ -92,6 +95,35 @@ def draw_timesteps(n: int, total: int, high_noise_fraction: float, high_noise_fr
     return timesteps
 
 
+def pool_indices(step: int, batch_size: int, size: int, seed: int) -> np.ndarray:
+    """The pool entries step `step` trains on. The pool is read in passes, each one a permutation drawn from
+    (`seed`, pass), so every entry is used once a pass and a resumed run reads what an uninterrupted one would."""
+    positions = np.arange(step * batch_size, (step + 1) * batch_size)
+    passes = positions // size
+    indices = np.empty(batch_size, dtype=np.int64)
+    for number in np.unique(passes):
+        at = passes == number
+        indices[at] = np.random.default_rng([seed, int(number)]).permutation(size)[positions[at] % size]
+    return indices
+
+
+@dataclass
+class LatentPool:
+    """Training scenes with their VAE posteriors, scaled to the UNet's latent space: (N, C, h, w) float32 each."""
+
+    scenes: list
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    def draw(self, indices: np.ndarray, generator: torch.Generator) -> torch.Tensor:
+        index = torch.from_numpy(indices)
+        mean, std = self.mean[index], self.std[index]
+        return mean + std * torch.randn(mean.shape, generator=generator)
+
+
+POOL_STREAM = 0x706F6F6C  # the pool's own random stream, apart from the steps' [seed, step, process]
+
+
 class UnetStage:
     def __init__(self, config, accelerator):
         from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
@@ -139,6 +171,7 @@ class UnetStage:
         )
         accelerator.register_for_checkpointing(self.ema)
         self.prompts = sample_prompts(config.sample_prompts)
+        self.pool = self.encode_pool(config.latent_pool) if config.latent_pool else None
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         parameters = list(self.unet.parameters())
@@ -157,14 +190,40 @@ class UnetStage:
             mean, std = posterior.mean.float(), posterior.std.float()
         return (mean + std * torch.randn(mean.shape, generator=generator)) * self.vae.config.scaling_factor
 
+    @torch.no_grad()
+    def encode_pool(self, size: int, chunk: int = 128) -> LatentPool:
+        """`size` training scenes, rendered and encoded once (under the stage's autocast, as `latents` does)."""
+        from tqdm.auto import tqdm
+
+        config, accelerator = self.config, self.accelerator
+        rng = np.random.default_rng([config.seed, accelerator.process_index, POOL_STREAM])
+        scenes = training_scenes(rng, size, config.data_seed, two_object_fraction=config.two_object_fraction)
+        start, means, stds = time.perf_counter(), [], []
+        for i in tqdm(range(0, size, chunk), desc="latent pool", disable=not accelerator.is_main_process):
+            images = to_tensor(np.stack([np.asarray(shapes64.render(scene)) for scene in scenes[i : i + chunk]]))
+            with accelerator.autocast():
+                posterior = self.vae.encode(images.to(accelerator.device)).latent_dist
+                means.append(posterior.mean.float().cpu())
+                stds.append(posterior.std.float().cpu())
+        accelerator.print(f"latent pool: {size} scenes encoded in {time.perf_counter() - start:.0f} s")
+        scale = self.vae.config.scaling_factor
+        return LatentPool(scenes, torch.cat(means) * scale, torch.cat(stds) * scale)
+
     def train_step(self, step: int, rng: np.random.Generator) -> dict:
         config, device = self.config, self.accelerator.device
-        images, captions = training_batch(
-            rng, config.batch_size, config.data_seed, two_object_fraction=config.two_object_fraction
-        )
+        if self.pool is None:
+            images, captions = training_batch(
+                rng, config.batch_size, config.data_seed, two_object_fraction=config.two_object_fraction
+            )
+        else:
+            indices = pool_indices(step, config.batch_size, len(self.pool.scenes), config.seed)
+            captions = [caption(self.pool.scenes[i], rng) for i in indices]
         captions = ["" if rng.random() < config.cond_dropout else text for text in captions]
         generator = torch.Generator().manual_seed(int(rng.integers(2**63)))
-        latents = self.latents(images.to(device), generator)
+        if self.pool is None:
+            latents = self.latents(images.to(device), generator)
+        else:
+            latents = self.pool.draw(indices, generator).to(device)
         self.unet.train()
         self.text_encoder.train(config.train_text_encoder)
         with torch.set_grad_enabled(config.train_text_encoder):

@@ -394,3 +394,61 @@ def test_unet_stage_attends_with_plain_matmuls_that_match_sdpa(trained, tmp_path
     inputs = (torch.randn(3, 4, 16, 16), torch.tensor([0, 500, 999]), torch.randn(3, 16, 32))
     with torch.no_grad():
         torch.testing.assert_close(unet(*inputs).sample, sdpa(*inputs).sample, rtol=1e-4, atol=1e-5)
+
+
+def test_pool_indices_use_every_entry_once_a_pass_in_a_new_order_each_pass():
+    from generator.train.unet import pool_indices
+
+    size, batch = 10, 4  # passes end mid-batch: step 2 reads the last 2 of pass 0 and the first 2 of pass 1
+    read = np.concatenate([pool_indices(step, batch, size, seed=3) for step in range(5)])
+    assert sorted(read[:10]) == list(range(10)) and sorted(read[10:20]) == list(range(10))
+    assert not np.array_equal(read[:10], read[10:20])
+    assert np.array_equal(pool_indices(2, batch, size, seed=3), read[8:12])  # the same step reads the same entries
+    assert not np.array_equal(pool_indices(0, batch, size, seed=4), read[:4])
+
+
+def test_latent_pool_is_the_posteriors_of_its_scenes_and_steps_do_not_encode(trained, tmp_path):
+    from accelerate import Accelerator
+    from diffusers import AutoencoderKL
+
+    from generator.data.shapes64 import render
+    from generator.train.data import to_tensor
+    from generator.train.unet import UnetStage
+
+    _, clip, vae_dir, _ = trained
+    with pytest.raises(ValueError, match="latent_pool"):
+        tiny_config("unet", tmp_path, latent_pool=-1)
+    config = tiny_config("unet", tmp_path, clip_dir=str(clip), vae_dir=str(vae_dir), mixed_precision="no",
+                         latent_pool=6, two_object_fraction=0.5)
+    stage = UnetStage(config, Accelerator(mixed_precision="no"))
+    pool = stage.pool
+    assert len(pool.scenes) == len(pool.mean) == 6 and pool.mean.shape == pool.std.shape
+    pairs = {(o.colour, o.shape) for scene in pool.scenes for o in scene.objects}
+    assert not pairs & set(HELD_OUT_PAIRS)  # the pool is drawn from the training split
+    vae = AutoencoderKL.from_pretrained(vae_dir / "vae", torch_dtype=torch.float32).eval()
+    with torch.no_grad():
+        posterior = vae.encode(to_tensor(np.stack([np.asarray(render(s)) for s in pool.scenes]))).latent_dist
+    scale = vae.config.scaling_factor
+    torch.testing.assert_close(pool.mean, posterior.mean * scale)
+    torch.testing.assert_close(pool.std, posterior.std * scale)
+
+    def no_encoding(images):
+        raise AssertionError("a step with a latent pool encoded a batch")
+
+    stage.vae.encode = no_encoding
+    losses = [stage.train_step(step, np.random.default_rng([0, step]))["loss"] for step in range(3)]
+    assert all(np.isfinite(losses))
+
+
+def test_a_resumed_run_reads_the_same_latent_pool_in_the_same_order(trained, tmp_path):
+    from safetensors.torch import load_file
+
+    _, clip, vae, _ = trained
+    common = dict(clip_dir=str(clip), vae_dir=str(vae), mixed_precision="no", latent_pool=6, sample_every=0)
+    straight = _run(tiny_config("unet", tmp_path / "a", steps=4, **common))
+    _run(tiny_config("unet", tmp_path / "b", steps=2, checkpoint_every=1, **common))
+    resumed = _run(tiny_config("unet", tmp_path / "b", steps=4, checkpoint_every=1, **common), resume="latest")
+    weights_a = load_file(straight / "unet" / "diffusion_pytorch_model.safetensors")
+    weights_b = load_file(resumed / "unet" / "diffusion_pytorch_model.safetensors")
+    for key in weights_a:
+        torch.testing.assert_close(weights_a[key], weights_b[key], rtol=0, atol=1e-6)
