@@ -36,7 +36,7 @@ from generator.train.clip import tokenize  # noqa: E402
 from generator.train.config import load_config  # noqa: E402
 from generator.train.data import to_tensor, training_scenes  # noqa: E402
 from generator.train.loop import resolve_precision  # noqa: E402
-from generator.train.unet import POOL_STREAM  # noqa: E402
+from generator.train.unet import pool_scenes  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -51,12 +51,11 @@ def speed(args) -> None:
           f"mixed precision {precision}")
     with tempfile.TemporaryDirectory() as out:
         base = {"clip_dir": args.model, "vae_dir": args.model, "init_from": args.model, "output_dir": out,
-                "mixed_precision": precision, "sample_prompts": 1, "latent_pool": 512}
+                "mixed_precision": precision, "sample_prompts": 1}
         config = load_config(ROOT / "configs/unet_again.yaml", [f"{k}={v}" for k, v in base.items()] + args.overrides)
         stage = make_stage(config, Accelerator(mixed_precision=precision))
-        pool = stage.pool
         start = time.perf_counter()
-        stage.encode_pool(512)
+        pool = stage.encode_pool(512)
         per_scene = (time.perf_counter() - start) / 512
         step = 0
         times = {"fresh batch, VAE-encoded": [], "latent pool": []}
@@ -105,15 +104,10 @@ def loss(args) -> None:
     fresh = training_scenes(np.random.default_rng(12345), args.scenes, data_seed=0)
     print(f"| run | latent pool | loss on {args.scenes} new scenes | loss on the pool's first {args.scenes} | "
           f"pool − new |\n|---|---|---|---|---|")
-    pools = {}
-    for run in args.runs:
-        config = load_config(Path(run) / "final" / "config.yaml")
-        if config.latent_pool:
-            rng = np.random.default_rng([config.seed, 0, POOL_STREAM])
-            pools[run] = training_scenes(rng, config.latent_pool, config.data_seed,
-                                         two_object_fraction=config.two_object_fraction)[: args.scenes]
-    for run in args.runs:
-        config = load_config(Path(run) / "final" / "config.yaml")
+    configs = {run: load_config(Path(run) / "final" / "config.yaml") for run in args.runs}
+    pools = {run: pool_scenes(config, config.latent_pool)[: args.scenes]
+             for run, config in configs.items() if config.latent_pool}
+    for run, config in configs.items():
         model = load_model(Path(run) / "final", device="cpu", dtype="fp32")
         new = denoising_loss(model, fresh)
         # A run without a pool is scored on the first other run's pool: scenes it never saw either.

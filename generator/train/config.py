@@ -138,7 +138,8 @@ class UnetConfig(CommonConfig):
     # where the sampler decides the layout (MODEL_CARD.md, experiment 23). 0 draws every timestep uniformly.
     high_noise_fraction: float = 0.0
     high_noise_from: int = 600
-    # 0: every batch is drawn fresh and VAE-encoded (a quarter of an fp32 step, a seventh of a bf16 one). N > 0: N
+    # 0: every batch is drawn fresh and VAE-encoded (a quarter to a third of an fp32 step, a tenth of a bf16 one,
+    # BENCHMARKS.md). N > 0: N
     # training scenes are drawn and encoded once, when the stage starts, and batches are read from them in passes,
     # each pass a fresh order; every use still draws its own latent from the stored posterior and its own caption.
     latent_pool: int = 0

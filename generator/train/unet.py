@@ -124,6 +124,12 @@ class LatentPool:
 POOL_STREAM = 0x706F6F6C  # the pool's own random stream, apart from the steps' [seed, step, process]
 
 
+def pool_scenes(config, size: int, process_index: int = 0) -> list:
+    """The training scenes a run's latent pool holds (one pool per process), in pool order."""
+    rng = np.random.default_rng([config.seed, process_index, POOL_STREAM])
+    return training_scenes(rng, size, config.data_seed, two_object_fraction=config.two_object_fraction)
+
+
 class UnetStage:
     def __init__(self, config, accelerator):
         from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
@@ -180,34 +186,37 @@ class UnetStage:
         return parameters
 
     @torch.no_grad()
-    def latents(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """A draw from the frozen VAE's posterior, scaled: (N, C, h, w) float32.
+    def posterior(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The frozen VAE's posterior mean and std, scaled to the UNet's latent space: (N, C, h, w) float32 each.
 
         The VAE encodes under the UNet's autocast (bf16 where `mixed_precision` says so): in fp32 it took about a
         quarter of a bf16 step (`python benchmarks/unet_stage_step.py`)."""
         with self.accelerator.autocast():
             posterior = self.vae.encode(images).latent_dist
             mean, std = posterior.mean.float(), posterior.std.float()
-        return (mean + std * torch.randn(mean.shape, generator=generator)) * self.vae.config.scaling_factor
+        scale = self.vae.config.scaling_factor
+        return mean * scale, std * scale
+
+    def latents(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """A draw from the frozen VAE's posterior, scaled: (N, C, h, w) float32."""
+        mean, std = self.posterior(images)
+        return mean + std * torch.randn(mean.shape, generator=generator)
 
     @torch.no_grad()
     def encode_pool(self, size: int, chunk: int = 128) -> LatentPool:
         """`size` training scenes, rendered and encoded once (under the stage's autocast, as `latents` does)."""
         from tqdm.auto import tqdm
 
-        config, accelerator = self.config, self.accelerator
-        rng = np.random.default_rng([config.seed, accelerator.process_index, POOL_STREAM])
-        scenes = training_scenes(rng, size, config.data_seed, two_object_fraction=config.two_object_fraction)
+        accelerator = self.accelerator
+        scenes = pool_scenes(self.config, size, accelerator.process_index)
         start, means, stds = time.perf_counter(), [], []
         for i in tqdm(range(0, size, chunk), desc="latent pool", disable=not accelerator.is_main_process):
             images = to_tensor(np.stack([np.asarray(shapes64.render(scene)) for scene in scenes[i : i + chunk]]))
-            with accelerator.autocast():
-                posterior = self.vae.encode(images.to(accelerator.device)).latent_dist
-                means.append(posterior.mean.float().cpu())
-                stds.append(posterior.std.float().cpu())
+            mean, std = self.posterior(images.to(accelerator.device))
+            means.append(mean.cpu())
+            stds.append(std.cpu())
         accelerator.print(f"latent pool: {size} scenes encoded in {time.perf_counter() - start:.0f} s")
-        scale = self.vae.config.scaling_factor
-        return LatentPool(scenes, torch.cat(means) * scale, torch.cat(stds) * scale)
+        return LatentPool(scenes, torch.cat(means), torch.cat(stds))
 
     def train_step(self, step: int, rng: np.random.Generator) -> dict:
         config, device = self.config, self.accelerator.device

@@ -341,6 +341,7 @@ def test_unet_stage_encodes_under_the_stages_autocast_and_hands_on_fp32_latents(
     for name, autocast in (("fp32", torch.autocast("cpu", enabled=False)),
                            ("bf16", torch.autocast("cpu", dtype=torch.bfloat16))):
         stage = SimpleNamespace(vae=vae, accelerator=SimpleNamespace(autocast=lambda a=autocast: a))
+        stage.posterior = lambda images, stage=stage: UnetStage.posterior(stage, images)
         draws[name] = UnetStage.latents(stage, images, torch.Generator().manual_seed(0))
         assert draws[name].dtype == torch.float32
     with torch.no_grad():
