@@ -45,22 +45,11 @@ train: $(VENV)/.installed
 	$(BIN)/python -m generator.train --config configs/clip_attributes.yaml
 	$(BIN)/python -m generator.train --config configs/vae.yaml
 	$(BIN)/python -m generator.train --config configs/unet.yaml
-	$(BIN)/python -m generator.train --config configs/unet_long.yaml
-	$(BIN)/python -m generator.train --config configs/unet_two.yaml
 	$(BIN)/python -m generator.train --config configs/unet_again.yaml
-	$(BIN)/python -m generator.train --config configs/unet_again.yaml seed=1 \
-		init_from=var/train/unet-again/final output_dir=var/train/unet-again-1
-	$(BIN)/python -m generator.train --config configs/unet_again.yaml seed=2 \
-		init_from=var/train/unet-again-1/final output_dir=var/train/unet-again-2
-	$(BIN)/python -m generator.train --config configs/unet_again.yaml seed=3 two_object_fraction=0.3 \
-		init_from=var/train/unet-again-2/final output_dir=var/train/unet-again-3
-	$(BIN)/python -m generator.train --config configs/clip.yaml layers=2 output_dir=var/train/clip-shallow
-	$(BIN)/python -m generator.train --config configs/clip_attributes.yaml \
-		init_from=var/train/clip-shallow/final output_dir=var/train/clip-shallow-attr5
-	$(BIN)/python -m generator.train --config configs/unet_again.yaml seed=4 clip_dir=var/train/clip-shallow-attr5/final \
-		init_from=var/train/unet-again-3/final output_dir=var/train/unet-shallow
-	$(BIN)/python -m generator.train --config configs/unet_again.yaml seed=5 clip_dir=var/train/clip-shallow-attr5/final \
-		init_from=var/train/unet-shallow/final output_dir=var/train/unet-shallow-2 export_dir=models/shapes64
+	$(BIN)/python -m generator.train --config configs/unet_again.yaml seed=5 \
+		init_from=var/train/unet-again/final output_dir=var/train/unet-again-5
+	$(BIN)/python -m generator.train --config configs/unet_again.yaml seed=6 \
+		init_from=var/train/unet-again-5/final output_dir=var/train/unet-again-6 export_dir=models/shapes64
 	$(BIN)/python -m generator.train --config configs/tiny_vae.yaml
 
 # The built-in model's evaluation report, scheduler sweep and explanatory figures (docs/ holds the committed copies).

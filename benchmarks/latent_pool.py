@@ -51,7 +51,7 @@ def speed(args) -> None:
           f"mixed precision {precision}")
     with tempfile.TemporaryDirectory() as out:
         base = {"clip_dir": args.model, "vae_dir": args.model, "init_from": args.model, "output_dir": out,
-                "mixed_precision": precision, "sample_prompts": 1}
+                "mixed_precision": precision, "sample_prompts": 1, "latent_pool": 0}
         config = load_config(ROOT / "configs/unet_again.yaml", [f"{k}={v}" for k, v in base.items()] + args.overrides)
         stage = make_stage(config, Accelerator(mixed_precision=precision))
         start = time.perf_counter()

@@ -59,7 +59,8 @@ def main() -> None:
         for name, (extra, sdpa) in VARIANTS.items():
             torch.manual_seed(0)
             config = load_config("configs/unet.yaml", {
-                "clip_dir": args.model, "vae_dir": args.model, "output_dir": out, "sample_prompts": 1, **extra,
+                "clip_dir": args.model, "vae_dir": args.model, "output_dir": out, "sample_prompts": 1,
+                "attention_levels": None, "latent_pool": 0, **extra,
             })
             stage = make_stage(config, accelerator)
             if sdpa:

@@ -62,7 +62,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as out:
         config = load_config("configs/unet.yaml", {
             "clip_dir": args.model, "vae_dir": args.model, "init_from": args.model, "output_dir": out,
-            "mixed_precision": "bf16", "sample_prompts": 1,
+            "mixed_precision": "bf16", "sample_prompts": 1, "latent_pool": 0,
         })
         stage = make_stage(config, Accelerator(mixed_precision="bf16"))
         rng = np.random.default_rng(0)
