@@ -40,8 +40,8 @@ Model sizes
     * tiny: `make_tiny_model` with its default config, run at 64x64.
 
 Usage
-    python benchmarks/bench_engine.py --size both --steps 4 --repeats 3 [--scheduler pndm] [--json out.json]
-    python benchmarks/bench_engine.py --size sd15 --fast    # + the fast path, FLOP/s and fraction of peak
+    python -m benchmarks.bench_engine --size both --steps 4 --repeats 3 [--scheduler pndm] [--json out.json]
+    python -m benchmarks.bench_engine --size sd15 --fast    # + the fast path, FLOP/s and fraction of peak
 """
 
 from __future__ import annotations
@@ -65,16 +65,15 @@ from pathlib import Path
 # The script may read and set environment; the library may not. Set before the HF libraries import.
 os.environ["HF_HUB_OFFLINE"] = "1"
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # run as a plain script from a checkout
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from diffusers import StableDiffusionPipeline  # noqa: E402
+import numpy as np
+import torch
+from diffusers import StableDiffusionPipeline
 
-from benchmarks import cpu_peak  # noqa: E402
-from generator import SCHEDULERS, GenerationRequest, LoadedModel, generate, load_model, make_scheduler  # noqa: E402
-from generator.fastpath import Bucket, optimize  # noqa: E402
-from generator.tiny import make_clip_tokenizer, make_tiny_model, write_model_index  # noqa: E402
+from benchmarks import cpu_peak
+from generator import SCHEDULERS, GenerationRequest, LoadedModel, generate, load_model, make_scheduler
+from generator.fastpath import Bucket, optimize
+from generator.tiny import make_clip_tokenizer, make_tiny_model, write_model_index
 
 PROMPT = "a photo of a red house in the forest at night, detailed painting"
 BUILTIN_PROMPT = "a small red circle in the top left on a white background"  # the built-in model's grammar

@@ -11,13 +11,13 @@ What is measured (each part is a flag; `--all` runs every one):
   polling it every `--poll-interval` seconds to the end, over and over for `--seconds`; once with
   WORKER_BATCH_SIZE=1 (no batching) and once with WORKER_BATCH_SIZE=4, each on a fresh service.
 * `--memory`: resident memory (VmRSS) of the worker's pool process after one job, with the tiny
-  default model and with SD 1.5-size weights (the folder `benchmarks/bench_engine.py` builds).
+  default model and with SD 1.5-size weights (the folder `python -m benchmarks.bench_engine` builds).
 
 Each run makes a fresh PostgreSQL database and uses Redis db 12; both are the machine's servers
 (DATABASE_URL, REDIS_URL, defaults 127.0.0.1). Results go to stdout as markdown and to `--json`.
 
 Usage
-    python benchmarks/bench_service.py --all --json var/bench-results/service.json
+    python -m benchmarks.bench_service --all --json var/bench-results/service.json
 """
 
 from __future__ import annotations
@@ -41,9 +41,7 @@ import redis
 import requests
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
-sys.path.insert(0, str(ROOT))
-from services import start_api, start_worker, stop, wait_healthy  # noqa: E402
+from diffusion_api.processes import start_api, start_worker, stop, wait_healthy
 
 ADMIN_DB = os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres")
 REDIS = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/12")
@@ -279,7 +277,7 @@ def main() -> int:
         if sd15:
             rows.append(measure_memory(sd15[-1], "SD 1.5 size, fp32", 64))
         else:
-            print("no SD 1.5-size folder: run benchmarks/bench_engine.py --size sd15 once first")
+            print("no SD 1.5-size folder: run python -m benchmarks.bench_engine --size sd15 once first")
         results["memory"] = rows
         for row in rows:
             print(f"worker RSS with {row['model']}: {row['rss_mb']:.0f} MB", flush=True)

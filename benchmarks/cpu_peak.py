@@ -1,6 +1,6 @@
 """This CPU's peak for the engine's kinds of work, per dtype: matmul, 3×3 convolution (NCHW and channels-last).
 
-Usage: python benchmarks/cpu_peak.py
+Usage: python -m benchmarks.cpu_peak
 
 The FLOP/s of a 1024³ matmul is the reference peak for "fraction of peak" figures; the convolution is one
 SD 1.5 UNet block's shape at 256×256 images (320 channels, 32×32 latents, batch 2 for classifier-free guidance).

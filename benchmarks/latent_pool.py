@@ -1,8 +1,8 @@
 """The UNet stage's latent pool (`latent_pool: N`): what it saves per step, and whether training on it memorises.
 
 Usage:
-    python benchmarks/latent_pool.py speed [--model models/shapes64] [--repeats 7] [--precision auto] [KEY=VALUE ...]
-    python benchmarks/latent_pool.py loss RUN [RUN ...] [--scenes 1024]
+    python -m benchmarks.latent_pool speed [--model models/shapes64] [--repeats 7] [--precision auto] [KEY=VALUE ...]
+    python -m benchmarks.latent_pool loss RUN [RUN ...] [--scenes 1024]
 
 `speed` builds the real stage (`configs/unet_again.yaml` on `--model`'s UNet, text encoder and VAE, batch 64) and
 times `train_step` (KEY=VALUE pairs override the config: `init_from= attention_levels=[1]` times a new UNet of
@@ -29,14 +29,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from generator.data.shapes64 import full_caption, render  # noqa: E402
-from generator.train.clip import tokenize  # noqa: E402
-from generator.train.config import load_config  # noqa: E402
-from generator.train.data import to_tensor, training_scenes  # noqa: E402
-from generator.train.loop import resolve_precision  # noqa: E402
-from generator.train.unet import pool_scenes  # noqa: E402
+from generator.data.shapes64 import full_caption, render
+from generator.train.clip import tokenize
+from generator.train.config import load_config
+from generator.train.data import to_tensor, training_scenes
+from generator.train.loop import resolve_precision
+from generator.train.unet import pool_scenes
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,6 +1,6 @@
 """Where a UNet-stage training step goes, and what encoding the batch under bf16 autocast saves and costs.
 
-Usage: python benchmarks/unet_stage_step.py [--model models/shapes64] [--repeats 5] [--images 512]
+Usage: python -m benchmarks.unet_stage_step [--model models/shapes64] [--repeats 5] [--images 512]
 
 Builds the real stage (`configs/unet.yaml`, the model's UNet, text encoder and VAE, batch 64) under bf16 autocast
 and times, as medians of `--repeats` calls after one warm-up, all in one process:
@@ -25,13 +25,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from cpu_peak import seconds  # beside this script
+from benchmarks.cpu_peak import seconds
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from generator.evaluation.attributes import accuracy, check  # noqa: E402
-from generator.train.clip import tokenize, validation_pairs  # noqa: E402
-from generator.train.data import to_tensor, to_uint8, training_batch  # noqa: E402
+from generator.evaluation.attributes import accuracy, check
+from generator.train.clip import tokenize, validation_pairs
+from generator.train.data import to_tensor, to_uint8, training_batch
 
 
 def fp32_latents(stage):

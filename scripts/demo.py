@@ -9,8 +9,7 @@ from pathlib import Path
 
 import requests
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from services import ROOT, start_api, start_worker, stop, wait_healthy  # noqa: E402
+from diffusion_api.processes import ROOT, start_api, start_worker, stop, wait_healthy
 
 PORT = int(os.environ.get("DEMO_PORT", "8000"))
 BASE = f"http://127.0.0.1:{PORT}"

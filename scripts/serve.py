@@ -6,8 +6,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from services import start_api, start_sweeper, start_worker, stop  # noqa: E402
+from diffusion_api.processes import start_api, start_sweeper, start_worker, stop
 
 PORT = int(os.environ.get("PORT", "8000"))
 

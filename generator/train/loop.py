@@ -75,7 +75,7 @@ def fast_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
     """Whether bf16 autocast speeds training up here: a CUDA GPU with bf16, or a CPU with AVX-512 BF16 or AMX.
 
     Elsewhere bf16 is emulated: on an AVX2 CPU a built-in-model UNet step ran 15 × slower under bf16 than in fp32
-    (`python benchmarks/unet_train_step.py`)."""
+    (`python -m experiments.unet_train_step`)."""
     if torch.cuda.is_available():
         return torch.cuda.is_bf16_supported()
     try:

@@ -11,10 +11,9 @@ import redis
 import requests
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "scripts"))
-from services import start_api, start_worker, stop, wait_healthy  # noqa: E402
+from diffusion_api.processes import start_api, start_worker, stop, wait_healthy
 
-from tests.support import free_port, fresh_database, required_env  # noqa: E402
+from tests.support import free_port, fresh_database, required_env
 
 
 @pytest.fixture(scope="module")

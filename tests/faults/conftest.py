@@ -25,10 +25,9 @@ import requests
 from psycopg.rows import dict_row
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "scripts"))
-from services import start_api, start_sweeper, start_worker, stop, wait_healthy  # noqa: E402
+from diffusion_api.processes import start_api, start_sweeper, start_worker, stop, wait_healthy
 
-from tests.support import free_port, fresh_database, required_env  # noqa: E402
+from tests.support import free_port, fresh_database, required_env
 
 LOGS = ROOT / "test-output" / "faults"
 MEASUREMENTS = LOGS / "measurements.jsonl"  # one JSON line per fault run: what RELIABILITY.md reports

@@ -1,6 +1,6 @@
 """The UNet stage's whole training step with SDPA against plain-matmul attention, and without 16 x 16 attention.
 
-Usage: python benchmarks/unet_attention.py [--model models/shapes64] [--repeats 5] [--profile]
+Usage: python -m experiments.unet_attention [--model models/shapes64] [--repeats 5] [--profile]
 
 Builds the real stage three times (`configs/unet.yaml`: a new UNet of 64/128/192 channels, batch 64, bf16 autocast
 where `mixed_precision: auto` picks it, the model's frozen text encoder and VAE) and times its `train_step`: drawing
@@ -27,7 +27,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 VARIANTS = {
     "SDPA, attention at 16 x 16 and 8 x 8": ({}, True),

@@ -1,6 +1,6 @@
 """Why the UNet stage does not use `torch.compile` or channels-last: gradients and speed of a training step.
 
-Usage: python benchmarks/unet_compile.py [--levels 1] [--repeats 7] [--check-only] [--inductor KEY=VALUE ...]
+Usage: python -m experiments.unet_compile [--levels 1] [--repeats 7] [--check-only] [--inductor KEY=VALUE ...]
 
 Builds a new UNet of the built-in model's shape (channels 64/128/192, one layer per block, plain-matmul attention
 as the stage sets it; `--levels 1` puts transformer blocks at 8 × 8 and 4 × 4 only, experiment 26's shape) and
@@ -24,9 +24,8 @@ from types import SimpleNamespace
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from generator.train.unet import make_unet  # noqa: E402
+from generator.train.unet import make_unet
 
 
 def make(levels: list[int] | None):

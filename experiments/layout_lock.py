@@ -3,7 +3,7 @@
 and the rest on the true one; the attribute evaluator then says which of the two prompts each image matches.
 While the true prompt still wins after k swapped steps, the layout was not yet decided by then.
 
-    python benchmarks/layout_lock.py [MODEL_DIR] [PROMPTS]    # default models/shapes64, 16 prompts × 4 images
+    python -m experiments.layout_lock [MODEL_DIR] [PROMPTS]    # default models/shapes64, 16 prompts × 4 images
 """
 
 from __future__ import annotations
@@ -14,13 +14,12 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from generator.data import shapes64  # noqa: E402
-from generator.evaluation.attributes import check  # noqa: E402
-from generator.loading import load_model  # noqa: E402
-from generator.pipeline import _encode, decode_latents  # noqa: E402
-from generator.schedulers import make_scheduler  # noqa: E402
+from generator.data import shapes64
+from generator.evaluation.attributes import check
+from generator.loading import load_model
+from generator.pipeline import _encode, decode_latents
+from generator.schedulers import make_scheduler
 
 RELATION = re.compile(r"^(an? \w+ \w+) (to the right of|to the left of|above|below) (an? \w+ \w+)( on .*)$")
 IMAGES_PER_PROMPT = 4

@@ -2,7 +2,7 @@
 attribute evaluator's accuracy over all of them and over the single-object ones, with the single-object failures
 counted by size, background and failed attribute.
 
-    python benchmarks/vae_reconstructions.py [VAE_DIR]     # default models/shapes64/vae
+    python -m experiments.vae_reconstructions [VAE_DIR]     # default models/shapes64/vae
 """
 
 from __future__ import annotations
@@ -14,11 +14,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from generator.evaluation.attributes import accuracy, check  # noqa: E402
-from generator.train.clip import validation_pairs  # noqa: E402
-from generator.train.data import to_tensor, to_uint8  # noqa: E402
+from generator.evaluation.attributes import accuracy, check
+from generator.train.clip import validation_pairs
+from generator.train.data import to_tensor, to_uint8
 
 
 def main() -> None:

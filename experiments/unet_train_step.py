@@ -1,6 +1,6 @@
 """Training-step speed of the built-in model's UNet shape: attention heads, and fp32 against bf16 autocast.
 
-Usage: python benchmarks/unet_train_step.py [--repeats 3]
+Usage: python -m experiments.unet_train_step [--repeats 3]
 
 Channels 64/128/192, one layer per block, text context 24 × 128, batch 64 of 16 × 16 latents, AdamW: the
 UNet stage's step without data drawing and VAE encoding. Two head layouts:
@@ -16,7 +16,7 @@ import argparse
 
 import torch
 import torch.nn.functional as F
-from cpu_peak import seconds  # beside this script
+from benchmarks.cpu_peak import seconds
 from diffusers import UNet2DConditionModel
 
 CHANNELS = [64, 128, 192]

@@ -1,6 +1,6 @@
 """Can a small UNet learn to place a shape in a named cell? From a clean cell signal, and through a text encoder.
 
-Usage: python benchmarks/position_learning.py [--steps 400] [--batch 32] [--variants plain,coords,text:DIR]
+Usage: python -m experiments.position_learning [--steps 400] [--batch 32] [--variants plain,coords,text:DIR]
 
 Variants `plain` and `coords` leave the text encoder out, so only the UNet's spatial ability is measured: the
 condition is a learned embedding of the scene's cell (one of 9), given as a one-token `encoder_hidden_states`.
@@ -27,16 +27,15 @@ import torch
 import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # run as a plain script from a checkout
 
-from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel  # noqa: E402
-from transformers import CLIPTextModel, CLIPTokenizer  # noqa: E402
+from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel
+from transformers import CLIPTextModel, CLIPTokenizer
 
-from generator.data.shapes64 import CELLS, full_caption, make_scene, render  # noqa: E402
-from generator.evaluation.attributes import measure  # noqa: E402
-from generator.train.clip import tokenize  # noqa: E402
-from generator.train.data import to_tensor, to_uint8  # noqa: E402
-from generator.train.unet import scheduler_config  # noqa: E402
+from generator.data.shapes64 import CELLS, full_caption, make_scene, render
+from generator.evaluation.attributes import measure
+from generator.train.clip import tokenize
+from generator.train.data import to_tensor, to_uint8
+from generator.train.unet import scheduler_config
 
 MODEL = ROOT / "models" / "shapes64"
 
