@@ -7,7 +7,7 @@ export TRANSFORMERS_OFFLINE := 1
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/postgres
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
 
-.PHONY: demo serve test lint install install-dev tiny-model train evaluate clean
+.PHONY: demo serve test test-unit lint install install-dev tiny-model train evaluate clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -60,8 +60,10 @@ evaluate: $(VENV)/.installed
 	$(BIN)/python -m generator.sweep --model models/shapes64 --out out/sweep
 	$(BIN)/python -m generator.evaluation.figures --model models/shapes64 --out out/figures
 
+# Style (ruff) and the architecture contracts in pyproject.toml (import-linter).
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 # Chromium (Debian package) drives the admin in a real browser; installed once if missing.
 /usr/bin/chromium:
@@ -72,11 +74,14 @@ node_modules/.installed: package.json package-lock.json
 	npm ci --no-audit --no-fund
 	touch $@
 
-test: $(VENV)/.installed-dev /usr/bin/chromium node_modules/.installed
-	$(BIN)/ruff check .
+test: $(VENV)/.installed-dev /usr/bin/chromium node_modules/.installed lint
 	# The venv first on PATH, as in the image: tests run compose's own commands (`python manage.py …`, hadolint).
 	PATH="$(CURDIR)/$(BIN):$$PATH" DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) \
 		$(BIN)/python -m pytest -q
+
+# The fast inner loop: no servers (SQLite, no broker), no browser, no training; about two minutes.
+test-unit: $(VENV)/.installed-dev
+	env -u DATABASE_URL -u REDIS_URL $(BIN)/python -m pytest -q -m "not servers and not browser and not slow"
 
 clean:
 	rm -rf var out .pytest_cache

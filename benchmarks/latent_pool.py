@@ -54,8 +54,8 @@ def speed(args) -> None:
         config = load_config(ROOT / "configs/unet_again.yaml", [f"{k}={v}" for k, v in base.items()] + args.overrides)
         stage = make_stage(config, Accelerator(mixed_precision=precision))
         start = time.perf_counter()
-        pool = stage.encode_pool(512)
-        per_scene = (time.perf_counter() - start) / 512
+        pool = stage.encode_pool(args.pool_scenes)
+        per_scene = (time.perf_counter() - start) / args.pool_scenes
         step = 0
         times = {"fresh batch, VAE-encoded": [], "latent pool": []}
         for i in range(args.repeats + 1):  # the first round warms up
@@ -125,6 +125,7 @@ def main() -> None:
     timing.add_argument("--model", default="models/shapes64")
     timing.add_argument("--repeats", type=int, default=7)
     timing.add_argument("--precision", default="auto")
+    timing.add_argument("--pool-scenes", type=int, default=512, help="scenes encoded into the pool that is timed")
     timing.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     scoring = commands.add_parser("loss")
     scoring.add_argument("runs", nargs="+")

@@ -190,7 +190,7 @@ class UnetStage:
         """The frozen VAE's posterior mean and std, scaled to the UNet's latent space: (N, C, h, w) float32 each.
 
         The VAE encodes under the UNet's autocast (bf16 where `mixed_precision` says so): in fp32 it took about a
-        quarter of a bf16 step (`python -m benchmarks.unet_stage_step`)."""
+        quarter of a bf16 step (`python -m experiments.unet_stage_step`)."""
         with self.accelerator.autocast():
             posterior = self.vae.encode(images).latent_dist
             mean, std = posterior.mean.float(), posterior.std.float()

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from scripts.services import stop
+from diffusion_api.processes import stop
 from tests import support
 from tests.support import required_env
 

@@ -34,7 +34,7 @@ import pytest
 import requests
 from PIL import Image
 
-from scripts.services import wait_healthy
+from diffusion_api.processes import wait_healthy
 from tests.deploy.conftest import ROOT, Processes
 from tests.deploy.deployfiles import (
     ENV_EXAMPLE,

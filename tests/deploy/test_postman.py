@@ -11,7 +11,7 @@ import uuid
 
 import pytest
 
-from scripts.services import start_api, start_worker, stop, wait_healthy
+from diffusion_api.processes import start_api, start_worker, stop, wait_healthy
 from tests.deploy.conftest import LOGS, ROOT
 from tests.support import free_port
 

@@ -1,6 +1,6 @@
 """Where a UNet-stage training step goes, and what encoding the batch under bf16 autocast saves and costs.
 
-Usage: python -m benchmarks.unet_stage_step [--model models/shapes64] [--repeats 5] [--images 512]
+Usage: python -m experiments.unet_stage_step [--model models/shapes64] [--repeats 5] [--images 512]
 
 Builds the real stage (`configs/unet.yaml`, the model's UNet, text encoder and VAE, batch 64) under bf16 autocast
 and times, as medians of `--repeats` calls after one warm-up, all in one process:
