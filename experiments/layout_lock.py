@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import re
 import sys
-from pathlib import Path
 
 import torch
-
 
 from generator.data import shapes64
 from generator.evaluation.attributes import check
