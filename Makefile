@@ -41,18 +41,10 @@ serve: $(VENV)/.installed
 	$(BIN)/python scripts/serve.py
 
 # Train the built-in model's stages on the CPU (MODEL_CARD.md has the times) and write it to models/shapes64.
-# A stage interrupted part-way goes on from its last checkpoint: add `--resume latest` to its line.
+# The steps are configs/recipes/shapes64.yaml's, in order. A step whose output already has `final` is skipped, and
+# one interrupted part-way goes on from its last checkpoint: after a stop, `make train` again continues the chain.
 train: $(VENV)/.installed
-	$(BIN)/python -m generator.train --config configs/clip.yaml
-	$(BIN)/python -m generator.train --config configs/clip_attributes.yaml
-	$(BIN)/python -m generator.train --config configs/vae.yaml
-	$(BIN)/python -m generator.train --config configs/unet.yaml
-	$(BIN)/python -m generator.train --config configs/unet_again.yaml
-	$(BIN)/python -m generator.train --config configs/unet_again.yaml seed=5 \
-		init_from=var/train/unet-again/final output_dir=var/train/unet-again-5
-	$(BIN)/python -m generator.train --config configs/unet_again.yaml seed=6 \
-		init_from=var/train/unet-again-5/final output_dir=var/train/unet-again-6 export_dir=models/shapes64
-	$(BIN)/python -m generator.train --config configs/tiny_vae.yaml
+	$(BIN)/python -m generator.train --recipe configs/recipes/shapes64.yaml
 
 # The built-in model's evaluation report, scheduler sweep and explanatory figures (docs/ holds the committed copies).
 evaluate: $(VENV)/.installed

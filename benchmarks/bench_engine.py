@@ -66,14 +66,15 @@ from pathlib import Path
 os.environ["HF_HUB_OFFLINE"] = "1"
 ROOT = Path(__file__).resolve().parents[1]
 
-import numpy as np
-import torch
-from diffusers import StableDiffusionPipeline
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from diffusers import StableDiffusionPipeline  # noqa: E402
 
-from benchmarks import cpu_peak
-from generator import SCHEDULERS, GenerationRequest, LoadedModel, generate, load_model, make_scheduler
-from generator.fastpath import Bucket, optimize
-from generator.tiny import make_clip_tokenizer, make_tiny_model, write_model_index
+from benchmarks import cpu_peak  # noqa: E402
+from generator import SCHEDULERS, GenerationRequest, LoadedModel, generate, load_model, make_scheduler  # noqa: E402
+from generator.fastpath import Bucket, optimize  # noqa: E402
+from generator.text import make_clip_tokenizer  # noqa: E402
+from generator.tiny import make_tiny_model, write_model_index  # noqa: E402
 
 PROMPT = "a photo of a red house in the forest at night, detailed painting"
 BUILTIN_PROMPT = "a small red circle in the top left on a white background"  # the built-in model's grammar

@@ -41,7 +41,7 @@ import redis
 import requests
 
 ROOT = Path(__file__).resolve().parents[1]
-from diffusion_api.processes import start_api, start_worker, stop, wait_healthy
+from diffusion_api.processes import start_api, start_worker, stop, wait_healthy  # noqa: E402
 
 ADMIN_DB = os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres")
 REDIS = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/12")

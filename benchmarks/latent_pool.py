@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -29,9 +28,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-
 from generator.data.shapes64 import full_caption, render
-from generator.train.clip import tokenize
+from generator.text import tokenize
 from generator.train.config import load_config
 from generator.train.data import to_tensor, training_scenes
 from generator.train.loop import resolve_precision
@@ -43,7 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def speed(args) -> None:
     from accelerate import Accelerator
 
-    from generator.train.stages import make_stage
+    from generator.train.stage import make_stage
 
     precision = resolve_precision(args.precision)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {torch.backends.cpu.get_cpu_capability()}, "

@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import re
 import sys
-from pathlib import Path
 
 import torch
-
 
 from generator.data import shapes64
 from generator.evaluation.attributes import check
 from generator.loading import load_model
-from generator.pipeline import _encode, decode_latents
+from generator.pipeline import GenerationRequest, StepState, encode_prompts, generate
 from generator.schedulers import make_scheduler
 
 RELATION = re.compile(r"^(an? \w+ \w+) (to the right of|to the left of|above|below) (an? \w+ \w+)( on .*)$")
@@ -32,25 +30,24 @@ def swapped(prompt: str) -> str:
     return f"{second} {relation} {first}{background}"
 
 
-@torch.no_grad()
-def sample(model, early: torch.Tensor, late: torch.Tensor, swap_steps: int) -> list:
-    """DDIM with classifier-free guidance, conditioned on `early` for the first `swap_steps` steps."""
-    unconditional = _encode([""] * len(early), model)
-    scheduler = make_scheduler("ddim", model.scheduler_config)
-    scheduler.set_timesteps(STEPS)
-    side = shapes64.CANVAS // model.vae_scale_factor
-    latents = torch.cat([
-        torch.randn((1, model.unet.config.in_channels, side, side), generator=torch.Generator().manual_seed(i))
-        for i in range(len(early))
-    ]) * scheduler.init_noise_sigma
-    for i, t in enumerate(scheduler.timesteps):
-        condition = early if i < swap_steps else late
-        model_input = scheduler.scale_model_input(torch.cat([latents, latents]), t).to(model.dtype)
-        prediction = model.unet(model_input, t, encoder_hidden_states=torch.cat([unconditional, condition]),
-                                return_dict=False)[0].float()
-        uncond, cond = prediction.chunk(2)
-        latents = scheduler.step(uncond + GUIDANCE * (cond - uncond), t, latents, return_dict=False)[0]
-    return list(decode_latents(model, latents))
+def sample(model, early: list[str], late: list[str], swap_steps: int) -> list:
+    """`generate` (DDIM, classifier-free guidance), conditioned on the prompts `early` for the first `swap_steps`
+    steps and on `late` after: the step callback hands the loop `late`'s embeddings after step `swap_steps`.
+    Prompt p's images have seeds IMAGES_PER_PROMPT p, …: image i of the batch has seed i."""
+    prompts = early if swap_steps > 0 else late
+    requests = [
+        GenerationRequest(prompt, width=shapes64.CANVAS, height=shapes64.CANVAS, steps=STEPS, guidance_scale=GUIDANCE,
+                          scheduler="ddim", seed=IMAGES_PER_PROMPT * p, num_images=IMAGES_PER_PROMPT)
+        for p, prompt in enumerate(prompts[::IMAGES_PER_PROMPT])
+    ]
+    late_embeds = encode_prompts(late, model)
+
+    def swap_back(state: StepState) -> None:
+        if state.step == swap_steps:
+            state.prompt_embeds = late_embeds
+
+    results = generate(model, requests, callback=swap_back)
+    return [image.image for result in results for image in result.images]
 
 
 def main() -> None:
@@ -61,13 +58,12 @@ def main() -> None:
     cases = shapes64.validation_prompt_sets(seed=0, count=count)["relation"]
     true = [case.prompt for case in cases for _ in range(IMAGES_PER_PROMPT)]
     swap = [swapped(prompt) for prompt in true]
-    true_embeds, swap_embeds = _encode(true, model), _encode(swap, model)
     timesteps = make_scheduler("ddim", model.scheduler_config)
     timesteps.set_timesteps(STEPS)
     print(f"{folder}: {len(true)} images, DDIM {STEPS} steps, guidance {GUIDANCE}")
     print("swapped steps | swapped prompt for t >= | true prompt right | swapped prompt right")
     for k in (0, 1, 2, 3, 4, 6, 8, STEPS):
-        images = sample(model, swap_embeds, true_embeds, k)
+        images = sample(model, swap, true, k)
         right_true = sum(check(image, prompt).correct for image, prompt in zip(images, true, strict=True))
         right_swap = sum(check(image, prompt).correct for image, prompt in zip(images, swap, strict=True))
         since = "-" if k == 0 else int(timesteps.timesteps[k - 1])

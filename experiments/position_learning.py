@@ -18,24 +18,22 @@ the asked cell (chance ≈ 1/9).
 """
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-
-ROOT = Path(__file__).resolve().parents[1]
-
 from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from generator.data.shapes64 import CELLS, full_caption, make_scene, render
 from generator.evaluation.attributes import measure
-from generator.train.clip import tokenize
+from generator.text import tokenize
 from generator.train.data import to_tensor, to_uint8
 from generator.train.unet import scheduler_config
+
+ROOT = Path(__file__).resolve().parents[1]
 
 MODEL = ROOT / "models" / "shapes64"
 

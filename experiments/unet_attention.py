@@ -19,14 +19,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
-
 
 VARIANTS = {
     "SDPA, attention at 16 x 16 and 8 x 8": ({}, True),
@@ -41,7 +38,7 @@ def main() -> None:
 
     from generator.train.config import load_config
     from generator.train.loop import resolve_precision
-    from generator.train.stages import make_stage
+    from generator.train.stage import make_stage
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="models/shapes64")

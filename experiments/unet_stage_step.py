@@ -18,19 +18,16 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
+
 from benchmarks.cpu_peak import seconds
-
-
 from generator.evaluation.attributes import accuracy, check
-from generator.train.clip import tokenize, validation_pairs
-from generator.train.data import to_tensor, to_uint8, training_batch
+from generator.text import tokenize
+from generator.train.data import to_tensor, to_uint8, training_batch, validation_pairs
 
 
 def fp32_latents(stage):
@@ -49,7 +46,7 @@ def main() -> None:
     from accelerate import Accelerator
 
     from generator.train.config import load_config
-    from generator.train.stages import make_stage
+    from generator.train.stage import make_stage
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="models/shapes64")

@@ -16,8 +16,9 @@ import argparse
 
 import torch
 import torch.nn.functional as F
-from benchmarks.cpu_peak import seconds
 from diffusers import UNet2DConditionModel
+
+from benchmarks.cpu_peak import seconds
 
 CHANNELS = [64, 128, 192]
 LAYOUTS = {"32 heads": 32, "32-channel heads": [c // 32 for c in CHANNELS]}

@@ -9,15 +9,12 @@ from __future__ import annotations
 
 import sys
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import torch
 
-
 from generator.evaluation.attributes import accuracy, check
-from generator.train.clip import validation_pairs
-from generator.train.data import to_tensor, to_uint8
+from generator.train.data import to_tensor, to_uint8, validation_pairs
 
 
 def main() -> None:

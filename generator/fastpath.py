@@ -165,6 +165,6 @@ def check_sdpa(model: LoadedModel) -> None:
 
 @torch.inference_mode()
 def _empty_prompt_context(model: LoadedModel) -> torch.Tensor:
-    from generator.pipeline import _encode
+    from generator.pipeline import encode_prompts
 
-    return _encode([""], model)  # (1, T, D) in the model's dtype
+    return encode_prompts([""], model)  # (1, T, D) in the model's dtype

@@ -13,6 +13,7 @@ import random
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -58,15 +59,32 @@ class GenerationResult:
 
 @dataclass
 class StepState:
-    """What the per-step callback sees after each denoising step."""
+    """What the per-step callback sees after each denoising step.
+
+    Besides reading, a callback may `cancel` requests, and may condition the steps that follow on other
+    prompt embeddings by assigning `prompt_embeds` (same shape; e.g. `encode_prompts(other_prompts, model)`):
+    the loop then uses them, with the same negative prompts, from the next step on.
+    """
 
     step: int  # steps done so far, 1..total
     total: int
     timestep: int
-    latents: torch.Tensor  # (N, C, H/f, W/f): every image of every request, in request order
+    latents: torch.Tensor  # (N, C, H/f, W/f): every image of every request, in request order, after this step
     image_slices: list[slice]  # request i's images are latents[image_slices[i]]
     model: LoadedModel
     canceled: set[int]
+    # The UNet's input of this step (N, C, H/f, W/f), fp32: the latents before the step as
+    # `scale_model_input` made them, so that every scheduler's x_t reads as √ᾱ·x0 + √(1-ᾱ)·ε.
+    model_input: torch.Tensor | None = None
+    # The guided model output of this step (N, C, H/f, W/f), fp32: noise (ε) for epsilon-prediction models, v for
+    # v-prediction ones, as the scheduler received it (classifier-free guidance and guidance rescale applied).
+    noise_pred: torch.Tensor | None = None
+    # The predicted clean latents x̂0 of this step (N, C, H/f, W/f), fp32: the scheduler's own
+    # `pred_original_sample` where its step returns one, else computed from ᾱ at this timestep
+    # (`predict_original`); None for a scheduler with neither. Decode with `decode_latents`.
+    denoised: torch.Tensor | None = None
+    # The conditional prompt embeddings (N, T, D) the next step will use; assign to change them (see above).
+    prompt_embeds: torch.Tensor | None = None
 
     def cancel(self, request_index: int | None = None) -> None:
         """Stop request `request_index` (all requests when None); its result has no images."""
@@ -183,10 +201,11 @@ def generate(
     use_cfg = not guidance_embedding and any(r.guidance_scale > 1 for r in requests)
 
     # 2. Encode prompts: (N, T, D) conditional, and unconditional for classifier-free guidance
-    prompt_embeds = _encode([r.prompt for r in requests for _ in range(r.num_images)], model)
+    text_embeds = encode_prompts([r.prompt for r in requests for _ in range(r.num_images)], model)
+    prompt_embeds = text_embeds
     if use_cfg:
-        negative_embeds = _encode([r.negative_prompt for r in requests for _ in range(r.num_images)], model)
-        prompt_embeds = torch.cat([negative_embeds, prompt_embeds])  # (2N, T, D)
+        negative_embeds = encode_prompts([r.negative_prompt for r in requests for _ in range(r.num_images)], model)
+        prompt_embeds = torch.cat([negative_embeds, text_embeds])  # (2N, T, D)
 
     # 3. Scheduler and timesteps
     scheduler = make_scheduler(first.scheduler, model.scheduler_config)
@@ -211,7 +230,8 @@ def generate(
     canceled: set[int] = set()
     for i, t in enumerate(timesteps):
         model_input = torch.cat([latents] * 2) if use_cfg else latents  # (2N or N, C, h, w)
-        model_input = scheduler.scale_model_input(model_input, t).to(dtype)
+        scaled = scheduler.scale_model_input(model_input, t)
+        model_input = scaled.to(dtype)
         noise_pred = model.unet(
             model_input, t, encoder_hidden_states=prompt_embeds, timestep_cond=timestep_cond, return_dict=False
         )[0].float()
@@ -220,12 +240,30 @@ def generate(
             noise_pred = noise_uncond + guidance * (noise_text - noise_uncond)
             if (rescale > 0).any():
                 noise_pred = rescale_noise_cfg(noise_pred, noise_text, rescale)
-        latents = scheduler.step(noise_pred, t, latents, **step_kwargs, return_dict=False)[0]
+        stepped = scheduler.step(noise_pred, t, latents, **step_kwargs, return_dict=False)
+        latents = stepped[0]
 
-        if callback is not None:
-            callback(StepState(i + 1, len(timesteps), int(t), latents, image_slices, model, canceled))
+        if callback is not None:  # x̂0 is worked out only for a callback: no cost to plain generation
+            x_t = scaled[-len(latents) :].float()  # the (text half of the) UNet's input
+            if len(stepped) > 1 and stepped[1] is not None:  # the scheduler's own pred_original_sample
+                denoised = stepped[1].float()
+            else:
+                denoised = _denoised(scheduler, x_t, noise_pred, t, model.scheduler_config)
+            state = StepState(
+                i + 1, len(timesteps), int(t), latents, image_slices, model, canceled,
+                model_input=x_t, noise_pred=noise_pred, denoised=denoised, prompt_embeds=text_embeds,
+            )
+            callback(state)
             if len(canceled) == len(requests):
                 break
+            if state.prompt_embeds is not text_embeds:  # the callback conditions the next steps on other prompts
+                if state.prompt_embeds.shape != text_embeds.shape:
+                    raise ValueError(
+                        f"prompt_embeds must keep the shape {tuple(text_embeds.shape)}, "
+                        f"got {tuple(state.prompt_embeds.shape)}"
+                    )
+                text_embeds = state.prompt_embeds.to(device=device, dtype=text_embeds.dtype)
+                prompt_embeds = torch.cat([negative_embeds, text_embeds]) if use_cfg else text_embeds
 
     # 7. Decode the images of requests still running
     results = [GenerationResult(request=r, canceled=k in canceled) for k, r in enumerate(requests)]
@@ -256,8 +294,9 @@ def generate_one(
     return generate(model, [request], callback=callback)[0]
 
 
-def _encode(prompts: list[str], model: LoadedModel) -> torch.Tensor:
-    """(len(prompts), T, D) last hidden states; each distinct prompt is encoded once."""
+def encode_prompts(prompts: list[str], model: LoadedModel) -> torch.Tensor:
+    """(len(prompts), T, D) last hidden states in the model's dtype, as `generate` conditions on them; each distinct
+    prompt is encoded once."""
     unique = list(dict.fromkeys(prompts))
     tokens = model.tokenizer(
         unique, padding="max_length", max_length=model.tokenizer.model_max_length, truncation=True, return_tensors="pt"
@@ -268,6 +307,35 @@ def _encode(prompts: list[str], model: LoadedModel) -> torch.Tensor:
     hidden = model.text_encoder(tokens.input_ids.to(model.device), attention_mask=mask)[0]  # (U, T, D)
     hidden = hidden.to(model.dtype)
     return hidden[torch.tensor([unique.index(p) for p in prompts], device=model.device)]
+
+
+def alpha_bar_at(alphas_cumprod: torch.Tensor, timestep: float) -> float:
+    """ᾱ at a possibly fractional timestep, interpolating log σ as diffusers' sigma schedulers do."""
+    alpha_bar = alphas_cumprod.double().clamp(min=2**-24).cpu().numpy()  # ᾱ = 0 (zero SNR) would make σ infinite
+    log_sigma = 0.5 * np.log((1 - alpha_bar) / alpha_bar)
+    value = np.interp(float(timestep), np.arange(len(alpha_bar)), log_sigma)
+    return float(1 / (1 + np.exp(2 * value)))
+
+
+def predict_original(sample: torch.Tensor, output: torch.Tensor, alpha_bar: float, prediction_type: str):
+    """x̂0 from the UNet's input x_t and output (DDIM, Song et al. 2021, eq. 12; v: Salimans & Ho 2022)."""
+    a, s = alpha_bar**0.5, (1 - alpha_bar) ** 0.5
+    if prediction_type == "epsilon":
+        return (sample - s * output) / a
+    if prediction_type == "v_prediction":
+        return a * sample - s * output
+    if prediction_type == "sample":
+        return output
+    raise ValueError(f"unknown prediction_type {prediction_type!r}; known: epsilon, v_prediction, sample")
+
+
+def _denoised(scheduler, x_t: torch.Tensor, output: torch.Tensor, t, scheduler_config: dict) -> torch.Tensor | None:
+    """x̂0 for a scheduler whose step does not return it (DPM-Solver, UniPC, PNDM), from ᾱ at timestep `t`."""
+    alphas_cumprod = getattr(scheduler, "alphas_cumprod", None)
+    if alphas_cumprod is None:
+        return None
+    alpha_bar = alpha_bar_at(alphas_cumprod, float(t))
+    return predict_original(x_t, output, alpha_bar, scheduler_config.get("prediction_type", "epsilon"))
 
 
 def rescale_noise_cfg(noise_cfg: torch.Tensor, noise_text: torch.Tensor, rescale: torch.Tensor) -> torch.Tensor:

@@ -2,7 +2,7 @@
 
 `python -m generator.sweep --model DIR --out DIR [--schedulers ddim,euler,dpmpp_2m,unipc]
 [--steps 5,10,20,50] [--guidance 2,4,7] [--prompts 16] [--prompt-seed 0]` generates, for every combination, the
-evaluation's images (`generator.evaluate`: the three prompt sets, fixed seeds, 64 × 64) with fewer
+evaluation's images (`generator.evaluation.image_sets`: the three prompt sets, fixed seeds, 64 × 64) with fewer
 prompts, and measures
 
 - attribute accuracy, over all images and per prompt set;
@@ -29,20 +29,11 @@ import torch
 from matplotlib.figure import Figure
 from matplotlib.ticker import FormatStrFormatter, NullFormatter
 
-from generator.data.shapes64 import validation_prompt_sets
-from generator.evaluate import (
-    PROMPT_SEED,
-    PROMPT_SETS,
-    REAL_A_FIRST_SEED,
-    REAL_B_FIRST_SEED,
-    ClipFeatures,
-    attribute_accuracy,
-    generate_images,
-    real_set,
-    resolve_sampling,
-)
+from generator.evaluate import check_counts, load_for_evaluation
+from generator.evaluation.features import ClipFeatures
+from generator.evaluation.image_sets import PROMPT_SEED, PROMPT_SETS, generate_images, real_sets, resolve_sampling
 from generator.evaluation.metrics import frechet_distance
-from generator.limits import MAX_IMAGES_PER_REQUEST
+from generator.evaluation.report import attribute_accuracy
 from generator.schedulers import SCHEDULERS
 
 FORMAT = "generator-sweep/1"
@@ -172,38 +163,27 @@ def sweep_figure(sweep: dict) -> Figure:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from generator.loading import load_model
     from generator.model_info import ModelLoadError
 
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.prompts < 1:
-        parser.error("--prompts must be at least 1")
-    if not 1 <= args.images_per_prompt <= MAX_IMAGES_PER_REQUEST:
-        parser.error(f"--images-per-prompt must be from 1 to {MAX_IMAGES_PER_REQUEST}")
-    if args.batch < 1:
-        parser.error("--batch must be at least 1")
+    check_counts(parser, args)
 
     # 1. Model, prompts, real sets and their CLIP features (once for every combination)
     try:
-        model = load_model(args.model, device=args.device, dtype=args.dtype)
-        prompt_sets = validation_prompt_sets(seed=args.prompt_seed, count=args.prompts)
+        model, prompt_sets = load_for_evaluation(args)
     except (ModelLoadError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     count = len(PROMPT_SETS) * args.prompts * args.images_per_prompt
     notes = []
-    try:
-        clip, clip_note = ClipFeatures.for_model(model)
-    except (OSError, ValueError) as error:
-        clip, clip_note = None, f"{model.path / 'clip'} could not be used ({error}); FID skipped"
+    clip, clip_note = ClipFeatures.try_for_model(model, skipped="FID")
     if clip is None:
         notes.append(clip_note)
     real_a_features = floor = None
     if clip is not None:
-        real_a, _ = real_set(REAL_A_FIRST_SEED, count, args.prompts)
-        real_b, _ = real_set(REAL_B_FIRST_SEED, count, args.prompts)
+        real_a, _, real_b, _ = real_sets(count, args.prompts)
         real_a_features = clip.images(real_a.images)
         floor = frechet_distance(clip.images(real_b.images), real_a_features)
 

@@ -2,7 +2,8 @@
 
 The folder has the same parts as an SD 1.x checkpoint (tokenizer, text encoder, UNet, VAE,
 scheduler, `model_index.json`), so everything that loads SD 1.x loads it, but it builds in
-seconds on a CPU. The tokenizer's byte-pair merges are learned here from a small word list.
+seconds on a CPU. The tokenizer's byte-pair merges are learned from a small word list
+(`generator.text.make_clip_tokenizer`).
 """
 
 from __future__ import annotations
@@ -13,13 +14,7 @@ from pathlib import Path
 
 import torch
 
-# Words the tiny tokenizer learns merges for; any other text still tokenizes, byte by byte.
-TOKENIZER_CORPUS = (
-    "a an the small large red green blue yellow purple orange white black gray "
-    "circle square triangle in on at of to above below left right top bottom center "
-    "middle background photo of cat dog tree house car sky sea mountain painting "
-    "portrait city night day sun moon flower river forest beautiful detailed"
-)
+from generator.text import make_clip_tokenizer
 
 
 @dataclass
@@ -50,58 +45,6 @@ class TinyModelConfig:
             "steps_offset": 1,
         }
     )
-
-
-def learn_bpe_merges(words: list[str], num_merges: int) -> list[tuple[str, str]]:
-    """Byte-pair merges in CLIP's form (a word's last symbol ends in `</w>`), most frequent pair first.
-
-    Ties go to the alphabetically first pair, so the same words always give the same merges.
-    """
-    counts: dict[tuple[str, ...], int] = {}
-    for word in words:
-        symbols = tuple(word[:-1]) + (word[-1] + "</w>",)
-        counts[symbols] = counts.get(symbols, 0) + 1
-    merges = []
-    for _ in range(num_merges):
-        pairs: dict[tuple[str, str], int] = {}
-        for symbols, count in counts.items():
-            for pair in zip(symbols, symbols[1:]):
-                pairs[pair] = pairs.get(pair, 0) + count
-        if not pairs:
-            break
-        best = min(pairs, key=lambda pair: (-pairs[pair], pair))
-        merges.append(best)
-        merged = {}
-        for symbols, count in counts.items():
-            out, i = [], 0
-            while i < len(symbols):
-                if symbols[i : i + 2] == best:
-                    out.append(best[0] + best[1])
-                    i += 2
-                else:
-                    out.append(symbols[i])
-                    i += 1
-            merged[tuple(out)] = count
-        counts = merged
-    return merges
-
-
-def make_clip_tokenizer(corpus: str = TOKENIZER_CORPUS, num_merges: int = 400):
-    """A `CLIPTokenizer` with merges learned from `corpus`; other text falls back to single bytes."""
-    from tokenizers import pre_tokenizers
-    from transformers import CLIPTokenizer
-
-    merges = learn_bpe_merges(corpus.lower().split(), num_merges)
-    # CLIP's vocabulary: every byte alone and as a word end, then each merge's result, then specials.
-    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())  # a set: sort it for a stable vocabulary
-    vocab: dict[str, int] = {}
-    for token in alphabet + [ch + "</w>" for ch in alphabet]:
-        vocab.setdefault(token, len(vocab))
-    for left, right in merges:
-        vocab.setdefault(left + right, len(vocab))
-    for token in ["<|startoftext|>", "<|endoftext|>"]:
-        vocab[token] = len(vocab)
-    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
 
 
 def make_tiny_model(out_dir: str | Path, config: TinyModelConfig | None = None) -> Path:

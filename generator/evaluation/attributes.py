@@ -31,22 +31,20 @@ How each attribute is read (all lengths in pixels of the 64 × 64 image, see SHA
 from __future__ import annotations
 
 import itertools
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image
 
-from generator.data.shapes64 import (
+from generator.data.shapes64 import (  # the prompt grammar's parser lives with the captions it parses
     BACKGROUNDS,
     CANVAS,
     COLOURS,
     HORIZONTAL_RELATIONS,
-    POSITION_PHRASES,
-    RELATIONS,
-    SHAPES,
-    SIDES,
+    ObjectSpec,
+    PromptSpec,
+    parse_prompt,
 )
 
 FOREGROUND_DISTANCE = 40.0  # RGB distance from the background; the closest palette pair (purple on gray) is 108
@@ -62,71 +60,6 @@ COLUMN_NAMES = ("left", "centre", "right")
 
 _BACKGROUND_RGB = np.array(list(BACKGROUNDS.values()), dtype=np.float64)  # (3 backgrounds, 3)
 _COLOUR_RGB = np.array(list(COLOURS.values()), dtype=np.float64)  # (6 colours, 3)
-
-
-# --- Prompts --------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ObjectSpec:
-    """One object a prompt asks for; `None` means the prompt leaves that attribute open."""
-
-    colour: str
-    shape: str
-    size: str | None = None
-    cell: str | None = None  # a key of POSITION_PHRASES, e.g. "top left"
-
-
-@dataclass(frozen=True)
-class PromptSpec:
-    """The attributes a prompt specifies. With two objects, `relation` places the first relative to the second."""
-
-    objects: tuple[ObjectSpec, ...]
-    background: str | None = None
-    relation: str | None = None
-
-
-def _alternatives(words: Iterable[str]) -> str:
-    # Longest first, so that no alternative stops at a prefix of another.
-    return "|".join(re.escape(word) for word in sorted(words, key=len, reverse=True))
-
-
-_ARTICLE = r"an?"
-_COLOUR = f"(?:{_alternatives(COLOURS)})"
-_SHAPE = f"(?:{_alternatives(SHAPES)})"
-_BACKGROUND_PHRASE = rf"(?: on {_ARTICLE} (?P<background>{_alternatives(BACKGROUNDS)}) background)?"
-_SINGLE = re.compile(
-    rf"{_ARTICLE} (?:(?P<size>{_alternatives(SIDES)}) )?(?P<colour>{_COLOUR}) (?P<shape>{_SHAPE})"
-    rf"(?: (?P<position>{_alternatives(POSITION_PHRASES.values())}))?{_BACKGROUND_PHRASE}"
-)
-_TWO = re.compile(
-    rf"{_ARTICLE} (?P<colour1>{_COLOUR}) (?P<shape1>{_SHAPE}) (?P<relation>{_alternatives(RELATIONS)}) "
-    rf"{_ARTICLE} (?P<colour2>{_COLOUR}) (?P<shape2>{_SHAPE}){_BACKGROUND_PHRASE}"
-)
-_CELL_OF_PHRASE = {phrase: cell for cell, phrase in POSITION_PHRASES.items()}
-
-
-def parse_prompt(prompt: str) -> PromptSpec:
-    """The attributes a shapes64 caption specifies, full or partial (e.g. `a red circle`).
-
-    Case, repeated spaces and a final full stop are forgiven, and `a`/`an` are not checked,
-    since they say nothing about the image; any other text outside the grammar raises.
-    """
-    text = " ".join(prompt.lower().split()).removesuffix(".")
-    if match := _SINGLE.fullmatch(text):
-        position = match["position"]
-        obj = ObjectSpec(
-            match["colour"], match["shape"], match["size"], _CELL_OF_PHRASE[position] if position else None
-        )
-        return PromptSpec((obj,), match["background"])
-    if match := _TWO.fullmatch(text):
-        objects = (ObjectSpec(match["colour1"], match["shape1"]), ObjectSpec(match["colour2"], match["shape2"]))
-        return PromptSpec(objects, match["background"], match["relation"])
-    raise ValueError(
-        f"{prompt!r} is not a shapes64 prompt; expected 'a [size] {{colour}} {{shape}} [position phrase] "
-        "[on a {background} background]' or 'a {colour} {shape} {relation} a {colour} {shape} "
-        "[on a {background} background]' with the words of SHAPES_SPEC.md"
-    )
 
 
 # --- Measuring an image ---------------------------------------------------------------------

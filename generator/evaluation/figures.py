@@ -31,7 +31,6 @@ from PIL import Image
 from generator.data.shapes64 import PromptCase, render, validation_prompt_sets
 from generator.loading import LoadedModel
 from generator.pipeline import GenerationRequest, StepState, decode_latents, generate, generate_one, resolve_request
-from generator.schedulers import make_scheduler
 
 NUM_TRAIN_TIMESTEPS = 1000
 # Name → DDPMScheduler settings. `linear` is DDPM's schedule (Ho et al. 2020); `scaled_linear` is Stable
@@ -186,36 +185,14 @@ class Snapshot:
     predicted: Image.Image  # decoded x̂0
 
 
-def alpha_bar_at(alphas_cumprod: torch.Tensor, timestep: float) -> float:
-    """ᾱ at a possibly fractional timestep, interpolating log σ as diffusers' sigma schedulers do."""
-    alpha_bar = alphas_cumprod.double().clamp(min=2**-24).numpy()  # ᾱ = 0 (zero SNR) would make σ infinite
-    log_sigma = 0.5 * np.log((1 - alpha_bar) / alpha_bar)
-    value = np.interp(float(timestep), np.arange(len(alpha_bar)), log_sigma)
-    return float(1 / (1 + np.exp(2 * value)))
-
-
-def predict_original(sample: torch.Tensor, output: torch.Tensor, alpha_bar: float, prediction_type: str):
-    """x̂0 from the UNet's input x_t and output (DDIM, Song et al. 2021, eq. 12; v: Salimans & Ho 2022)."""
-    a, s = alpha_bar**0.5, (1 - alpha_bar) ** 0.5
-    if prediction_type == "epsilon":
-        return (sample - s * output) / a
-    if prediction_type == "v_prediction":
-        return a * sample - s * output
-    if prediction_type == "sample":
-        return output
-    raise ValueError(f"unknown prediction_type {prediction_type!r}; known: epsilon, v_prediction, sample")
-
-
 def denoising_trajectory(
     model: LoadedModel, request: GenerationRequest, *, snapshots: int = TRAJECTORY_SNAPSHOTS
 ) -> tuple[list[Snapshot], Image.Image, GenerationRequest]:
     """Generate one image and keep `snapshots` evenly spaced steps; return them, the image and the resolved request.
 
-    The step callback gets the latents after each step; to show x_t and x̂0 at the same t for every
-    scheduler, a forward hook on the UNet keeps its last input (already scaled by `scale_model_input`,
-    so Euler's σ-space latents appear in the same √ᾱ·x0 + √(1-ᾱ)·ε form as DDIM's) and output.
-    x̂0 uses ᾱ at the timestep the UNet was given; schedulers that round it (DPM-Solver with Karras
-    σ) compute their own x̂0 from the unrounded σ, so theirs differs slightly.
+    The step callback's state carries the UNet's input x_t of each step (already scaled by `scale_model_input`,
+    so Euler's σ-space latents appear in the same √ᾱ·x0 + √(1-ᾱ)·ε form as DDIM's) and the step's predicted x̂0
+    (`StepState.denoised`: the scheduler's own where it gives one, else from ᾱ at the step's timestep).
     """
     if request.num_images != 1:
         raise ValueError(f"a trajectory follows one image; num_images must be 1, got {request.num_images}")
@@ -223,43 +200,16 @@ def denoising_trajectory(
         raise ValueError(f"snapshots must be at least 1, got {snapshots}")
     request = resolve_request(model, request)
     chosen = {int(s) for s in np.linspace(1, request.steps, min(snapshots, request.steps)).round()}
-    train_alphas_cumprod = make_scheduler("ddpm", model.scheduler_config).alphas_cumprod
-    prediction_type = model.scheduler_config.get("prediction_type", "epsilon")
-    last_call: dict[str, torch.Tensor] = {}
-
-    def keep_unet_call(module, args, kwargs, output) -> None:
-        last_call["sample"] = args[0] if args else kwargs["sample"]  # (N or 2N, C, h, w)
-        last_call["timestep"] = args[1] if len(args) > 1 else kwargs["timestep"]
-        last_call["output"] = output[0] if isinstance(output, tuple) else output.sample
-
     taken: list[Snapshot] = []
 
     def on_step(state: StepState) -> None:
-        if state.step not in chosen:
+        if state.step not in chosen or state.denoised is None:
             return
-        sample, output = last_call["sample"].float(), last_call["output"].float()
-        if output.shape[0] == 2 * state.latents.shape[0]:  # classifier-free guidance: (uncond, text) halves
-            uncond, text = output.chunk(2)
-            output = uncond + request.guidance_scale * (text - uncond)
-            sample = sample.chunk(2)[1]
-        alpha_bar = alpha_bar_at(train_alphas_cumprod, float(last_call["timestep"]))
-        predicted = predict_original(sample, output, alpha_bar, prediction_type)
-        pixels = decode_latents(model, torch.cat([sample, predicted]).to(model.dtype))  # (2, H, W, 3)
-        taken.append(
-            Snapshot(
-                state.step,
-                state.total,
-                float(last_call["timestep"]),
-                Image.fromarray(pixels[0]),
-                Image.fromarray(pixels[1]),
-            )
-        )
+        pixels = decode_latents(model, torch.cat([state.model_input, state.denoised]).to(model.dtype))  # (2, H, W, 3)
+        noisy, predicted = Image.fromarray(pixels[0]), Image.fromarray(pixels[1])
+        taken.append(Snapshot(state.step, state.total, float(state.timestep), noisy, predicted))
 
-    handle = model.unet.register_forward_hook(keep_unet_call, with_kwargs=True)
-    try:
-        result = generate_one(model, request, callback=on_step)
-    finally:
-        handle.remove()
+    result = generate_one(model, request, callback=on_step)
     return taken, result.images[0].image, request
 
 

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 
 from generator.data import shapes64
 from generator.data.shapes64 import format_caption
+from generator.text import tokenize
 
 SINGLE_EDITS = ("colour", "shape", "size", "cell", "background")
 RELATION_EDITS = ("relation", "order")
@@ -84,8 +85,6 @@ def sensitivity(
     tokenizer, text_encoder, count: int = 200, seed: int = 0, edits: tuple[str, ...] = SINGLE_EDITS + RELATION_EDITS
 ) -> dict[str, float]:
     """{edit: median relative change of the hidden states} for each of `edits`."""
-    from generator.train.clip import tokenize
-
     text_encoder.eval()
     result = {}
     for edit in edits:
@@ -128,8 +127,6 @@ def held_out_probe(tokenizer, text_encoder) -> list[dict]:
     """Per layer ("0" the embeddings, …, and "0 and N": the embeddings beside the last layer's states): probe accuracy
     on the training pairs' captions (`fit_*`) and on the held-out pairs' (`colour`, `shape`), and `read_as`:
     {held-out pair: {pair the probes read: captions}}."""
-    from generator.train.clip import tokenize
-
     captions, pairs = single_object_captions()
     held = torch.tensor([pair in shapes64.HELD_OUT_PAIRS for pair in pairs])
     seen = ~held

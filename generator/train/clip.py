@@ -8,7 +8,9 @@ Contrastive learning alone lets the text tower drop the position and relation wo
 colour, shape, size and background nearly always tell the right image apart already (MODEL_CARD.md,
 experiment 2). With `attribute_weight` > 0 the stage adds a caption-only loss: one linear head per
 attribute on the pooled text output must tell what the caption says (`AttributeHeads`), with the
-caption's own words as labels and the parts it leaves out ignored.
+caption's own words as labels and the parts it leaves out ignored (attribute_heads.py).
+
+The tokenizer and the embedding helpers are in `generator.text`; the validation pairs in train/data.py.
 """
 
 from __future__ import annotations
@@ -19,33 +21,17 @@ import numpy as np
 import torch
 
 from generator.data import shapes64
-from generator.evaluation.attributes import parse_prompt
-from generator.train.data import grid, to_tensor, training_batch
-from generator.train.loop import make_optimizer
-
-
-def shapes64_vocabulary() -> str:
-    """Every word a shapes64 caption can use, once: the tokenizer learns a whole-word token for each."""
-    words = ["a", "an", "on", "background"]
-    words += [*shapes64.BACKGROUNDS, *shapes64.COLOURS, *shapes64.SHAPES, *shapes64.SIDES]
-    for phrase in [*shapes64.POSITION_PHRASES.values(), *shapes64.RELATIONS]:
-        words += phrase.split()
-    return " ".join(dict.fromkeys(words))
-
-
-def make_tokenizer(max_tokens: int, merges: int):
-    from generator.tiny import make_clip_tokenizer
-
-    tokenizer = make_clip_tokenizer(corpus=shapes64_vocabulary(), num_merges=merges)
-    tokenizer.model_max_length = max_tokens
-    return tokenizer
-
-
-def tokenize(tokenizer, captions: list[str]) -> torch.Tensor:
-    """Token ids padded to the tokenizer's length, as the pipeline pads them (no attention mask)."""
-    return tokenizer(
-        captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
-    ).input_ids
+from generator.evaluation.text_probe import sensitivity
+from generator.text import image_embeddings, make_tokenizer, text_embeddings, tokenize
+from generator.train.attribute_heads import (
+    ATTRIBUTES,
+    HEAD_LR_SCALE,
+    LAYOUT_ATTRIBUTES,
+    AttributeHeads,
+    attribute_labels,
+)
+from generator.train.data import grid, to_tensor, training_batch, validation_pairs
+from generator.train.optim import make_optimizer
 
 
 def make_clip(config, tokenizer):
@@ -68,91 +54,6 @@ def make_clip(config, tokenizer):
     }
     vision = {**tower, "image_size": shapes64.CANVAS, "patch_size": config.patch_size, "num_channels": 3}
     return CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=config.projection_dim))
-
-
-def validation_pairs(count: int, seed: int = 0) -> tuple[np.ndarray, list[str]]:
-    """`count` validation images (uint8) with their full captions."""
-    dataset = shapes64.Shapes64Dataset("validation", count, seed)
-    images, captions = [], []
-    for image, _, scene in dataset:
-        images.append(np.asarray(image))
-        captions.append(shapes64.full_caption(scene))
-    return np.stack(images), captions
-
-
-def image_embeddings(model, pixels: torch.Tensor) -> torch.Tensor:
-    """Unit-length projected image embeddings (N, projection_dim) of [-1, 1] pixels (N, 3, 64, 64)."""
-    return torch.nn.functional.normalize(model.get_image_features(pixel_values=pixels).pooler_output, dim=-1)
-
-
-def text_embeddings(model, input_ids: torch.Tensor) -> torch.Tensor:
-    """Unit-length projected text embeddings (N, projection_dim)."""
-    return torch.nn.functional.normalize(model.get_text_features(input_ids=input_ids).pooler_output, dim=-1)
-
-
-# What a caption can say, each with its options: the targets of the attribute heads.
-ATTRIBUTES: dict[str, tuple[str, ...]] = {
-    "background": tuple(shapes64.BACKGROUNDS),
-    "colour": tuple(shapes64.COLOURS),  # of the first (or only) object
-    "shape": shapes64.SHAPES,
-    "size": tuple(shapes64.SIDES),
-    "cell": shapes64.CELLS,
-    "relation": shapes64.RELATIONS,
-    "colour2": tuple(shapes64.COLOURS),  # of the second object
-    "shape2": shapes64.SHAPES,
-}
-# With `layout_heads`, also what a two-object caption puts where: the colour and shape of the object at the top or
-# on the left ("lead") and of the other one ("trail"). These follow from the other attributes, but a head that
-# reads them off the end tokens makes the encoder hand the UNet the layout, not only the words.
-LAYOUT_ATTRIBUTES: dict[str, tuple[str, ...]] = {
-    "lead_colour": tuple(shapes64.COLOURS),
-    "lead_shape": shapes64.SHAPES,
-    "trail_colour": tuple(shapes64.COLOURS),
-    "trail_shape": shapes64.SHAPES,
-}
-LEADING_FIRST = ("to the left of", "above")  # relations whose first object is the top or left one
-IGNORE = -100  # cross-entropy's ignore_index: the caption does not say
-HEAD_LR_SCALE = 10.0  # the attribute heads' learning rate, as a multiple of the towers'
-
-
-def attribute_labels(captions: list[str], attributes: dict[str, tuple[str, ...]] = ATTRIBUTES) -> torch.Tensor:
-    """(N, len(attributes)) class indices of what each caption says; IGNORE where it says nothing."""
-    rows = []
-    for text in captions:
-        spec = parse_prompt(text)
-        first = spec.objects[0]
-        second = spec.objects[1] if len(spec.objects) == 2 else None
-        said = {"background": spec.background, "colour": first.colour, "shape": first.shape, "size": first.size,
-                "cell": first.cell, "relation": spec.relation,
-                "colour2": second and second.colour, "shape2": second and second.shape}
-        if second is not None:
-            lead, trail = (first, second) if spec.relation in LEADING_FIRST else (second, first)
-            said.update({"lead_colour": lead.colour, "lead_shape": lead.shape,
-                         "trail_colour": trail.colour, "trail_shape": trail.shape})
-        rows.append([values.index(said[k]) if said.get(k) else IGNORE for k, values in attributes.items()])
-    return torch.tensor(rows, dtype=torch.long)
-
-
-class AttributeHeads(torch.nn.Module):
-    """One linear classifier per attribute on the text tower's pooled output (training only; not exported)."""
-
-    def __init__(self, hidden_size: int, attributes: dict[str, tuple[str, ...]] = ATTRIBUTES):
-        super().__init__()
-        self.heads = torch.nn.ModuleDict({k: torch.nn.Linear(hidden_size, len(v)) for k, v in attributes.items()})
-
-    def forward(self, pooled: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(mean cross-entropy over the attributes captions name, per-attribute accuracy (len(attributes),))."""
-        losses, accuracy = [], []
-        for i, head in enumerate(self.heads.values()):
-            target = labels[:, i]
-            known = target != IGNORE
-            if not known.any():
-                accuracy.append(torch.tensor(float("nan")))
-                continue
-            logits = head(pooled[known])
-            losses.append(torch.nn.functional.cross_entropy(logits, target[known]))
-            accuracy.append((logits.argmax(1) == target[known]).float().mean().detach().cpu())
-        return torch.stack(losses).mean(), torch.stack(accuracy)
 
 
 def load_clip(folder: Path):
@@ -236,8 +137,6 @@ class ClipStage:
         rows = [np.concatenate([images[i : i + 1], images[ranking[i, :5].numpy()]]) for i in range(8)]
         grid(np.concatenate(rows), columns=6).save(path)
         # How much the hidden states move when the cell or relation words change (evaluation/text_probe.py).
-        from generator.evaluation.text_probe import sensitivity
-
         model = self.accelerator.unwrap_model(self.model)
         changes = sensitivity(self.tokenizer, model.text_model, count=100, edits=("colour", "cell", "relation"))
         return {**metrics, **{f"probe_{k}": v for k, v in changes.items()}}

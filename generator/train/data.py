@@ -14,7 +14,17 @@ import numpy as np
 import torch
 from PIL import Image
 
-from generator.data.shapes64 import CELLS, _draw_jitter, _place, caption, flip_scene, full_caption, make_scene, render
+from generator.data.shapes64 import (
+    CELLS,
+    Shapes64Dataset,
+    _draw_jitter,
+    _place,
+    caption,
+    flip_scene,
+    full_caption,
+    make_scene,
+    render,
+)
 
 SCENES = 2**31 - 1
 
@@ -84,6 +94,16 @@ def _draw(rng: np.random.Generator, data_seed: int, split: str, two_object_fract
         scene = make_scene(data_seed, int(rng.integers(0, SCENES)), split)
         if want is None or len(scene.objects) == want:
             return scene
+
+
+def validation_pairs(count: int, seed: int = 0) -> tuple[np.ndarray, list[str]]:
+    """`count` validation images (uint8) with their full captions."""
+    dataset = Shapes64Dataset("validation", count, seed)
+    images, captions = [], []
+    for image, _, scene in dataset:
+        images.append(np.asarray(image))
+        captions.append(full_caption(scene))
+    return np.stack(images), captions
 
 
 def to_tensor(images: np.ndarray) -> torch.Tensor:

@@ -1,7 +1,8 @@
 """The training loop every stage shares: Accelerate, a progress bar, sample grids, checkpoints and resume.
 
-A stage (clip.py, vae.py, unet.py) owns its models and optimizers and does one optimisation step
-in `train_step(step, rng)`; this loop decides the batches' randomness, logs, samples and saves.
+A stage (clip.py, vae.py, unet.py, tiny_vae.py; the `Stage` protocol in stage.py) owns its models and
+optimizers and does one optimisation step in `train_step(step, rng)`; this loop decides the batches'
+randomness, logs, samples and saves. The optimiser and schedule helpers are in optim.py.
 
 Batches are drawn from `np.random.default_rng([seed, step, process])`: a run resumed from a
 checkpoint sees exactly the batches an uninterrupted run would have seen, with no data-loader state
@@ -11,7 +12,6 @@ to save.
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import time
 from pathlib import Path
@@ -20,28 +20,7 @@ import numpy as np
 import torch
 
 from generator.train.config import CommonConfig, config_yaml
-
-
-def lr_lambda(config: CommonConfig):
-    """Linear warm-up, then constant or cosine decay to `lr_min_ratio` of the peak."""
-
-    def factor(step: int) -> float:
-        if step < config.warmup_steps:
-            return (step + 1) / config.warmup_steps
-        if config.lr_schedule == "constant":
-            return 1.0
-        progress = min(1.0, (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps))
-        return config.lr_min_ratio + (1 - config.lr_min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-    if config.lr_schedule not in ("constant", "cosine"):
-        raise ValueError(f"lr_schedule must be constant or cosine, got {config.lr_schedule!r}")
-    return factor
-
-
-def make_optimizer(parameters, config: CommonConfig, lr: float | None = None):
-    """AdamW with the config's warm-up and decay; returns (optimizer, lr scheduler)."""
-    optimizer = torch.optim.AdamW(parameters, lr=lr or config.learning_rate, weight_decay=config.weight_decay)
-    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config))
+from generator.train.stage import Stage, make_stage
 
 
 def checkpoints(output_dir: Path) -> list[Path]:
@@ -99,8 +78,6 @@ def train(config: CommonConfig, resume: str | None = None, progress: bool = True
     from accelerate import Accelerator
     from accelerate.utils import set_seed
     from tqdm.auto import tqdm
-
-    from generator.train.stages import make_stage
 
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -163,7 +140,7 @@ def train(config: CommonConfig, resume: str | None = None, progress: bool = True
     return final
 
 
-def _sample(stage, accelerator, output_dir: Path, step: int, log_path: Path) -> None:
+def _sample(stage: Stage, accelerator, output_dir: Path, step: int, log_path: Path) -> None:
     if not accelerator.is_main_process:
         return
     path = output_dir / "samples" / f"step-{step:07d}.png"

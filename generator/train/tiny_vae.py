@@ -22,9 +22,8 @@ import torch
 import torch.nn.functional as F
 
 from generator.evaluation.attributes import evaluate
-from generator.train.clip import validation_pairs
-from generator.train.data import grid, to_tensor, to_uint8, training_batch
-from generator.train.loop import make_optimizer
+from generator.train.data import grid, to_tensor, to_uint8, training_batch, validation_pairs
+from generator.train.optim import make_optimizer
 from generator.train.vae import PerceptualLoss
 
 

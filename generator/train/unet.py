@@ -27,9 +27,9 @@ import torch.nn.functional as F
 from generator.data import shapes64
 from generator.data.shapes64 import caption
 from generator.evaluation.attributes import evaluate
-from generator.train.clip import tokenize
+from generator.text import tokenize
 from generator.train.data import grid, to_tensor, training_batch, training_scenes
-from generator.train.loop import make_optimizer
+from generator.train.optim import make_optimizer
 
 BETA_SCHEDULES = {"linear": "linear", "scaled_linear": "scaled_linear", "cosine": "squaredcos_cap_v2"}
 

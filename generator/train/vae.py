@@ -23,9 +23,8 @@ from torch import nn
 
 from generator.data import shapes64
 from generator.evaluation.attributes import evaluate
-from generator.train.clip import validation_pairs
-from generator.train.data import grid, to_tensor, to_uint8, training_batch
-from generator.train.loop import make_optimizer
+from generator.train.data import grid, to_tensor, to_uint8, training_batch, validation_pairs
+from generator.train.optim import make_optimizer
 
 
 def make_vae(config):

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from generator.data.shapes64 import CELLS, RELATIONS, make_scene
-from generator.train.clip import ATTRIBUTES, IGNORE, LAYOUT_ATTRIBUTES, AttributeHeads, attribute_labels
+from generator.train.attribute_heads import ATTRIBUTES, IGNORE, LAYOUT_ATTRIBUTES, AttributeHeads, attribute_labels
 
 
 def _column(name: str) -> int:

@@ -56,7 +56,7 @@ def test_generates_the_same_image_for_the_same_seed(builtin_model):
 
 
 def test_every_word_of_the_grammar_is_one_token(builtin_model):
-    from generator.train.clip import shapes64_vocabulary
+    from generator.text import shapes64_vocabulary
 
     tokenizer = builtin_model.tokenizer
     for word in shapes64_vocabulary().split():
@@ -70,8 +70,7 @@ def test_tiny_decoder_draws_real_latents_nearly_as_well_as_the_vae():
     from generator.evaluation.attributes import evaluate
     from generator.loading import load_model
     from generator.pipeline import decode_latents
-    from generator.train.clip import validation_pairs
-    from generator.train.data import to_tensor
+    from generator.train.data import to_tensor, validation_pairs
 
     images, captions = validation_pairs(64)
     model = load_model(BUILTIN, decoder="tiny")

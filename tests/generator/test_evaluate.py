@@ -8,7 +8,6 @@ import torch
 from PIL import Image
 
 from generator.data.shapes64 import render, validation_prompt_sets
-from generator.evaluate import InceptionFeatures, real_set
 from generator.evaluate import main as evaluate_main
 from generator.evaluation.classifier import (
     HEADS,
@@ -19,6 +18,8 @@ from generator.evaluation.classifier import (
     save_classifier,
     train_classifier,
 )
+from generator.evaluation.features import InceptionFeatures
+from generator.evaluation.image_sets import real_set
 from generator.sweep import main as sweep_main
 
 RUN = ["--prompts", "2", "--images-per-prompt", "1", "--steps", "1", "--batch", "4", "--device", "cpu"]
@@ -35,7 +36,8 @@ def classifier_path(tmp_path_factory):
 @pytest.fixture(scope="module")
 def clip_model_dir(tiny_model_dir, tmp_path_factory):
     """The tiny model plus a tiny random `clip/` (both towers), with the CLIP stage's own tokenizer beside it."""
-    from generator.train.clip import make_clip, make_tokenizer
+    from generator.text import make_tokenizer
+    from generator.train.clip import make_clip
     from generator.train.config import ClipConfig
 
     path = tmp_path_factory.mktemp("models") / "tiny-clip"
@@ -272,7 +274,8 @@ def test_sweep_skips_what_a_scheduler_refuses(tiny_model_dir, tmp_path):
 def test_relation_breakdown_tells_binding_from_placement():
     """Real renders are right in every column; the same render under the opposite relation word keeps both objects
     right and loses only the relation."""
-    from generator.evaluate import ImageSet, relation_breakdown, verdicts_of
+    from generator.evaluation.image_sets import ImageSet
+    from generator.evaluation.report import relation_breakdown, verdicts_of
 
     opposite = {"above": "below", "below": "above", "to the left of": "to the right of",
                 "to the right of": "to the left of"}
@@ -296,7 +299,8 @@ def test_relation_breakdown_tells_binding_from_placement():
 def test_held_out_breakdown_names_what_was_drawn_instead():
     """Each held-out prompt with its own render is right and drawn as asked; with the render of another pair's
     prompt it is wrong, and the table says which pair was drawn."""
-    from generator.evaluate import ImageSet, held_out_breakdown, verdicts_of
+    from generator.evaluation.image_sets import ImageSet
+    from generator.evaluation.report import held_out_breakdown, verdicts_of
 
     cases = validation_prompt_sets(count=12)["held_out"]
     pair = {case.prompt: " ".join((case.scene.objects[0].colour, case.scene.objects[0].shape)) for case in cases}

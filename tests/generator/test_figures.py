@@ -10,9 +10,8 @@ from generator.evaluation.figures import (
     guidance_images,
     main,
     noise_image,
-    predict_original,
 )
-from generator.pipeline import GenerationRequest
+from generator.pipeline import GenerationRequest, predict_original
 
 FIGURES = ("forward_noising.png", "noise_schedules.png", "denoising_trajectory.png", "guidance_strip.png")
 

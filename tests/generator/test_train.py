@@ -55,16 +55,22 @@ def test_shipped_configs_load(name):
     assert config.stage == SHIPPED_CONFIGS[name]
 
 
+RECIPE = CONFIGS / "recipes" / "shapes64.yaml"
+
+
 def make_train_runs() -> list[tuple[str, list[str]]]:
-    """(config file, command-line overrides) of each line of the Makefile's `train` recipe, in order."""
+    """(config file, command-line overrides) of each step of the recipe `make train` runs, in order."""
+    from generator.train.recipe import load_recipe
+
+    return [(Path(step.config).name, step.overrides) for step in load_recipe(RECIPE)]
+
+
+def test_make_train_runs_the_recipe_and_nothing_else():
     makefile = (CONFIGS.parent / "Makefile").read_text()
-    recipe = makefile.split("\ntrain:", 1)[1].split("\n\n", 1)[0].replace("\\\n", " ").splitlines()[1:]
-    runs = []
-    for line in recipe:
-        words = line.split()
-        at = words.index("--config")
-        runs.append((Path(words[at + 1]).name, words[at + 2:]))
-    return runs
+    recipe = makefile.split("\ntrain:", 1)[1].split("\n\n", 1)[0].splitlines()[1:]
+    assert [line.split() for line in recipe] == [
+        ["$(BIN)/python", "-m", "generator.train", "--recipe", "configs/recipes/shapes64.yaml"]
+    ]
 
 
 MAKE_TRAIN = make_train_runs()

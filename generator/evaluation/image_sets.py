@@ -1,0 +1,138 @@
+"""The evaluation's image sets: the generated images of the validation prompt sets, and the real reference sets.
+
+Prompts: `validation_prompt_sets(seed=prompt_seed, count=prompts)`, the sets `single`, `held_out` and
+`relation`; prompt i of a set gets `images_per_prompt` images with seeds 1000 i, 1000 i + 1, … Real set A
+holds the rendered scenes of `validation_prompt_sets(seed=s)` for s = 100, 101, … until it has as many images
+as were generated; real set B the same from s = 200, 201, …: B vs A is the noise floor of a distance.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from generator.data.shapes64 import CANVAS, PromptCase, render, validation_prompt_sets
+from generator.loading import LoadedModel
+from generator.pipeline import GenerationRequest, generate, resolve_request
+
+PROMPT_SETS = ("single", "held_out", "relation")
+ONE_OBJECT_SETS = ("single", "held_out")  # the classifier (hence the Inception Score) reads one-object images
+PROMPT_SEED = 0
+IMAGE_SEED_STRIDE = 1000  # prompt i's images have seeds 1000 i, 1000 i + 1, …
+REAL_A_FIRST_SEED = 100
+REAL_B_FIRST_SEED = 200
+
+
+@dataclass
+class ImageSet:
+    """uint8 images (N, 64, 64, 3), each with its prompt and the prompt set it belongs to."""
+
+    images: np.ndarray
+    prompts: list[str]
+    sets: list[str]
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    def subset(self, names: Sequence[str]) -> ImageSet:
+        rows = [i for i, name in enumerate(self.sets) if name in names]
+        return ImageSet(self.images[rows], [self.prompts[i] for i in rows], [self.sets[i] for i in rows])
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How every image of a run is generated."""
+
+    scheduler: str
+    steps: int
+    guidance_scale: float
+    width: int
+    height: int
+
+
+def resolve_sampling(
+    model: LoadedModel, *, scheduler: str | None = None, steps: int | None = None, guidance: float | None = None
+) -> Sampling:
+    """The model's defaults where None, at the shapes64 canvas size; raises ValueError if the model refuses them."""
+    probe = resolve_request(
+        model,
+        GenerationRequest(
+            prompt="a red circle",
+            width=CANVAS,
+            height=CANVAS,
+            steps=steps,
+            guidance_scale=guidance,
+            scheduler=scheduler,
+            seed=0,
+        ),
+    )
+    return Sampling(probe.scheduler, probe.steps, probe.guidance_scale, probe.width, probe.height)
+
+
+def generate_images(
+    model: LoadedModel,
+    prompt_sets: dict[str, list[PromptCase]],
+    images_per_prompt: int,
+    sampling: Sampling,
+    *,
+    batch: int = 32,
+    log: Callable[[str], None] | None = None,
+) -> tuple[ImageSet, float]:
+    """Every prompt's images, and the seconds spent in `generate` (loading, rendering and metrics excluded)."""
+    requests, sets = [], []
+    for name in PROMPT_SETS:
+        for i, case in enumerate(prompt_sets[name]):
+            requests.append(
+                GenerationRequest(
+                    prompt=case.prompt,
+                    width=sampling.width,
+                    height=sampling.height,
+                    steps=sampling.steps,
+                    guidance_scale=sampling.guidance_scale,
+                    scheduler=sampling.scheduler,
+                    seed=IMAGE_SEED_STRIDE * i,
+                    num_images=images_per_prompt,
+                )
+            )
+            sets.append(name)
+    per_call = max(1, batch // images_per_prompt)  # whole requests per `generate` call
+    images, prompts, image_sets = [], [], []
+    seconds = 0.0
+    for start in range(0, len(requests), per_call):
+        chunk = requests[start : start + per_call]
+        started = time.perf_counter()
+        results = generate(model, chunk)
+        seconds += time.perf_counter() - started
+        for result, name in zip(results, sets[start : start + per_call]):
+            for image in result.images:
+                images.append(np.asarray(image.image.convert("RGB")))
+                prompts.append(result.request.prompt)
+                image_sets.append(name)
+        if log is not None:
+            log(f"generated {len(images)}/{len(requests) * images_per_prompt} images ({seconds:.1f} s)")
+    return ImageSet(np.stack(images), prompts, image_sets), seconds
+
+
+def real_set(first_seed: int, count: int, prompts: int) -> tuple[ImageSet, list[int]]:
+    """`count` rendered validation scenes from `validation_prompt_sets(seed=s)`, s = first_seed, first_seed + 1, …"""
+    images, texts, sets, seeds = [], [], [], []
+    seed = first_seed
+    while len(images) < count:
+        for name, cases in validation_prompt_sets(seed=seed, count=prompts).items():
+            for case in cases:
+                images.append(np.asarray(render(case.scene)))
+                texts.append(case.prompt)
+                sets.append(name)
+        seeds.append(seed)
+        seed += 1
+    return ImageSet(np.stack(images[:count]), texts[:count], sets[:count]), seeds
+
+
+def real_sets(count: int, prompts: int) -> tuple[ImageSet, list[int], ImageSet, list[int]]:
+    """(real set A, its prompt seeds, real set B, its prompt seeds), `count` images each."""
+    real_a, seeds_a = real_set(REAL_A_FIRST_SEED, count, prompts)
+    real_b, seeds_b = real_set(REAL_B_FIRST_SEED, count, prompts)
+    return real_a, seeds_a, real_b, seeds_b
