@@ -35,9 +35,10 @@ demo: $(VENV)/.installed
 	$(BIN)/python manage.py migrate --verbosity 0
 	$(BIN)/python scripts/demo.py
 
-# API on :8000 and one worker in the foreground (Ctrl-C stops both). Set DATABASE_URL/REDIS_URL for real parts.
+# As deployed: migrate, then gunicorn on :8000 (PORT), one worker and the sweeper in the foreground (Ctrl-C stops
+# them). SQLite and the file broker unless DATABASE_URL/REDIS_URL are set; local settings unless
+# DJANGO_SETTINGS_MODULE is.
 serve: $(VENV)/.installed
-	$(BIN)/python manage.py migrate --verbosity 0
 	$(BIN)/python scripts/serve.py
 
 # Train the built-in model's stages on the CPU (MODEL_CARD.md has the times) and write it to models/shapes64.

@@ -32,13 +32,16 @@ def start_api(port: int, env: dict | None = None, log: Path | None = None, gunic
     return _start(command, env, log)
 
 
-def start_worker(env: dict | None = None, log: Path | None = None, name: str = "worker") -> subprocess.Popen:
+def start_worker(
+    env: dict | None = None, log: Path | None = None, name: str = "worker", app: str = "diffusion_api"
+) -> subprocess.Popen:
+    """One Celery worker on the jobs and webhooks queues; `app`: the module holding the Celery app (-A)."""
     command = [
         sys.executable,
         "-m",
         "celery",
         "-A",
-        "diffusion_api",
+        app,
         "worker",
         "-c",
         "1",

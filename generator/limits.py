@@ -1,5 +1,153 @@
-"""Hard limits of the engine, importable without torch (the web service checks them too)."""
+"""The one table of a generation request's fields: type, bounds and where each default comes from.
 
+Importable without torch: the web service (its serializer and `services.job_create`) reads this table, and so
+does the library (`pipeline.resolve_request` reads MAX_SIDE, MAX_IMAGES_PER_REQUEST and MAX_SEED from here).
+
+A deployment may lower a field's maximum with the setting named in its row (JOB_MAX_SIDE, JOB_MAX_STEPS, ...),
+never raise it: `bounds()` takes the smaller of the library's maximum and the setting.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+from generator.schedulers import SCHEDULERS, check_scheduler_name
+
+MIN_SIDE = 8  # pixels; a side must also be a multiple of the model's VAE factor
+MAX_SIDE = 4096  # pixels; the one maximum side (JOB_MAX_SIDE may lower it for a deployment)
 MAX_IMAGES_PER_REQUEST = 16
-MAX_SIDE = 4096
-MAX_SEED = 2**63 - 1
+MAX_SEED = 2**63 - 1  # the seeds of a request's images, seed .. seed + num_images - 1, must all be at most this
+DRAWN_SEED_BELOW = 2**32  # a request without a seed gets one drawn from [0, 2**32)
+
+# Where a default comes from, besides a plain value.
+REQUIRED = "required"  # no default: the request must give it
+FROM_MODEL = "model"  # the model's own default (its ModelDefaults: generator.json, else its config files)
+DRAWN = "drawn"  # drawn at random when the request is resolved
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    """One request field. For strings, `min`/`max` bound the length in characters."""
+
+    name: str
+    type: type  # str, int or float (an int is not a float's stand-in the other way round)
+    default: Any  # a value, REQUIRED, FROM_MODEL or DRAWN
+    min: int | float | None = None
+    max: int | float | None = None  # the library's maximum; None: only the model (or the setting) bounds it
+    setting: str | None = None  # the deployment setting that may lower `max`
+    multiple_of_vae_factor: bool = False
+    choices: tuple[str, ...] | None = None
+    api: bool = True  # offered by the HTTP API
+    help: str = ""
+
+
+FIELDS: dict[str, FieldSpec] = {
+    spec.name: spec
+    for spec in (
+        FieldSpec(
+            "prompt",
+            str,
+            REQUIRED,
+            min=1,
+            setting="JOB_MAX_PROMPT_CHARS",
+            help="also at most the model's max_prompt_tokens tokens",
+        ),
+        FieldSpec("negative_prompt", str, "", setting="JOB_MAX_PROMPT_CHARS"),
+        FieldSpec(
+            "width", int, FROM_MODEL, min=MIN_SIDE, max=MAX_SIDE, setting="JOB_MAX_SIDE", multiple_of_vae_factor=True
+        ),
+        FieldSpec(
+            "height", int, FROM_MODEL, min=MIN_SIDE, max=MAX_SIDE, setting="JOB_MAX_SIDE", multiple_of_vae_factor=True
+        ),
+        FieldSpec(
+            "steps",
+            int,
+            FROM_MODEL,
+            min=1,
+            setting="JOB_MAX_STEPS",
+            help="also at most the model's num_train_timesteps",
+        ),
+        FieldSpec("guidance_scale", float, FROM_MODEL, min=0.0, setting="JOB_MAX_GUIDANCE"),
+        FieldSpec("num_images", int, 1, min=1, max=MAX_IMAGES_PER_REQUEST, setting="JOB_MAX_IMAGES"),
+        FieldSpec("scheduler", str, FROM_MODEL, choices=tuple(SCHEDULERS)),
+        FieldSpec("seed", int, DRAWN, min=0, max=MAX_SEED, help="image i of a request gets seed + i"),
+        FieldSpec("guidance_rescale", float, 0.0, min=0.0, max=1.0, api=False),
+    )
+}
+
+
+def capped(library_max, configured):
+    """A deployment's maximum: the setting where it is lower than the library's, never above it."""
+    if configured is None:
+        return library_max
+    if library_max is None:
+        return configured
+    return min(library_max, configured)
+
+
+def bounds(name: str, settings: Any = None) -> tuple:
+    """(min, max) of a field for a deployment whose settings object holds the table's setting names."""
+    spec = FIELDS[name]
+    configured = getattr(settings, spec.setting, None) if settings is not None and spec.setting else None
+    return spec.min, capped(spec.max, configured)
+
+
+def max_side(settings: Any = None) -> int:
+    return bounds("width", settings)[1]
+
+
+def side_range(factor: int, settings: Any = None) -> tuple[int, int]:
+    """The smallest and largest side a model with VAE factor `factor` accepts: multiples of the factor."""
+    low = math.ceil(MIN_SIDE / factor) * factor
+    return low, max_side(settings) // factor * factor
+
+
+def check_scheduler(name: str) -> None:
+    """The one scheduler-name check (the library's own, which make_scheduler uses): ValueError when unknown."""
+    check_scheduler_name(name)
+
+
+def resolve_defaults(model_defaults: Any, values: dict) -> dict:
+    """Every field of the table with the request's `values` and, where a value is None or missing, its default.
+
+    `model_defaults` has an attribute per FROM_MODEL field (generator.model_info.ModelDefaults).
+    """
+    resolved = {}
+    for name, spec in FIELDS.items():
+        value = values.get(name)
+        if value is None:
+            if spec.default == REQUIRED:
+                raise ValueError(f"{name} is required")
+            if spec.default == FROM_MODEL:
+                value = getattr(model_defaults, name)
+            elif spec.default == DRAWN:
+                value = secrets.randbelow(DRAWN_SEED_BELOW)
+            else:
+                value = spec.default
+        resolved[name] = value
+    return resolved
+
+
+def size_errors(
+    width: int, height: int, *, factor: int, settings: Any = None, max_pixels: int | None = None, model: str = ""
+) -> dict:
+    """Field → message for a size the model (VAE factor) or the deployment (settings, pixel budget) refuses."""
+    low, high = side_range(factor, settings)
+    errors = {}
+    for name, value in (("width", width), ("height", height)):
+        if value % factor or not low <= value <= high:
+            errors[name] = f"must be a multiple of {factor} from {low} to {high}" + (
+                f" for model {model!r}" if model else ""
+            )
+    if max_pixels is not None and width * height > max_pixels:
+        errors.setdefault("width", f"width × height must be at most {max_pixels} pixels")
+    return errors
+
+
+def seed_error(seed: int, num_images: int) -> str | None:
+    """Image i gets seed + i: the last one must stay within MAX_SEED."""
+    highest = MAX_SEED - num_images + 1
+    return None if 0 <= seed <= highest else f"must be from 0 to {highest} for {num_images} images"

@@ -8,11 +8,13 @@ import threading
 import time
 from pathlib import Path
 
+from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import connection
 
 from diffusion_api.jobs import services
 from diffusion_api.jobs.models import Job
+from diffusion_api.jobs.services import Outcome
 from generator import GenerationRequest, LoadedModel, generate, load_model, make_tiny_model, resolve_request
 from generator.fastpath import optimize, parse_buckets
 
@@ -155,62 +157,72 @@ def run_jobs(jobs: list[Job]) -> dict:
 
     Each job keeps its own seed, progress and cancel. The leases are kept from the claim until the outcomes are
     stored: loading a model in a fresh pool process, or storing through a database restart, can outlast a lease,
-    and the sweeper must not take the jobs back meanwhile.
+    and the sweeper must not take the jobs back meanwhile. Every outcome, an error's included, is recorded by
+    `record` (services.job_record_outcome): this function raises nothing a job could have caused.
     """
     outcomes = {}
     with LeaseKeeper(jobs) as lease:
-        model = get_model(jobs[0].model)
-        if settings.FAULT_KILL_WORKER_ON_PROMPT and any(
-            job.prompt == settings.FAULT_KILL_WORKER_ON_PROMPT for job in jobs
-        ):
-            _kill_this_process()  # fault injection for the poison-job test; off unless the setting is set
-        runnable, requests = [], []
-        for job in jobs:
-            try:  # a bad request the API could not see (e.g. too many prompt tokens) fails alone
-                requests.append(resolve_request(model, request_for(job)))
-                runnable.append(job)
-            except ValueError as error:
-                services.job_fail(job_id=job.id, worker=job.worker, error=str(error))
-                outcomes[job.id] = "failed"
-        if not runnable:
-            return outcomes
-        results = generate(model, requests, callback=ProgressReporter(runnable, lease, settings.JOB_PROGRESS_INTERVAL))
-        for job, result in zip(runnable, results, strict=True):
-            if result.canceled:
-                canceled = services.job_mark_canceled(job_id=job.id, worker=job.worker)
-                outcomes[job.id] = "canceled" if canceled else "superseded"  # superseded: the lease was lost
-                continue
-            images = [
-                {"index": i.index, "seed": i.seed, "width": i.width, "height": i.height, "png": i.png}
-                for i in result.images
-            ]
-            outcomes[job.id] = "succeeded" if _store_with_retries(job, images, lease) else "superseded"
+        try:
+            _run(jobs, lease, outcomes)
+        except SoftTimeLimitExceeded:
+            _fail_unrecorded(jobs, lease, outcomes, f"time limit of {settings.CELERY_TASK_SOFT_TIME_LIMIT}s exceeded")
+        except Exception as error:
+            logger.exception("jobs %s failed", [str(job.id) for job in jobs])
+            _fail_unrecorded(jobs, lease, outcomes, f"{type(error).__name__}: {error}")
     return outcomes
+
+
+def _run(jobs: list[Job], lease: LeaseKeeper, outcomes: dict) -> None:
+    model = get_model(jobs[0].model)
+    runnable, requests = [], []
+    for job in jobs:
+        try:  # a bad request the API could not see (e.g. too many prompt tokens) fails alone
+            requests.append(resolve_request(model, request_for(job)))
+            runnable.append(job)
+        except ValueError as error:
+            outcomes[job.id] = record(job, Outcome.FAILED, lease, error=str(error))
+    if not runnable:
+        return
+    results = generate(model, requests, callback=ProgressReporter(runnable, lease, settings.JOB_PROGRESS_INTERVAL))
+    for job, result in zip(runnable, results, strict=True):
+        if result.canceled:
+            outcomes[job.id] = record(job, Outcome.CANCELED, lease)
+            continue
+        images = [
+            {"index": i.index, "seed": i.seed, "width": i.width, "height": i.height, "png": i.png}
+            for i in result.images
+        ]
+        outcomes[job.id] = record(job, Outcome.SUCCEEDED, lease, images=images)
+
+
+def _fail_unrecorded(jobs: list[Job], lease: LeaseKeeper, outcomes: dict, error: str) -> None:
+    for job in jobs:
+        if job.id not in outcomes:
+            outcomes[job.id] = record(job, Outcome.FAILED, lease, error=error)
 
 
 def run_job(job: Job) -> str:
     return run_jobs([job])[job.id]
 
 
-def _store_with_retries(job: Job, images: list[dict], lease: LeaseKeeper) -> bool:
-    """Store the result, riding out a database restart (the images took long to make)."""
+def record(job: Job, outcome: str, lease: LeaseKeeper, *, images: list[dict] = (), error: str = "") -> str:
+    """The worker's one call that ends a job: the outcome, or "superseded" if the job is no longer this claim's.
+
+    Rides out a database restart (the images took long to make) while the lease is still ours.
+    """
     delays = [0.5, 1, 2, 4, 8, 15]
     for delay in [*delays, None]:
         try:
-            return services.job_succeed(job_id=job.id, worker=job.worker, images=images)
+            stored = services.job_record_outcome(
+                job_id=job.id, worker=job.worker, outcome=outcome, images=images, error=error
+            )
+            return str(outcome) if stored else "superseded"  # superseded: the lease was lost
         except Exception:
             if delay is None:
                 raise
             if lease.is_lost(job):  # the sweeper gave the job to another attempt: nothing to store any more
-                return False
-            logger.warning("storing job %s failed; retrying in %ss", job.id, delay, exc_info=True)
+                return "superseded"
+            logger.warning("storing the outcome of job %s failed; retrying in %ss", job.id, delay, exc_info=True)
             connection.close()
             time.sleep(delay)
-    return False
-
-
-def _kill_this_process() -> None:
-    import os
-    import signal
-
-    os.kill(os.getpid(), signal.SIGKILL)
+    return "superseded"

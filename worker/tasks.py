@@ -1,19 +1,16 @@
-"""Thin tasks: load the job by id, claim it, call the runner, record the outcome."""
+"""Thin tasks: claim the job by id (and batch mates), hand them to the runner, which records their outcomes."""
 
 import logging
 import os
 import socket
 import threading
 
-from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import worker_process_init, worker_ready, worker_shutdown
 from django.conf import settings
 from django.db import connection
-from django.utils import timezone
 
 from diffusion_api.celery import DELIVER_WEBHOOK_TASK, RUN_JOB_TASK, app
 from diffusion_api.jobs import services, webhooks
-from diffusion_api.jobs.models import WorkerHeartbeat
 from diffusion_api.jobs.queue import publish_webhook
 from diffusion_api.logs import job_context
 from worker import runner
@@ -48,23 +45,10 @@ def _run_job(job_id: str) -> str:
         len(jobs) - 1,
         [str(j.id) for j in jobs[1:]],
     )
-    try:
-        outcomes = runner.run_jobs(jobs)
-    except SoftTimeLimitExceeded:
-        _fail_all(jobs, f"time limit of {settings.CELERY_TASK_SOFT_TIME_LIMIT}s exceeded")
-        return "failed"
-    except Exception as error:
-        logger.exception("job %s failed", job_id)
-        _fail_all(jobs, f"{type(error).__name__}: {error}")
-        return "failed"
+    outcomes = runner.run_jobs(jobs)  # records every outcome (services.job_record_outcome), errors included
     for other in jobs:
         logger.info("job %s %s", other.id, outcomes[other.id], extra={"job_id": str(other.id)})
     return outcomes[job.id]
-
-
-def _fail_all(jobs, error: str) -> None:
-    for job in jobs:
-        services.job_fail(job_id=job.id, worker=job.worker, error=error)
 
 
 @app.task(name=DELIVER_WEBHOOK_TASK)
@@ -83,15 +67,7 @@ _stop_heartbeat = threading.Event()
 def _heartbeat_forever(hostname: str, queues: list[str]) -> None:
     while not _stop_heartbeat.is_set():
         try:
-            WorkerHeartbeat.objects.update_or_create(
-                hostname=hostname,
-                defaults={
-                    "pid": os.getpid(),
-                    "last_seen": timezone.now(),
-                    "models": list(settings.MODELS),
-                    "queues": queues,
-                },
-            )
+            services.worker_heartbeat(hostname=hostname, pid=os.getpid(), queues=queues, models=list(settings.MODELS))
         except Exception:  # the database may be down for a while; keep trying
             logger.warning("worker heartbeat failed", exc_info=True)
         finally:
@@ -120,4 +96,3 @@ def warm_up_model(**kwargs) -> None:
     queues = getattr(app.amqp.queues, "consume_from", None) or app.amqp.queues
     if settings.CELERY_TASK_DEFAULT_QUEUE in queues:
         runner.warm_up_in_background()
-

@@ -5,9 +5,9 @@ import hmac
 from django.conf import settings
 from django.db.models import Count, DurationField, ExpressionWrapper, F, Sum
 from django.http import HttpResponse
-from django.utils import timezone
 
-from diffusion_api.jobs.models import Job, JobStatus, WorkerHeartbeat
+from diffusion_api.jobs import selectors
+from diffusion_api.jobs.models import Job, JobStatus
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -26,8 +26,7 @@ def render_metrics() -> str:
     finished = Job.objects.filter(status=JobStatus.SUCCEEDED, started_at__isnull=False, finished_at__isnull=False)
     totals = finished.aggregate(jobs=Count("id"), seconds=Sum(run_time), steps=Sum("steps"))
     job_seconds = totals["seconds"].total_seconds() if totals["seconds"] else 0.0
-    horizon = timezone.now() - timezone.timedelta(seconds=3 * settings.WORKER_HEARTBEAT_SECONDS)
-    workers = WorkerHeartbeat.objects.filter(last_seen__gte=horizon).count()
+    workers = selectors.workers_alive().count()
 
     lines = [
         "# HELP diffusion_jobs Jobs in the database by status.",

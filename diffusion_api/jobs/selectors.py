@@ -2,9 +2,11 @@
 
 from uuid import UUID
 
+from django.conf import settings
 from django.db.models import QuerySet
+from django.utils import timezone
 
-from diffusion_api.jobs.models import Job, JobImage, JobStatus
+from diffusion_api.jobs.models import Job, JobImage, JobStatus, WorkerHeartbeat
 
 
 def job_list(*, user, status: str | None = None) -> QuerySet[Job]:
@@ -37,3 +39,9 @@ def job_images(*, job: Job) -> QuerySet[JobImage]:
 
 def job_image(*, job: Job, index: int) -> JobImage | None:
     return job.images.filter(index=index).first()
+
+
+def workers_alive() -> QuerySet[WorkerHeartbeat]:
+    """Workers whose heartbeat (services.worker_heartbeat) is recent: within 3 WORKER_HEARTBEAT_SECONDS."""
+    horizon = timezone.now() - timezone.timedelta(seconds=3 * settings.WORKER_HEARTBEAT_SECONDS)
+    return WorkerHeartbeat.objects.filter(last_seen__gte=horizon)

@@ -10,8 +10,7 @@ from rest_framework.reverse import reverse
 
 from diffusion_api.jobs.models import PARAMETER_FIELDS, Job, JobImage, JobStatus
 from diffusion_api.jobs.webhooks import WebhookRefused, check_webhook_url
-from generator.limits import MAX_SEED
-from generator.schedulers import SCHEDULERS
+from generator import limits
 
 
 class StrictIntegerField(serializers.IntegerField):
@@ -55,16 +54,26 @@ def _range(low, high) -> dict:
     return {"min_value": low, "max_value": high, "error_messages": {"min_value": message, "max_value": message}}
 
 
+_STRICT = {int: StrictIntegerField, float: StrictFloatField}
+
+
+def _request_field(spec: limits.FieldSpec) -> serializers.Field:
+    """A serializer field from a row of generator.limits.FIELDS, with this deployment's bounds (settings)."""
+    low, high = limits.bounds(spec.name, settings)
+    options = {"required": spec.default == limits.REQUIRED}
+    if spec.default not in (limits.REQUIRED, limits.FROM_MODEL, limits.DRAWN):
+        options["default"] = spec.default  # the service resolves the others (they depend on the model)
+    if spec.type is str:
+        if spec.choices is None:
+            options.update(allow_blank=bool(not low), trim_whitespace=bool(low))
+        if high is not None:
+            options.update(max_length=high, error_messages={"max_length": f"must be at most {high} characters."})
+        return StrictCharField(**options)
+    return _STRICT[spec.type](**options, **_range(low, high))
+
+
 class JobCreateSerializer(serializers.Serializer):
-    prompt = StrictCharField()  # this field and the next three get their limits in get_fields()
-    negative_prompt = StrictCharField(required=False)
-    width = StrictIntegerField(required=False, **_range(8, 8192))
-    height = StrictIntegerField(required=False, **_range(8, 8192))
-    steps = StrictIntegerField(required=False)
-    guidance_scale = StrictFloatField(required=False)
-    num_images = StrictIntegerField(required=False)
-    scheduler = StrictCharField(required=False)
-    seed = StrictIntegerField(required=False, **_range(0, MAX_SEED))
+    # The request fields come from generator.limits.FIELDS (get_fields); these are the API's own.
     model = StrictCharField(required=False)
     webhook_url = StrictCharField(required=False, max_length=2000, help_text="POSTed the job's final state")
     cache = StrictBooleanField(
@@ -75,16 +84,9 @@ class JobCreateSerializer(serializers.Serializer):
 
     def get_fields(self):
         # Limits are settings: read them when a serializer is made, not when the module is imported.
-        fields = super().get_fields()
-        fields["steps"] = StrictIntegerField(required=False, **_range(1, settings.JOB_MAX_STEPS))
-        fields["guidance_scale"] = StrictFloatField(required=False, **_range(0.0, settings.JOB_MAX_GUIDANCE))
-        fields["num_images"] = StrictIntegerField(required=False, default=1, **_range(1, settings.JOB_MAX_IMAGES))
-        limit = settings.JOB_MAX_PROMPT_CHARS
-        length = {"max_length": limit, "error_messages": {"max_length": f"must be at most {limit} characters."}}
-        fields["prompt"] = StrictCharField(allow_blank=False, **length)
-        fields["negative_prompt"] = StrictCharField(
-            required=False, default="", allow_blank=True, trim_whitespace=False, **length
-        )
+        own = super().get_fields()
+        fields = {name: _request_field(spec) for name, spec in limits.FIELDS.items() if spec.api}
+        fields.update(own)
         return fields
 
     def to_internal_value(self, data):
@@ -98,8 +100,10 @@ class JobCreateSerializer(serializers.Serializer):
         return super().to_internal_value(data)
 
     def validate_scheduler(self, value: str) -> str:
-        if value not in SCHEDULERS:
-            raise serializers.ValidationError(f"unknown scheduler {value!r}; known: {', '.join(SCHEDULERS)}.")
+        try:
+            limits.check_scheduler(value)
+        except ValueError as error:
+            raise serializers.ValidationError(f"{error}.") from error
         return value
 
     def validate_webhook_url(self, value: str) -> str:

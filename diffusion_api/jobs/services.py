@@ -9,14 +9,22 @@ from uuid import UUID
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
-from django.db import transaction
+from django.db import models, transaction
 from django.db.models import F
 from django.utils import timezone
 
 from diffusion_api.jobs import catalog
-from diffusion_api.jobs.models import PARAMETER_FIELDS, Job, JobImage, JobStatus, ReviewStatus, WebhookDelivery
+from diffusion_api.jobs.models import (
+    PARAMETER_FIELDS,
+    Job,
+    JobImage,
+    JobStatus,
+    ReviewStatus,
+    WebhookDelivery,
+    WorkerHeartbeat,
+)
 from diffusion_api.jobs.queue import publish_job, publish_webhook, queued_job_ids
-from generator.schedulers import SCHEDULERS
+from generator import limits
 
 logger = logging.getLogger(__name__)
 
@@ -111,26 +119,34 @@ def job_create(
         info = catalog.model_info(model)
     except catalog.ModelUnavailable as error:
         raise ValidationError({"model": str(error)}) from error
-    defaults = info.defaults
-    width = defaults.width if width is None else width
-    height = defaults.height if height is None else height
-    steps = defaults.steps if steps is None else steps
-    guidance_scale = defaults.guidance_scale if guidance_scale is None else guidance_scale
-    scheduler = defaults.scheduler if scheduler is None else scheduler
     seed_given = seed is not None
-    seed = secrets.randbelow(2**32) if seed is None else seed
+    # Defaults and limits: the one table in generator.limits (the serializer and the library read it too).
+    request = limits.resolve_defaults(
+        info.defaults,
+        {
+            "prompt": prompt,
+            "negative_prompt": negative_prompt,
+            "width": width,
+            "height": height,
+            "steps": steps,
+            "guidance_scale": guidance_scale,
+            "scheduler": scheduler,
+            "seed": seed,
+            "num_images": num_images,
+        },
+    )
+    width, height, steps = request["width"], request["height"], request["steps"]
+    guidance_scale, scheduler, seed = request["guidance_scale"], request["scheduler"], request["seed"]
 
-    errors = {}
-    factor = info.vae_scale_factor
-    for name, value in (("width", width), ("height", height)):
-        if value % factor or not factor <= value <= settings.JOB_MAX_SIDE:
-            errors[name] = (
-                f"must be a multiple of {factor} from {factor} to {settings.JOB_MAX_SIDE} for model {model!r}"
-            )
-    if width * height > settings.JOB_MAX_PIXELS:
-        errors.setdefault("width", f"width × height must be at most {settings.JOB_MAX_PIXELS} pixels")
-    if scheduler not in SCHEDULERS:
-        errors["scheduler"] = f"unknown scheduler {scheduler!r}; known: {', '.join(SCHEDULERS)}"
+    errors = limits.size_errors(
+        width, height, factor=info.vae_scale_factor, settings=settings, max_pixels=settings.JOB_MAX_PIXELS, model=model
+    )
+    try:
+        limits.check_scheduler(scheduler)
+    except ValueError as error:
+        errors["scheduler"] = str(error)
+    if message := limits.seed_error(seed, num_images):
+        errors["seed"] = message
     if errors:
         raise ValidationError(errors)
 
@@ -277,33 +293,55 @@ def job_report_progress(*, job_id: UUID, worker: str, step: int, total: int) -> 
     return row is None or row[0] != JobStatus.RUNNING or row[1] != worker or row[2]
 
 
-def job_succeed(*, job_id: UUID, worker: str, images: list[dict]) -> bool:
-    """Store the images and end the job in one transaction; False (nothing stored) if it is no longer ours."""
+class Outcome(models.TextChoices):
+    """How a worker's attempt at a job ended."""
+
+    SUCCEEDED = JobStatus.SUCCEEDED
+    FAILED = JobStatus.FAILED
+    CANCELED = JobStatus.CANCELED
+
+
+def job_record_outcome(*, job_id: UUID, worker: str, outcome: str, images: list[dict] = (), error: str = "") -> bool:
+    """The one place a worker's attempt ends the job; False (nothing written) if the job is no longer its claim.
+
+    succeeded: the images are stored and the job ends in one transaction. failed: the job ends with `error`.
+    canceled: only when cancel was asked for (the worker stopped between steps).
+    """
+    running = Job.objects.filter(id=job_id, status=JobStatus.RUNNING, worker=worker)
+    now = timezone.now()
     with transaction.atomic():
-        ended = Job.objects.filter(id=job_id, status=JobStatus.RUNNING, worker=worker).update(
-            status=JobStatus.SUCCEEDED, finished_at=timezone.now(), progress_step=F("progress_total")
-        )
+        if outcome == Outcome.SUCCEEDED:
+            ended = running.update(status=JobStatus.SUCCEEDED, finished_at=now, progress_step=F("progress_total"))
+            if ended:
+                JobImage.objects.bulk_create(JobImage(job_id=job_id, **image) for image in images)
+        elif outcome == Outcome.FAILED:
+            ended = running.update(status=JobStatus.FAILED, error=error[:10_000], finished_at=now)
+        elif outcome == Outcome.CANCELED:
+            ended = running.filter(cancel_requested=True).update(status=JobStatus.CANCELED, finished_at=now)
+        else:
+            raise ValueError(f"unknown outcome {outcome!r}")
         if not ended:
             return False
-        JobImage.objects.bulk_create(JobImage(job_id=job_id, **image) for image in images)
-        _job_ended(job_id)
-    return True
+        return _job_ended(job_id)
+
+
+def job_succeed(*, job_id: UUID, worker: str, images: list[dict]) -> bool:
+    return job_record_outcome(job_id=job_id, worker=worker, outcome=Outcome.SUCCEEDED, images=images)
 
 
 def job_fail(*, job_id: UUID, worker: str, error: str) -> bool:
-    """The worker's attempt failed: the job ends `failed` with the message."""
-    failed = Job.objects.filter(id=job_id, status=JobStatus.RUNNING, worker=worker).update(
-        status=JobStatus.FAILED, error=error[:10_000], finished_at=timezone.now()
-    )
-    return _job_ended(job_id) if failed else False
+    return job_record_outcome(job_id=job_id, worker=worker, outcome=Outcome.FAILED, error=error)
 
 
 def job_mark_canceled(*, job_id: UUID, worker: str) -> bool:
-    """The worker stopped a running job because cancel was asked for."""
-    canceled = Job.objects.filter(id=job_id, status=JobStatus.RUNNING, worker=worker, cancel_requested=True).update(
-        status=JobStatus.CANCELED, finished_at=timezone.now()
+    return job_record_outcome(job_id=job_id, worker=worker, outcome=Outcome.CANCELED)
+
+
+def worker_heartbeat(*, hostname: str, pid: int, queues: list[str], models: list[str]) -> None:
+    """A live worker says so (every WORKER_HEARTBEAT_SECONDS); health and /metrics read it (selectors)."""
+    WorkerHeartbeat.objects.update_or_create(
+        hostname=hostname, defaults={"pid": pid, "last_seen": timezone.now(), "models": models, "queues": queues}
     )
-    return _job_ended(job_id) if canceled else False
 
 
 def job_cancel(*, job: Job) -> Job:

@@ -7,7 +7,6 @@ from django.conf import settings
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import connection
 from django.http import Http404, HttpResponse
-from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view, inline_serializer
 from rest_framework import serializers, status
@@ -22,9 +21,10 @@ from rest_framework.views import APIView
 
 from diffusion_api.celery import app as celery_app
 from diffusion_api.jobs import catalog, schema, selectors, services
-from diffusion_api.jobs.models import JobStatus, WorkerHeartbeat
+from diffusion_api.jobs.models import JobStatus
 from diffusion_api.jobs.serializers import JobCreateSerializer, JobDetailSerializer, JobSummarySerializer
 from diffusion_api.jobs.throttling import FailOpenScopedRateThrottle
+from generator import limits
 from generator.schedulers import SCHEDULERS
 
 
@@ -191,15 +191,19 @@ class ModelsView(APIView):
                     "max_prompt_tokens": info.max_prompt_tokens,
                 }
             )
-        limits = {
+
+        def highest(field: str):  # the table's maximum as this deployment's settings lower it
+            return limits.bounds(field, settings)[1]
+
+        answer = {
             "max_pixels": settings.JOB_MAX_PIXELS,
-            "max_side": settings.JOB_MAX_SIDE,
-            "max_steps": settings.JOB_MAX_STEPS,
-            "max_images": settings.JOB_MAX_IMAGES,
-            "max_prompt_chars": settings.JOB_MAX_PROMPT_CHARS,
-            "max_guidance_scale": settings.JOB_MAX_GUIDANCE,
+            "max_side": limits.max_side(settings),
+            "max_steps": highest("steps"),
+            "max_images": highest("num_images"),
+            "max_prompt_chars": highest("prompt"),
+            "max_guidance_scale": highest("guidance_scale"),
         }
-        return Response({"models": models, "limits": limits})
+        return Response({"models": models, "limits": answer})
 
 
 class SchedulersView(APIView):
@@ -257,10 +261,7 @@ def _check_broker() -> dict:
 
 
 def _check_workers() -> dict:
-    horizon = timezone.now() - timezone.timedelta(seconds=3 * settings.WORKER_HEARTBEAT_SECONDS)
-    alive = list(
-        WorkerHeartbeat.objects.filter(last_seen__gte=horizon).values("hostname", "last_seen", "models", "queues")
-    )
+    alive = list(selectors.workers_alive().values("hostname", "last_seen", "models", "queues"))
     job_workers = [w for w in alive if settings.CELERY_TASK_DEFAULT_QUEUE in w["queues"]]
     return {"ok": bool(job_workers), "alive": len(alive), "job_workers": len(job_workers), "workers": alive}
 

@@ -182,7 +182,7 @@ GENERATOR_DECODER = os.environ.get("GENERATOR_DECODER", "vae")  # vae, or tiny: 
 
 # --- Request limits: going over any of them is a 400 that names the allowed range.
 JOB_MAX_PIXELS = env_int("JOB_MAX_PIXELS", 768 * 768)
-JOB_MAX_SIDE = env_int("JOB_MAX_SIDE", 2048)
+JOB_MAX_SIDE = env_int("JOB_MAX_SIDE", 2048)  # lowers generator.limits.MAX_SIDE (4096); cannot raise it
 JOB_MAX_STEPS = env_int("JOB_MAX_STEPS", 150)
 JOB_MAX_IMAGES = env_int("JOB_MAX_IMAGES", 4)
 JOB_MAX_PROMPT_CHARS = env_int("JOB_MAX_PROMPT_CHARS", 500)
@@ -212,8 +212,6 @@ JOB_LEASE_SECONDS = env_int("JOB_LEASE_SECONDS", 60)
 JOB_MAX_ATTEMPTS = env_int("JOB_MAX_ATTEMPTS", 3)  # a job that loses its worker this often ends `failed`
 JOB_REPUBLISH_AFTER = env_int("JOB_REPUBLISH_AFTER", 120)  # seconds a queued job may lack a broker message
 SWEEP_INTERVAL = env_float("SWEEP_INTERVAL", 15)
-# Fault injection for the reliability tests only: a job with exactly this prompt SIGKILLs its worker.
-FAULT_KILL_WORKER_ON_PROMPT = os.environ.get("FAULT_KILL_WORKER_ON_PROMPT", "")
 
 # --- Celery: broker, delivery guarantees and time limits, all in one block.
 REDIS_URL = os.environ.get("REDIS_URL", "")

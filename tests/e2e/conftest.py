@@ -10,10 +10,10 @@ import pytest
 import redis
 import requests
 
-ROOT = Path(__file__).resolve().parents[2]
 from diffusion_api.processes import start_api, start_worker, stop, wait_healthy
-
 from tests.support import free_port, fresh_database, required_env
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

@@ -24,10 +24,10 @@ import redis
 import requests
 from psycopg.rows import dict_row
 
-ROOT = Path(__file__).resolve().parents[2]
 from diffusion_api.processes import start_api, start_sweeper, start_worker, stop, wait_healthy
-
 from tests.support import free_port, fresh_database, required_env
+
+ROOT = Path(__file__).resolve().parents[2]
 
 LOGS = ROOT / "test-output" / "faults"
 MEASUREMENTS = LOGS / "measurements.jsonl"  # one JSON line per fault run: what RELIABILITY.md reports
@@ -42,6 +42,7 @@ CRASH_SETTINGS = {
     "SWEEP_INTERVAL": "1",
 }
 POISON_PROMPT = "poison: this prompt kills its worker"  # every fault-test worker runs with this fault armed
+WORKER_APP = "tests.faults.celery_app"  # the service's Celery app plus the test-only poison-prompt hook
 TERMINAL = ("succeeded", "failed", "canceled")
 
 
@@ -113,7 +114,7 @@ class Stack:
             "JOB_PROGRESS_INTERVAL": "0.1",
             "JOB_CREATE_RATE": "1000/min",
             "WORKER_HEARTBEAT_SECONDS": "2",
-            "FAULT_KILL_WORKER_ON_PROMPT": POISON_PROMPT,
+            "FAULT_KILL_WORKER_ON_PROMPT": POISON_PROMPT,  # read by tests/faults/celery_app.py alone
             "VAR_DIR": str(var),
             "HF_HUB_OFFLINE": "1",
             "OMP_NUM_THREADS": "1",  # on 2 shared cores, one torch thread is steadier (and faster) than two
@@ -137,7 +138,8 @@ class Stack:
 
     def start_worker(self) -> subprocess.Popen:
         number = len(self.workers) + 1
-        worker = start_worker(env=self.env, log=self.logs / f"worker-{number}.log", name=f"faults{number}")
+        log = self.logs / f"worker-{number}.log"
+        worker = start_worker(env=self.env, log=log, name=f"faults{number}", app=WORKER_APP)
         self.workers.append(worker)
         return worker
 

@@ -70,16 +70,59 @@ def test_progress_writes_are_throttled(user, published, monkeypatch, settings):
     assert writes == [1, 6]
 
 
-def test_failure_stores_the_message(user, published, monkeypatch):
-    job = services.job_create(owner=user, prompt="x", steps=1)
+def test_failure_stores_the_message(user, published, monkeypatch, settings):
+    settings.WORKER_BATCH_SIZE = 2
+    job, mate = (services.job_create(owner=user, prompt=p, steps=1) for p in ("x", "y"))
 
-    def explode(jobs):
+    def explode(model, requests, callback=None):
         raise RuntimeError("CUDA out of memory")
 
-    monkeypatch.setattr(runner, "run_jobs", explode)
+    monkeypatch.setattr(runner, "generate", explode)
     assert tasks.run_job(str(job.id)) == "failed"
-    job.refresh_from_db()
-    assert job.status == JobStatus.FAILED and job.error == "RuntimeError: CUDA out of memory" and job.finished_at
+    for each in (job, mate):  # the whole batch fails with the message
+        each.refresh_from_db()
+        assert each.status == JobStatus.FAILED and each.error == "RuntimeError: CUDA out of memory" and each.finished_at
+
+
+def test_every_outcome_is_recorded_by_one_service(user, published, monkeypatch, settings):
+    settings.WORKER_BATCH_SIZE = 3
+    settings.JOB_PROGRESS_INTERVAL = 0
+    good, bad, dropped = (services.job_create(owner=user, prompt=p, steps=3) for p in ("fine", "red " * 90, "dropped"))
+    recorded = []
+    real_record = services.job_record_outcome
+    monkeypatch.setattr(
+        services, "job_record_outcome", lambda **kw: recorded.append(kw["outcome"]) or real_record(**kw)
+    )
+    real_report = services.job_report_progress
+
+    def cancel_dropped(*, job_id, worker, step, total):
+        if job_id == dropped.id and step == 1:
+            services.job_cancel(job=Job.objects.get(id=job_id))
+        return real_report(job_id=job_id, worker=worker, step=step, total=total)
+
+    monkeypatch.setattr(services, "job_report_progress", cancel_dropped)
+    assert tasks.run_job(str(good.id)) == "succeeded"
+    assert sorted(recorded) == ["canceled", "failed", "succeeded"]
+    assert {j.status for j in Job.objects.all()} == {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED}
+
+
+def test_the_heartbeat_is_a_service_and_health_reads_it(db):
+    from diffusion_api.jobs import selectors
+
+    services.worker_heartbeat(hostname="worker@a", pid=7, queues=["jobs"], models=["tiny"])
+    services.worker_heartbeat(hostname="worker@a", pid=8, queues=["jobs"], models=["tiny"])
+    assert [(w.hostname, w.pid) for w in selectors.workers_alive()] == [("worker@a", 8)]
+
+
+def test_production_code_holds_no_fault_injection():
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    sources = [
+        p for folder in ("diffusion_api", "worker", "generator", "scripts") for p in (root / folder).rglob("*.py")
+    ]
+    assert [str(p) for p in sources if re.search(r"\bFAULT_|SIGKILL", p.read_text())] == []
 
 
 def test_prompt_too_long_for_the_tokenizer_fails_with_a_clear_message(user, published):
@@ -187,8 +230,11 @@ def test_fast_path_settings_reach_the_model(user, published, settings, monkeypat
     # Compiling is left out (tests/generator/test_fastpath.py compiles for real): a job that outlasts a third of
     # its lease would look lost here, since the lease thread's connection cannot see the test's transaction.
     compiled_for = []
-    monkeypatch.setattr(fastpath.BucketedUNet, "compile_for",
-                        lambda self, batch, h, w, context: compiled_for.append((batch, h, w)) or 0.0)
+    monkeypatch.setattr(
+        fastpath.BucketedUNet,
+        "compile_for",
+        lambda self, batch, h, w, context: compiled_for.append((batch, h, w)) or 0.0,
+    )
     monkeypatch.setattr(runner, "_loaded", {})
     model = runner.get_model("tiny")
     assert model.dtype == torch.bfloat16 and model.decoder == "vae"
