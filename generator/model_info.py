@@ -9,7 +9,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from generator.schedulers import scheduler_name_for_config
+from generator.scheduler_names import scheduler_name_for_config
 
 # Used when the folder's `generator.json` does not set them.
 FALLBACK_DEFAULTS = {"steps": 30, "guidance_scale": 7.5}

@@ -1,36 +1,16 @@
-"""Schedulers by name: one table from the names users type to diffusers classes and settings."""
+"""Schedulers by name: builds the diffusers scheduler for a name of `generator.scheduler_names`."""
 
 from __future__ import annotations
 
-# name → (diffusers class name, settings laid over the model's own scheduler config)
-SCHEDULERS: dict[str, tuple[str, dict]] = {
-    "ddim": ("DDIMScheduler", {}),
-    "ddpm": ("DDPMScheduler", {}),
-    "pndm": ("PNDMScheduler", {"skip_prk_steps": True}),
-    "euler": ("EulerDiscreteScheduler", {}),
-    "euler_a": ("EulerAncestralDiscreteScheduler", {}),
-    "dpmpp_2m": (
-        "DPMSolverMultistepScheduler",
-        {"algorithm_type": "dpmsolver++", "solver_order": 2, "use_karras_sigmas": False},
-    ),
-    "dpmpp_2m_karras": (
-        "DPMSolverMultistepScheduler",
-        {"algorithm_type": "dpmsolver++", "solver_order": 2, "use_karras_sigmas": True},
-    ),
-    "unipc": ("UniPCMultistepScheduler", {}),
-    "lcm": ("LCMScheduler", {}),
-}
+from generator.scheduler_names import SCHEDULERS, check_scheduler_name, scheduler_name_for_config
 
-
-def check_scheduler_name(name: str) -> None:
-    if name not in SCHEDULERS:
-        raise ValueError(f"unknown scheduler {name!r}; known schedulers: {', '.join(SCHEDULERS)}")
+__all__ = ["SCHEDULERS", "check_scheduler_name", "make_scheduler", "scheduler_name_for_config", "scheduler_settings"]
 
 
 def make_scheduler(name: str, model_scheduler_config: dict):
     """A fresh scheduler `name`, keeping the model's training schedule (betas, prediction type)."""
     check_scheduler_name(name)
-    import diffusers  # here, not at the top: the web service reads this table without torch
+    import diffusers  # here, not at the top: importing the library stays cheap
 
     class_name, settings = SCHEDULERS[name]
     scheduler_class = getattr(diffusers, class_name)
@@ -44,15 +24,6 @@ def _accepts(scheduler_class, parameter: str) -> bool:
     import inspect
 
     return parameter in inspect.signature(scheduler_class.__init__).parameters
-
-
-def scheduler_name_for_config(config: dict) -> str:
-    """The table name of a model's own scheduler class (its plain settings), else `ddim`."""
-    class_name = config.get("_class_name")
-    for name, (table_class, settings) in SCHEDULERS.items():
-        if table_class == class_name and all(config.get(k) == v for k, v in settings.items()):
-            return name
-    return "ddim"
 
 
 def scheduler_settings(scheduler) -> dict:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from django.conf import settings
 
-from generator.model_info import ModelInfo, ModelLoadError, read_model_info
+from generator.torch_free import ModelInfo, ModelLoadError, read_model_info
 
 
 class ModelUnavailable(Exception):

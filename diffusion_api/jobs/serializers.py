@@ -10,7 +10,7 @@ from rest_framework.reverse import reverse
 
 from diffusion_api.jobs.models import PARAMETER_FIELDS, Job, JobImage, JobStatus
 from diffusion_api.jobs.webhooks import WebhookRefused, check_webhook_url
-from generator import limits
+from generator.torch_free import limits
 
 
 class StrictIntegerField(serializers.IntegerField):

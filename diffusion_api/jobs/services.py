@@ -24,7 +24,7 @@ from diffusion_api.jobs.models import (
     WorkerHeartbeat,
 )
 from diffusion_api.jobs.queue import publish_job, publish_webhook, queued_job_ids
-from generator import limits
+from generator.torch_free import limits
 
 logger = logging.getLogger(__name__)
 

@@ -24,8 +24,7 @@ from diffusion_api.jobs import catalog, schema, selectors, services
 from diffusion_api.jobs.models import JobStatus
 from diffusion_api.jobs.serializers import JobCreateSerializer, JobDetailSerializer, JobSummarySerializer
 from diffusion_api.jobs.throttling import FailOpenScopedRateThrottle
-from generator import limits
-from generator.schedulers import SCHEDULERS
+from generator.torch_free import SCHEDULERS, limits
 
 
 def _get_job_or_404(request, job_id):

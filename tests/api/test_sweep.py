@@ -63,6 +63,7 @@ def test_stale_queued_job_is_republished_by_age_when_the_broker_cannot_be_read(a
     assert services.job_sweep().republished == []  # published_at moved on
 
 
+@pytest.mark.servers
 def test_a_job_whose_message_is_in_redis_is_not_republished(alice, published, settings):
     from diffusion_api.celery import app
     from diffusion_api.jobs.queue import queued_job_ids

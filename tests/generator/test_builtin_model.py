@@ -63,6 +63,7 @@ def test_every_word_of_the_grammar_is_one_token(builtin_model):
         assert len(tokenizer(word, add_special_tokens=False).input_ids) == 1, word
 
 
+@pytest.mark.slow
 def test_tiny_decoder_draws_real_latents_nearly_as_well_as_the_vae():
     """The shipped tiny_vae/ (the fast path's decoder) draws validation latents that pass the attribute evaluator."""
     import torch
@@ -85,6 +86,7 @@ def test_tiny_decoder_draws_real_latents_nearly_as_well_as_the_vae():
     assert tiny_accuracy >= 0.6 and tiny_accuracy >= vae_accuracy - 0.25, (tiny_accuracy, vae_accuracy)
 
 
+@pytest.mark.slow
 def test_it_draws_what_prompts_ask(builtin_model):
     """A floor under the model card's evaluation, on other validation prompts (seed 5, one image each): single-object
     images mostly right in every attribute (the first built-in model got about 10%, the second 50%)."""

@@ -226,6 +226,7 @@ def test_inception_features_are_never_downloaded(tmp_path):
 # --- Sweep --------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_sweep_writes_its_table_and_plot(clip_model_dir, tmp_path):
     out = tmp_path / "sweep"
     argv = ["--model", str(clip_model_dir), "--out", str(out), "--schedulers", "ddim,euler", "--steps", "1,2"]

@@ -80,6 +80,7 @@ def test_padding_into_a_bigger_batch_changes_nothing(tiny):
     assert other_size.shape == (3, 4, 16, 16) and calls == [8]  # a shape with no compiled batch ran eager
 
 
+@pytest.mark.slow
 def test_compiled_bucket_serves_its_shape_and_smaller_batches(tiny):
     model = load_model(tiny, dtype="bf16")
     eager = pixels(model)

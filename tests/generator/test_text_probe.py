@@ -56,6 +56,7 @@ def test_single_object_captions_cover_every_pair_and_follow_the_grammar():
         assert f" {colour} {shape} " in caption and caption.endswith(" background")
 
 
+@pytest.mark.slow
 def test_held_out_probe_reads_the_embeddings_right_and_reports_every_layer():
     tokenizer, encoder = load_text_encoder(BUILTIN)
     rows = held_out_probe(tokenizer, encoder)
@@ -72,6 +73,7 @@ def test_held_out_probe_reads_the_embeddings_right_and_reports_every_layer():
         assert all(sum(reads.values()) == per_pair for reads in row["read_as"].values())
 
 
+@pytest.mark.slow
 def test_cli_held_out_prints_a_row_per_layer(capsys):
     assert main(["--model", str(BUILTIN), "--held-out"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()

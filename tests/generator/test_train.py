@@ -214,6 +214,7 @@ def trained(tmp_path_factory):
     return out, clip, vae, unet
 
 
+@pytest.mark.slow
 def test_every_stage_logs_samples_checkpoints_and_final_weights(trained):
     out, clip, vae, unet = trained
     for stage in ("clip", "vae", "unet"):
@@ -248,6 +249,7 @@ def test_exported_model_loads_and_generates(trained):
         generate_one(model, GenerationRequest(prompt="a red circle", seed=1, scheduler="pndm"))
 
 
+@pytest.mark.slow
 def test_resume_continues_exactly_where_an_uninterrupted_run_would_be(tmp_path):
     straight = _run(tiny_config("clip", tmp_path / "a", steps=4, sample_every=0))
     first = tiny_config("clip", tmp_path / "b", steps=2, sample_every=0, checkpoint_every=1)
@@ -447,6 +449,7 @@ def test_latent_pool_is_the_posteriors_of_its_scenes_and_steps_do_not_encode(tra
     assert all(np.isfinite(losses))
 
 
+@pytest.mark.slow
 def test_a_resumed_run_reads_the_same_latent_pool_in_the_same_order(trained, tmp_path):
     from safetensors.torch import load_file
 
