@@ -10,7 +10,7 @@ see the same machine load; each figure is the median of `--repeats` steps after 
 * "SDPA, attention at 16 x 16 and 8 x 8": the stage before 2026-12-06 (diffusers' default `AttnProcessor2_0`);
 * "plain matmuls, attention at 16 x 16 and 8 x 8": the stage now (`AttnProcessor`), the same UNet;
 * "plain matmuls, attention at 8 x 8 only": `attention_levels: [1]`, a UNet whose full-resolution level has
-  convolutions only (MODEL_CARD.md, experiment 26).
+  convolutions only (docs/experiments, experiment 26).
 
 `--profile` then prints where the first variant's steps go (`torch.profiler`, 3 steps, the 10 costliest operators).
 """

@@ -26,6 +26,9 @@ from diffusion_api.jobs.models import (
 from diffusion_api.jobs.queue import publish_job, publish_webhook, queued_job_ids
 from generator.torch_free import limits
 
+# The request fields a job stores, in the table's order (generator.limits.FIELDS has library-only ones too).
+JOB_REQUEST_FIELDS = [name for name, spec in limits.FIELDS.items() if spec.api]
+
 logger = logging.getLogger(__name__)
 
 
@@ -123,17 +126,17 @@ def job_create(
     # Defaults and limits: the one table in generator.limits (the serializer and the library read it too).
     request = limits.resolve_defaults(
         info.defaults,
-        {
-            "prompt": prompt,
-            "negative_prompt": negative_prompt,
-            "width": width,
-            "height": height,
-            "steps": steps,
-            "guidance_scale": guidance_scale,
-            "scheduler": scheduler,
-            "seed": seed,
-            "num_images": num_images,
-        },
+        dict(
+            prompt=prompt,
+            negative_prompt=negative_prompt,
+            width=width,
+            height=height,
+            steps=steps,
+            guidance_scale=guidance_scale,
+            scheduler=scheduler,
+            seed=seed,
+            num_images=num_images,
+        ),
     )
     width, height, steps = request["width"], request["height"], request["steps"]
     guidance_scale, scheduler, seed = request["guidance_scale"], request["scheduler"], request["seed"]
@@ -152,15 +155,7 @@ def job_create(
 
     resolved = {
         "model": model,
-        "prompt": prompt,
-        "negative_prompt": negative_prompt,
-        "width": width,
-        "height": height,
-        "steps": steps,
-        "guidance_scale": guidance_scale,
-        "scheduler": scheduler,
-        "seed": seed,
-        "num_images": num_images,
+        **{name: request[name] for name in JOB_REQUEST_FIELDS},
         "model_version": catalog.model_version(model),
     }
     source = None

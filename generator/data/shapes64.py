@@ -1,6 +1,6 @@
 """The `shapes64` data set: 64 × 64 images of coloured shapes with captions, made from a seed.
 
-Everything follows SHAPES_SPEC.md, which fixes how an image looks and how its caption
+Everything follows docs/shapes64.md, which fixes how an image looks and how its caption
 reads so that generated images can be checked against their prompts by measuring pixels
 (see `generator.evaluation.attributes`). Only numpy and Pillow are used here.
 
@@ -356,7 +356,7 @@ def parse_prompt(prompt: str) -> PromptSpec:
     raise ValueError(
         f"{prompt!r} is not a shapes64 prompt; expected 'a [size] {{colour}} {{shape}} [position phrase] "
         "[on a {background} background]' or 'a {colour} {shape} {relation} a {colour} {shape} "
-        "[on a {background} background]' with the words of SHAPES_SPEC.md"
+        "[on a {background} background]' with the words of docs/shapes64.md"
     )
 
 

@@ -1,6 +1,6 @@
 """Evaluation of generated images against their prompts, from pixels only.
 
-`generator.evaluation.attributes` checks shapes64 images (see SHAPES_SPEC.md) attribute by
+`generator.evaluation.attributes` checks shapes64 images (see docs/shapes64.md) attribute by
 attribute: background, colour, shape, size, position and relation.
 """
 

@@ -5,7 +5,7 @@ foreground object: colour, shape, size, cell, centre); `check(image, prompt)` co
 with the attributes the prompt specifies (`parse_prompt`); attributes a prompt leaves out
 are not checked. `accuracy(verdicts)` / `evaluate(pairs)` summarise a list of results.
 
-How each attribute is read (all lengths in pixels of the 64 × 64 image, see SHAPES_SPEC.md):
+How each attribute is read (all lengths in pixels of the 64 × 64 image, see docs/shapes64.md):
 - background: the palette colour nearest to most of the outer two-pixel ring, which the
   spec keeps free of shapes; the ring's median is the reference colour below, and its
   spread measures the image's noise.

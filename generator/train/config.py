@@ -135,7 +135,7 @@ class UnetConfig(CommonConfig):
     # the spec's and stays unchanged); null keeps the split's mix.
     two_object_fraction: float | None = None
     # Share of each batch whose timesteps are drawn from [high_noise_from, 1000) instead of [0, 1000): the steps
-    # where the sampler decides the layout (MODEL_CARD.md, experiment 23). 0 draws every timestep uniformly.
+    # where the sampler decides the layout (docs/experiments, experiment 23). 0 draws every timestep uniformly.
     high_noise_fraction: float = 0.0
     high_noise_from: int = 600
     # 0: every batch is drawn fresh and VAE-encoded (a quarter to a third of an fp32 step, a tenth of a bf16 one,
