@@ -13,6 +13,7 @@ from rest_framework import serializers, status
 from rest_framework.authtoken.views import ObtainAuthToken
 from rest_framework.exceptions import ValidationError
 from rest_framework.pagination import PageNumberPagination
+from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.permissions import AllowAny
 from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
@@ -22,6 +23,7 @@ from rest_framework.views import APIView
 from diffusion_api.celery import app as celery_app
 from diffusion_api.jobs import catalog, schema, selectors, services
 from diffusion_api.jobs.models import JobStatus
+from diffusion_api.jobs.parsers import SafeJSONParser
 from diffusion_api.jobs.serializers import JobCreateSerializer, JobDetailSerializer, JobSummarySerializer
 from diffusion_api.jobs.throttling import FailOpenScopedRateThrottle
 from generator.torch_free import SCHEDULERS, limits
@@ -280,5 +282,7 @@ class TokenView(ObtainAuthToken):
     """username + password → token; throttled per client address against password guessing."""
 
     renderer_classes = [JSONRenderer]
+    # ObtainAuthToken names DRF's stock JSONParser itself; the API's parser refuses deep nesting with a 400.
+    parser_classes = [FormParser, MultiPartParser, SafeJSONParser]
     throttle_classes = [FailOpenScopedRateThrottle]
     throttle_scope = "token"
