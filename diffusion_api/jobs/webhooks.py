@@ -129,7 +129,7 @@ def _parse(url: str) -> tuple[str, str, int, str, str]:
         port = 0
     if port == 0:
         raise WebhookRefused("port must be a number from 1 to 65535")
-    host = _ascii_host(parts.hostname, bracketed="[" in parts.netloc)
+    host = _ascii_host(parts.hostname, bracketed=parts.netloc.rpartition("@")[2].startswith("["))
     # Non-ASCII in the path or query is percent-encoded (as requests did); existing %-escapes are kept.
     path = quote(parts.path or "/", safe=URL_SAFE) + (
         f"?{quote(parts.query, safe=URL_SAFE + '?')}" if parts.query else ""
@@ -274,9 +274,10 @@ def post(target: WebhookTarget, body: bytes, headers: dict[str, str], *, timeout
     time cannot hold the worker past it, and a huge answer is cut off after its first MAX_ANSWER_BYTES.
     """
     deadline = time.monotonic() + timeout
-    sock = _connect(target, deadline)
-    if target.scheme == "https":
-        connection = http.client.HTTPSConnection(target.host, target.port, context=tls_context())
+    context = tls_context() if target.scheme == "https" else None
+    sock = _connect(target, deadline, context)
+    if context is not None:
+        connection = http.client.HTTPSConnection(target.host, target.port, context=context)
     else:
         connection = http.client.HTTPConnection(target.host, target.port)
     connection.sock = _DeadlineSocket(sock, deadline)  # already connected: http.client only writes the request
@@ -294,7 +295,7 @@ def tls_context() -> ssl.SSLContext:
     return ssl.create_default_context()
 
 
-def _connect(target: WebhookTarget, deadline: float) -> socket.socket:
+def _connect(target: WebhookTarget, deadline: float, context: ssl.SSLContext | None) -> socket.socket:
     """A connection to the first checked address that answers; TLS (SNI and certificate for the host) on https."""
     error: OSError = ConnectionError(f"no address for {target.host}")
     for address in target.addresses:
@@ -303,9 +304,9 @@ def _connect(target: WebhookTarget, deadline: float) -> socket.socket:
         try:
             sock.settimeout(_remaining(deadline))
             sock.connect((str(address), target.port))
-            if target.scheme == "https":
+            if context is not None:
                 sock.settimeout(_remaining(deadline))
-                sock = tls_context().wrap_socket(sock, server_hostname=target.host)
+                sock = context.wrap_socket(sock, server_hostname=target.host)
             return sock
         except OSError as failed:
             sock.close()
