@@ -3,6 +3,10 @@
 Signature: `X-Webhook-Signature: sha256=<hex>` where hex = HMAC-SHA256(WEBHOOK_SECRET, f"{timestamp}.{body}")
 and `timestamp` is the `X-Webhook-Timestamp` header (Unix seconds). A receiver recomputes it over the raw
 body, compares in constant time, and refuses old timestamps (replays).
+
+Delivery resolves the host once per try, checks every address, and connects to those addresses only (sending
+the URL's host as Host and, on https, as SNI and the name the certificate must carry). Each try has one deadline,
+WEBHOOK_TIMEOUT_SECONDS, for all of it, and reads at most MAX_ANSWER_BYTES of the answer.
 """
 
 import base64
