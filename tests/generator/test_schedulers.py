@@ -1,8 +1,8 @@
 """Every scheduler at several step counts: it makes a finite image, or it is refused before any step runs.
 
-`generator.scheduler_names.scheduler_error` is the torch-free verdict the API gives (tests/api/test_scheduler_refusals.py);
-these tests hold it to what the library really does, on a zero-terminal-SNR model (the built-in one) and on an
-ordinary one (the tiny model).
+`generator.scheduler_names.scheduler_error` is the torch-free verdict the API gives
+(tests/api/test_scheduler_refusals.py); these tests hold it to what the library really does, on a zero-terminal-SNR
+model (the built-in one) and on an ordinary one (the tiny model).
 """
 
 import inspect
@@ -47,7 +47,9 @@ def run_or_refuse(model, scheduler: str, steps: int, size: int) -> None:
     def callback(state):
         seen.append((state.step, state.total, state.latents))
 
-    request = GenerationRequest(prompt="a red circle", scheduler=scheduler, steps=steps, width=size, height=size, seed=1)
+    request = GenerationRequest(
+        prompt="a red circle", scheduler=scheduler, steps=steps, width=size, height=size, seed=1
+    )
     if expected is not None:
         with pytest.raises(ValueError) as error:
             generate_one(model, request, callback=callback)
