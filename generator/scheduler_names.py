@@ -70,7 +70,7 @@ def scheduler_error(name: str, steps: int | None, model_scheduler_config: dict) 
     if class_name == "LCMScheduler" and steps is not None:
         original_steps = config.get("original_inference_steps") or LCM_ORIGINAL_STEPS
         if steps > original_steps:
-            return f"scheduler {name!r} runs at most {original_steps} steps"
+            return f"scheduler {name!r} cannot run {steps} steps: it runs at most {original_steps} steps"
     return None
 
 

@@ -35,7 +35,7 @@ def test_the_builtin_model_refuses_karras_sigmas_and_pndm_with_the_reason():
     assert "zero-terminal-SNR" in scheduler_error("dpmpp_2m_karras", 20, config)
     assert "zero-terminal-SNR" in scheduler_error("pndm", None, config)
     assert scheduler_error("dpmpp_2m", 20, config) is None
-    assert scheduler_error("lcm", 51, config) == "scheduler 'lcm' runs at most 50 steps"
+    assert scheduler_error("lcm", 51, config) == "scheduler 'lcm' cannot run 51 steps: it runs at most 50 steps"
     assert scheduler_error("lcm", 50, config) is None
 
 
