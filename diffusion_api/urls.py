@@ -1,3 +1,4 @@
+from django.conf import settings
 from django.contrib import admin
 from django.http import JsonResponse
 from django.urls import include, path
@@ -11,10 +12,15 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/v1/auth/token/", TokenView.as_view(), name="token"),
     path("api/v1/", include("diffusion_api.jobs.urls")),
-    path("metrics", metrics_view, name="metrics"),
-    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
-    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
 ]
+# Served only where the settings say so (production: METRICS_TOKEN set; API_DOCS_PUBLIC=true); elsewhere a 404.
+if settings.METRICS_TOKEN or not settings.METRICS_REQUIRE_TOKEN:
+    urlpatterns.append(path("metrics", metrics_view, name="metrics"))
+if settings.API_DOCS_PUBLIC:
+    urlpatterns += [
+        path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+        path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
+    ]
 
 
 def not_found(request, exception=None):

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from generator.scheduler_names import SCHEDULERS, check_scheduler_name
+from generator.scheduler_names import scheduler_error as scheduler_error  # re-exported: a model's schedulers
 
 MIN_SIDE = 8  # pixels; a side must also be a multiple of the model's VAE factor
 MAX_SIDE = 4096  # pixels; the one maximum side (JOB_MAX_SIDE may lower it for a deployment)

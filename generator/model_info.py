@@ -6,7 +6,7 @@ No torch here: the web service uses this to validate requests without loading a 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from generator.scheduler_names import scheduler_name_for_config
@@ -35,6 +35,8 @@ class ModelInfo:
     vae_scale_factor: int
     max_prompt_tokens: int  # not counting the start and end tokens
     defaults: ModelDefaults
+    # scheduler/scheduler_config.json: which schedulers the model can use (generator.scheduler_names.scheduler_error)
+    scheduler_config: dict = field(default_factory=dict, compare=False)
 
 
 def read_model_info(path: str | Path, name: str | None = None) -> ModelInfo:
@@ -71,6 +73,7 @@ def read_model_info(path: str | Path, name: str | None = None) -> ModelInfo:
         vae_scale_factor=vae_factor,
         max_prompt_tokens=max_length - 2,
         defaults=ModelDefaults(**defaults),
+        scheduler_config=scheduler,
     )
 
 

@@ -20,7 +20,7 @@ from PIL import Image
 from generator.limits import MAX_IMAGES_PER_REQUEST, MAX_SEED, MAX_SIDE
 from generator.loading import LoadedModel
 from generator.pngmeta import png_bytes
-from generator.schedulers import SCHEDULERS, make_scheduler, scheduler_settings
+from generator.schedulers import SCHEDULERS, make_scheduler, scheduler_error, scheduler_settings
 
 
 @dataclass(frozen=True)
@@ -152,6 +152,9 @@ def resolve_request(model: LoadedModel, request: GenerationRequest) -> Generatio
         )
     if resolved.scheduler not in SCHEDULERS:
         raise ValueError(f"unknown scheduler {resolved.scheduler!r}; known schedulers: {', '.join(SCHEDULERS)}")
+    # The web process's torch-free check first, so both refuse a scheduler the model cannot run with one message.
+    if message := scheduler_error(resolved.scheduler, resolved.steps, model.scheduler_config):
+        raise ValueError(message)
     try:  # some schedulers cap the step count (lcm: its original_inference_steps)
         scheduler = make_scheduler(resolved.scheduler, model.scheduler_config)
         scheduler.set_timesteps(resolved.steps)

@@ -2,28 +2,27 @@
 
 from __future__ import annotations
 
-from generator.scheduler_names import SCHEDULERS, check_scheduler_name, scheduler_name_for_config
+from generator.scheduler_names import SCHEDULERS, check_scheduler_name, scheduler_error, scheduler_name_for_config
 
-__all__ = ["SCHEDULERS", "check_scheduler_name", "make_scheduler", "scheduler_name_for_config", "scheduler_settings"]
+__all__ = [
+    "SCHEDULERS",
+    "check_scheduler_name",
+    "make_scheduler",
+    "scheduler_error",
+    "scheduler_name_for_config",
+    "scheduler_settings",
+]
 
 
 def make_scheduler(name: str, model_scheduler_config: dict):
     """A fresh scheduler `name`, keeping the model's training schedule (betas, prediction type)."""
-    check_scheduler_name(name)
+    # The torch-free check the API makes too, so a scheduler the model cannot use is refused before any step.
+    if message := scheduler_error(name, None, model_scheduler_config):
+        raise ValueError(message)
     import diffusers  # here, not at the top: importing the library stays cheap
 
     class_name, settings = SCHEDULERS[name]
-    scheduler_class = getattr(diffusers, class_name)
-    if model_scheduler_config.get("rescale_betas_zero_snr") and not _accepts(scheduler_class, "rescale_betas_zero_snr"):
-        # from_config would drop the setting silently and sample with a schedule the model was not trained on.
-        raise ValueError(f"scheduler {name!r} cannot follow this model's zero-terminal-SNR noise schedule")
-    return scheduler_class.from_config(dict(model_scheduler_config), **settings)
-
-
-def _accepts(scheduler_class, parameter: str) -> bool:
-    import inspect
-
-    return parameter in inspect.signature(scheduler_class.__init__).parameters
+    return getattr(diffusers, class_name).from_config(dict(model_scheduler_config), **settings)
 
 
 def scheduler_settings(scheduler) -> dict:

@@ -144,10 +144,9 @@ def job_create(
     errors = limits.size_errors(
         width, height, factor=info.vae_scale_factor, settings=settings, max_pixels=settings.JOB_MAX_PIXELS, model=model
     )
-    try:
-        limits.check_scheduler(scheduler)
-    except ValueError as error:
-        errors["scheduler"] = str(error)
+    # Decided from the model's scheduler config, so a scheduler the worker would refuse is never queued.
+    if message := limits.scheduler_error(scheduler, steps, info.scheduler_config):
+        errors["scheduler"] = message
     if message := limits.seed_error(seed, num_images):
         errors["seed"] = message
     if errors:

@@ -19,3 +19,7 @@ SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 31536000)
 SECURE_HSTS_INCLUDE_SUBDOMAINS = True
 SECURE_HSTS_PRELOAD = True
 SECURE_CONTENT_TYPE_NOSNIFF = True
+
+# What production exposes besides the API: nothing that maps the service or its load unless configured.
+METRICS_REQUIRE_TOKEN = True  # /metrics is a 404 until METRICS_TOKEN is set, then wants that bearer token
+API_DOCS_PUBLIC = env_bool("API_DOCS_PUBLIC", False)  # the schema and Swagger UI: 404 unless API_DOCS_PUBLIC=true

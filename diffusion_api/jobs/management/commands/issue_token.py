@@ -1,4 +1,5 @@
 from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group
 from django.core.management.base import BaseCommand
 from rest_framework.authtoken.models import Token
 
@@ -8,7 +9,11 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("username")
-        parser.add_argument("--staff", action="store_true", help="make the user staff (sees every job, uses the admin)")
+        parser.add_argument(
+            "--staff",
+            action="store_true",
+            help="make the user staff in the reviewers group (sees every job, reviews them in the admin)",
+        )
         parser.add_argument("--password", help="set this password (for the admin and the token endpoint)")
 
     def handle(self, *args, username: str, staff: bool, password: str | None, **options):
@@ -20,5 +25,8 @@ class Command(BaseCommand):
         elif created:
             user.set_unusable_password()
         user.save()
+        if staff:
+            # is_staff only opens the admin's door; the reviewers group (migration 0006) holds review's permissions.
+            user.groups.add(Group.objects.get(name="reviewers"))
         token, _ = Token.objects.get_or_create(user=user)
         self.stdout.write(token.key)
