@@ -1,10 +1,11 @@
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand
-from rest_framework.authtoken.models import Token
+
+from diffusion_api.accounts.services import token_issue
 
 
 class Command(BaseCommand):
-    help = "Create the user if needed and print an API token for them."
+    help = "Create the user if needed and print a new API token for them (shown only now; earlier ones stay valid)."
 
     def add_arguments(self, parser):
         parser.add_argument("username")
@@ -20,5 +21,4 @@ class Command(BaseCommand):
         elif created:
             user.set_unusable_password()
         user.save()
-        token, _ = Token.objects.get_or_create(user=user)
-        self.stdout.write(token.key)
+        self.stdout.write(token_issue(user=user))
