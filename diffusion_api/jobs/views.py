@@ -268,7 +268,9 @@ def _check_workers() -> dict:
 
 @extend_schema_view(
     post=extend_schema(
-        summary="username + password → token",
+        summary="username + password → a new token, shown only in this answer",
+        description="Each call issues a new key; earlier keys stay valid (the user's newest TOKEN_MAX_PER_USER). "
+        "Limited per client address and per username (429 with Retry-After).",
         auth=[],
         responses={
             200: inline_serializer("Token", {"token": serializers.CharField()}),

@@ -1,6 +1,8 @@
 """The token endpoint's limits: per client address (X-Forwarded-For trusted only from configured proxies) and per
 username, both decided before any password is hashed."""
 
+import os
+
 import pytest
 from django.contrib.auth.backends import ModelBackend
 from django.core.cache import cache
@@ -114,3 +116,23 @@ def test_the_token_endpoint_lets_attempts_through_when_its_cache_is_down(alice, 
 
     monkeypatch.setattr("rest_framework.throttling.SimpleRateThrottle.cache.get", down)
     assert attempt("alice", "pw-alice") == 200
+
+
+@pytest.mark.servers
+def test_the_limits_hold_on_the_redis_cache_the_api_processes_share(alice, rates, settings):
+    """As deployed: the counters live in Redis (where the bypass was found), not in a per-process memory cache."""
+    url = os.environ.get("REDIS_URL")
+    assert url, "this test needs REDIS_URL: the Redis the API processes share"
+    settings.CACHES = {
+        "default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": url, "KEY_PREFIX": "auth"}
+    }
+    cache.clear()
+    try:
+        rates(client="3/min", username="5/hour")
+        codes = [attempt("alice", "guess", HTTP_X_FORWARDED_FOR=f"198.51.100.{i}") for i in range(4)]
+        assert codes == [400, 400, 400, 429]
+        codes = [attempt("alice", "guess", REMOTE_ADDR=f"203.0.113.{i}") for i in range(3)]
+        # Four attempts at alice so far (the client's throttle refused the fourth; it still counts for the name).
+        assert codes == [400, 429, 429]
+    finally:
+        cache.clear()
