@@ -1,5 +1,6 @@
 """Settings shared by every deployment. Everything that differs between deployments comes from the environment."""
 
+import ipaddress
 import os
 from datetime import timedelta
 from pathlib import Path
@@ -150,7 +151,12 @@ REST_FRAMEWORK = {
 }
 # Proxies whose X-Forwarded-For is believed (addresses or networks, comma-separated): the client is the rightmost
 # address in the header that is not one of them. Empty: the header is ignored and the peer address is the client.
-TRUSTED_PROXIES = [p for p in os.environ.get("TRUSTED_PROXIES", "").split(",") if p.strip()]
+# Parsed here so that a typo stops the process at start, not every request later.
+TRUSTED_PROXIES = [
+    str(ipaddress.ip_network(proxy.strip(), strict=False))
+    for proxy in os.environ.get("TRUSTED_PROXIES", "").split(",")
+    if proxy.strip()
+]
 TOKEN_MAX_PER_USER = env_int("TOKEN_MAX_PER_USER", 10)  # live API keys a user may hold; issuing more revokes the oldest
 
 # Admin login limit (django-axes): after ADMIN_LOGIN_FAILURE_LIMIT failures from one address (any username), or for
