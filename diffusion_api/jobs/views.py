@@ -20,12 +20,13 @@ from rest_framework.response import Response
 from rest_framework.reverse import reverse
 from rest_framework.views import APIView
 
+from diffusion_api.accounts import services as accounts
 from diffusion_api.celery import app as celery_app
 from diffusion_api.jobs import catalog, schema, selectors, services
 from diffusion_api.jobs.models import JobStatus
 from diffusion_api.jobs.parsers import SafeJSONParser
 from diffusion_api.jobs.serializers import JobCreateSerializer, JobDetailSerializer, JobSummarySerializer
-from diffusion_api.jobs.throttling import FailOpenScopedRateThrottle
+from diffusion_api.jobs.throttling import FailOpenScopedRateThrottle, TokenUsernameThrottle
 from generator.torch_free import SCHEDULERS, limits
 
 
@@ -269,7 +270,9 @@ def _check_workers() -> dict:
 
 @extend_schema_view(
     post=extend_schema(
-        summary="username + password → token",
+        summary="username + password → a new token, shown only in this answer",
+        description="Each call issues a new key; earlier keys stay valid (the user's newest TOKEN_MAX_PER_USER). "
+        "Limited per client address and per username (429 with Retry-After).",
         auth=[],
         responses={
             200: inline_serializer("Token", {"token": serializers.CharField()}),
@@ -279,10 +282,19 @@ def _check_workers() -> dict:
     )
 )
 class TokenView(ObtainAuthToken):
-    """username + password → token; throttled per client address against password guessing."""
+    """username + password → a new token, shown this once (only its digest is stored).
+
+    Throttled per client address and per username. DRF checks throttles before the view runs, so a refused attempt
+    costs no password hash: a guesser cannot turn the slow hasher against the server.
+    """
 
     renderer_classes = [JSONRenderer]
     # ObtainAuthToken names DRF's stock JSONParser itself; the API's parser refuses deep nesting with a 400.
     parser_classes = [FormParser, MultiPartParser, SafeJSONParser]
-    throttle_classes = [FailOpenScopedRateThrottle]
+    throttle_classes = [FailOpenScopedRateThrottle, TokenUsernameThrottle]
     throttle_scope = "token"
+
+    def post(self, request, *args, **kwargs):
+        serializer = self.get_serializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        return Response({"token": accounts.token_issue(user=serializer.validated_data["user"])})

@@ -1,6 +1,8 @@
 """Settings shared by every deployment. Everything that differs between deployments comes from the environment."""
 
+import ipaddress
 import os
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
@@ -43,10 +45,12 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "rest_framework",
-    "rest_framework.authtoken",
+    "rest_framework.authtoken",  # only for accounts' migration 0002, which hashes its old clear-text keys
     "drf_spectacular",
     "drf_spectacular_sidecar",  # Swagger UI's files, served from here: nothing is fetched from a CDN
     "diffusion_api.jobs",
+    "axes",  # admin login lockout
+    "diffusion_api.accounts",  # hashed API tokens; after rest_framework.authtoken, whose admin it unregisters
 ]
 
 MIDDLEWARE = [
@@ -60,6 +64,13 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "diffusion_api.jobs.middleware.JobLogContextMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "axes.middleware.AxesMiddleware",  # turns a locked-out admin login into a 429 page
+]
+
+# A locked-out admin login is refused before any password is hashed (accounts.backends.AdminLoginLimit).
+AUTHENTICATION_BACKENDS = [
+    "diffusion_api.accounts.backends.AdminLoginLimit",
+    "django.contrib.auth.backends.ModelBackend",
 ]
 
 ROOT_URLCONF = "diffusion_api.urls"
@@ -122,7 +133,7 @@ SPECTACULAR_SETTINGS = {
 }
 
 REST_FRAMEWORK = {
-    "DEFAULT_AUTHENTICATION_CLASSES": ["rest_framework.authentication.TokenAuthentication"],
+    "DEFAULT_AUTHENTICATION_CLASSES": ["diffusion_api.accounts.authentication.HashedTokenAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": ["diffusion_api.jobs.parsers.SafeJSONParser"],  # JSONParser + a nesting limit
@@ -131,11 +142,32 @@ REST_FRAMEWORK = {
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_THROTTLE_CLASSES": [],
+    "NUM_PROXIES": 0,  # DRF's own idea of the client ignores X-Forwarded-For; ours is jobs.throttling.client_ip
     "DEFAULT_THROTTLE_RATES": {
         "job_create": os.environ.get("JOB_CREATE_RATE", "60/min"),
         "token": os.environ.get("TOKEN_RATE", "30/min"),
+        "token_username": os.environ.get("TOKEN_USERNAME_RATE", "10/hour"),
     },
 }
+# Proxies whose X-Forwarded-For is believed (addresses or networks, comma-separated): the client is the rightmost
+# address in the header that is not one of them. Empty: the header is ignored and the peer address is the client.
+# Parsed here so that a typo stops the process at start, not every request later.
+TRUSTED_PROXIES = [
+    str(ipaddress.ip_network(proxy.strip(), strict=False))
+    for proxy in os.environ.get("TRUSTED_PROXIES", "").split(",")
+    if proxy.strip()
+]
+TOKEN_MAX_PER_USER = env_int("TOKEN_MAX_PER_USER", 10)  # live API keys a user may hold; issuing more revokes the oldest
+
+# Admin login limit (django-axes): after ADMIN_LOGIN_FAILURE_LIMIT failures from one address (any username), or for
+# one username (any address), that address or username is refused (429) for ADMIN_LOGIN_COOLOFF_MINUTES.
+AXES_FAILURE_LIMIT = env_int("ADMIN_LOGIN_FAILURE_LIMIT", 5)
+AXES_COOLOFF_TIME = timedelta(minutes=env_int("ADMIN_LOGIN_COOLOFF_MINUTES", 15))
+AXES_LOCKOUT_PARAMETERS = ["ip_address", "username"]
+AXES_RESET_ON_SUCCESS = True
+AXES_CLIENT_IP_CALLABLE = "diffusion_api.jobs.throttling.client_ip"
+AXES_WHITELIST_CALLABLE = "diffusion_api.accounts.backends.only_admin_logins"
+AXES_ONLY_ADMIN_SITE = True
 # Throttle counters must be shared by every API process: Redis when there is one.
 CACHES = {
     "default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": os.environ["REDIS_URL"]}
@@ -193,7 +225,8 @@ JOB_MAX_BODY_BYTES = env_int("JOB_MAX_BODY_BYTES", 16 * 1024)  # an API request 
 JOB_MAX_ACTIVE_PER_USER = env_int("JOB_MAX_ACTIVE_PER_USER", 10)  # queued + running; more is a 429
 JOB_MAX_QUEUE_DEPTH = env_int("JOB_MAX_QUEUE_DEPTH", 1000)  # queued jobs of all users; more is a 503
 JOB_RETRY_AFTER = env_int("JOB_RETRY_AFTER", 30)  # seconds, in Retry-After of those answers
-# Throttles (JOB_CREATE_RATE per user on POST jobs/, TOKEN_RATE per client on POST auth/token/): REST_FRAMEWORK.
+# Throttles (JOB_CREATE_RATE per user on POST jobs/; TOKEN_RATE per client and TOKEN_USERNAME_RATE per username on
+# POST auth/token/): REST_FRAMEWORK.
 JOB_PROGRESS_INTERVAL = env_float("JOB_PROGRESS_INTERVAL", 0.25)  # seconds between progress writes
 
 # --- Webhooks: the final state of a job is POSTed to its webhook_url, signed with HMAC-SHA256.

@@ -6,7 +6,6 @@ from django.core import signals
 from django.core.wsgi import get_wsgi_application
 from django.db import close_old_connections
 from hypothesis import HealthCheck, settings
-from rest_framework.authtoken.models import Token
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
@@ -15,6 +14,8 @@ from schemathesis.specs.openapi.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
+
+from diffusion_api.accounts.services import token_issue
 
 schema = schemathesis.openapi.from_wsgi("/api/schema/", get_wsgi_application())
 schema.config.generation.update(modes=[GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
@@ -43,7 +44,7 @@ def token(django_user_model, db, monkeypatch, tiny_model_dir, settings, keep_tes
     settings.DEFAULT_MODEL = "tiny"
     monkeypatch.setattr("diffusion_api.jobs.services.publish_job", lambda *, job_id: True)
     user = django_user_model.objects.create_user("fuzzer", password="fuzz-pw")
-    return Token.objects.create(user=user).key
+    return token_issue(user=user)
 
 
 @schema.parametrize()

@@ -1,11 +1,12 @@
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.core.management.base import BaseCommand
-from rest_framework.authtoken.models import Token
+
+from diffusion_api.accounts.services import token_issue
 
 
 class Command(BaseCommand):
-    help = "Create the user if needed and print an API token for them."
+    help = "Create the user if needed and print a new API token for them (shown only now; earlier ones stay valid)."
 
     def add_arguments(self, parser):
         parser.add_argument("username")
@@ -28,5 +29,4 @@ class Command(BaseCommand):
         if staff:
             # is_staff only opens the admin's door; the reviewers group (migration 0006) holds review's permissions.
             user.groups.add(Group.objects.get(name="reviewers"))
-        token, _ = Token.objects.get_or_create(user=user)
-        self.stdout.write(token.key)
+        self.stdout.write(token_issue(user=user))

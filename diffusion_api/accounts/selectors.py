@@ -1,0 +1,8 @@
+"""Reads: which token (and user) an API key belongs to."""
+
+from diffusion_api.accounts.models import ApiToken
+from diffusion_api.accounts.services import token_digest
+
+
+def token_for_key(*, key: str) -> ApiToken | None:
+    return ApiToken.objects.select_related("user").filter(digest=token_digest(key)).first()
