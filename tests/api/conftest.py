@@ -6,6 +6,14 @@ from diffusion_api.accounts.services import token_issue
 
 
 @pytest.fixture(autouse=True)
+def fresh_throttle_counters():
+    """Throttle counters live in the cache (LocMemCache under test settings): each test starts with none."""
+    from django.core.cache import cache
+
+    cache.clear()
+
+
+@pytest.fixture(autouse=True)
 def tiny_models_setting(settings, tiny_model_dir):
     settings.MODELS = {"tiny": tiny_model_dir}
     settings.DEFAULT_MODEL = "tiny"
