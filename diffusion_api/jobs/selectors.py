@@ -29,10 +29,14 @@ def job_get(*, user, job_id: UUID) -> Job | None:
 
 
 def job_queue_position(*, job: Job) -> int | None:
-    """1 for the next job a worker will take; None when the job is not waiting."""
+    """1 for the next job a worker will take (in the fair order workers claim in); None when it is not waiting.
+
+    The queue is at most JOB_MAX_QUEUE_DEPTH ids long, and the fair order is not a column: read it whole.
+    """
     if job.status != JobStatus.QUEUED:
         return None
-    return Job.objects.filter(status=JobStatus.QUEUED, created_at__lt=job.created_at).count() + 1
+    order = list(jobs_queued_fairly().values_list("id", flat=True))
+    return order.index(job.id) + 1 if job.id in order else None
 
 
 def job_images(*, job: Job) -> QuerySet[JobImage]:

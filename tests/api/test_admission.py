@@ -1,0 +1,29 @@
+"""Admission and fair order, as the API and the admin show them (the worker's side: tests/worker/test_tasks.py)."""
+
+import pytest
+
+from diffusion_api.jobs import selectors, services
+from diffusion_api.jobs.models import Job
+
+pytestmark = pytest.mark.django_db
+
+
+def test_queue_position_follows_the_fair_order(alice, bob, published):
+    """Alice queues three jobs, then Bob one: Bob's is second in line, not fourth."""
+    alices = [services.job_create(owner=alice, prompt=f"a{i}", steps=1) for i in range(3)]
+    bobs = services.job_create(owner=bob, prompt="b", steps=1)
+    services.job_claim(job_id=alices[0].id, worker="w")  # Alice is being served now
+    positions = [selectors.job_queue_position(job=Job.objects.get(id=j.id)) for j in (*alices, bobs)]
+    assert positions == [None, 2, 3, 1]
+
+
+def test_admin_retry_of_a_job_that_no_longer_fits_says_why(admin_client, alice, settings, published):
+    job = services.job_create(owner=alice, prompt="x", width=256, height=256, steps=30, num_images=4, seed=1)
+    settings.CELERY_TASK_SOFT_TIME_LIMIT = 10  # lowered since the job was made: its retry cannot finish now
+    response = admin_client.post(
+        "/admin/jobs/job/", {"action": "retry_jobs", "_selected_action": [str(job.id)]}, follow=True
+    )
+    assert response.status_code == 200
+    shown = [str(m) for m in response.context["messages"]]
+    assert "Queued 0 new jobs." in shown and any("Not retried" in m and "at most" in m for m in shown)
+    assert not Job.objects.filter(retry_of=job).exists()
