@@ -525,12 +525,17 @@ def job_sweep() -> SweepReport:
             publish_job(job_id=job.id)
 
     in_broker = queued_job_ids()  # None when the broker cannot be inspected: then re-publish by age alone
-    stale = Job.objects.filter(
-        status=JobStatus.QUEUED, published_at__lt=now - timedelta(seconds=settings.JOB_REPUBLISH_AFTER)
-    ).values_list("id", flat=True)
+    stale = list(
+        Job.objects.filter(
+            status=JobStatus.QUEUED, published_at__lt=now - timedelta(seconds=settings.JOB_REPUBLISH_AFTER)
+        ).values_list("id", flat=True)
+    )
+    if in_broker is not None:
+        # A message wakes a worker for whichever job is fairest then (job_claim_next), not only the one it names:
+        # what must hold is one waiting message per queued job. Re-publish only the shortfall.
+        missing = Job.objects.filter(status=JobStatus.QUEUED).count() - len(in_broker)
+        stale = [job_id for job_id in stale if str(job_id) not in in_broker][: max(missing, 0)]
     for job_id in stale:
-        if in_broker is not None and str(job_id) in in_broker:
-            continue
         if Job.objects.filter(id=job_id, status=JobStatus.QUEUED).update(published_at=now):
             report.republished.append(job_id)
             publish_job(job_id=job_id)

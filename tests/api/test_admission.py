@@ -27,3 +27,19 @@ def test_admin_retry_of_a_job_that_no_longer_fits_says_why(admin_client, alice, 
     shown = [str(m) for m in response.context["messages"]]
     assert "Queued 0 new jobs." in shown and any("Not retried" in m and "at most" in m for m in shown)
     assert not Job.objects.filter(retry_of=job).exists()
+
+
+def test_the_sweeper_counts_wake_ups_not_names(alice, published, monkeypatch):
+    """Any waiting message claims the fairest job, so one message naming a job that already runs still wakes a
+    worker for one of the two queued jobs: the sweeper re-publishes one message, not two."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    running = services.job_create(owner=alice, prompt="taken out of turn")
+    services.job_claim(job_id=running.id, worker="w")
+    waiting = [services.job_create(owner=alice, prompt=f"w{i}") for i in range(2)]
+    Job.objects.update(published_at=timezone.now() - timedelta(hours=1))
+    monkeypatch.setattr(services, "queued_job_ids", lambda: {str(running.id)})
+    republished = services.job_sweep().republished
+    assert len(republished) == 1 and republished[0] in {j.id for j in waiting}
