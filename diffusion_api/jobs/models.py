@@ -93,6 +93,10 @@ class Job(models.Model):
             models.Index(fields=["owner", "-created_at"]),
             models.Index(fields=["status", "created_at"]),
             models.Index(fields=["seed", "prompt"], name="jobs_cache_lookup"),
+            # The fair claim order (selectors.jobs_queued_fairly) reads each waiting owner's running jobs and
+            # latest start.
+            models.Index(fields=["owner", "status"], name="jobs_owner_status"),
+            models.Index(fields=["owner", "-started_at"], name="jobs_owner_last_started"),
         ]
         constraints = [
             models.UniqueConstraint(

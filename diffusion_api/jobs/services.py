@@ -2,6 +2,7 @@
 
 import logging
 import secrets
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import timedelta
 from uuid import UUID
@@ -492,6 +493,8 @@ class SweepReport:
     failed: list[UUID] = field(default_factory=list)  # ... and had used up their attempts
     republished: list[UUID] = field(default_factory=list)  # queued jobs with no message in the broker
     canceled: list[UUID] = field(default_factory=list)  # running jobs whose worker vanished after a cancel request
+    # Running jobs lost together with their batch: back in the queue to run alone, the loss not counted.
+    requeued_alone: list[UUID] = field(default_factory=list)
 
 
 def job_sweep() -> SweepReport:
@@ -505,11 +508,30 @@ def job_sweep() -> SweepReport:
     """
     report = SweepReport()
     now = timezone.now()
-    for job in Job.objects.filter(status=JobStatus.RUNNING, lease_expires_at__lt=now).only("id", "attempts", "worker"):
+    lost = list(
+        Job.objects.filter(status=JobStatus.RUNNING, lease_expires_at__lt=now).only("id", "attempts", "worker")
+    )
+    # A worker process runs one batch at a time: expired jobs of one process were lost together, as a batch.
+    per_process = Counter(_process_of(job.worker) for job in lost)
+    for job in lost:
         expired = Job.objects.filter(id=job.id, status=JobStatus.RUNNING, lease_expires_at__lt=now)
         if expired.filter(cancel_requested=True).update(status=JobStatus.CANCELED, finished_at=now):
             report.canceled.append(job.id)
             _job_ended(job.id)
+        elif per_process[_process_of(job.worker)] > 1:
+            # Any one of the batch may have killed the worker (a poison job): each runs again alone, and this
+            # loss does not count against it. The one at fault then loses its worker alone, and that counts.
+            if expired.update(
+                status=JobStatus.QUEUED,
+                run_alone=True,
+                attempts=F("attempts") - 1,
+                worker="",
+                progress_step=0,
+                lease_expires_at=None,
+                published_at=now,
+            ):
+                report.requeued_alone.append(job.id)
+                publish_job(job_id=job.id)
         elif job.attempts >= settings.JOB_MAX_ATTEMPTS:
             error = (
                 f"the worker running this job was lost {job.attempts} times (last: {job.worker}); "
@@ -539,12 +561,18 @@ def job_sweep() -> SweepReport:
         if Job.objects.filter(id=job_id, status=JobStatus.QUEUED).update(published_at=now):
             report.republished.append(job_id)
             publish_job(job_id=job_id)
-    if report.requeued or report.failed or report.republished or report.canceled:
+    if report.requeued or report.failed or report.republished or report.canceled or report.requeued_alone:
         logger.warning(
-            "sweep: requeued %s, failed %s, republished %s, canceled %s",
+            "sweep: requeued %s, failed %s, republished %s, canceled %s, requeued alone %s",
             report.requeued,
             report.failed,
             report.republished,
             report.canceled,
+            report.requeued_alone,
         )
     return report
+
+
+def _process_of(worker_token: str) -> str:
+    """`host:pid` of a claim token (job_claim: `host:pid#random`)."""
+    return worker_token.rsplit("#", 1)[0]

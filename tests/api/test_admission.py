@@ -43,3 +43,25 @@ def test_the_sweeper_counts_wake_ups_not_names(alice, published, monkeypatch):
     monkeypatch.setattr(services, "queued_job_ids", lambda: {str(running.id)})
     republished = services.job_sweep().republished
     assert len(republished) == 1 and republished[0] in {j.id for j in waiting}
+
+
+def test_a_batch_lost_with_its_worker_runs_again_alone_without_using_attempts(alice, bob, published, settings):
+    """A worker dies running Alice's and Bob's jobs as one batch (one of them may be a poison job): neither loses
+    an attempt to that, and each runs alone next; a job lost alone still counts its attempt."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    settings.JOB_MAX_ATTEMPTS = 1  # before the fix, both batch mates would end failed here
+    first = services.job_create(owner=alice, prompt="a", steps=1)
+    mate = services.job_create(owner=bob, prompt="b", steps=1)
+    alone = services.job_create(owner=bob, prompt="c", steps=1)
+    services.job_claim(job_id=first.id, worker="h:1")
+    assert [m.id for m in services.job_claim_batch(job=first, worker="h:1", limit=1)] == [mate.id]  # one batch
+    services.job_claim(job_id=alone.id, worker="h:2")  # another process, alone
+    Job.objects.update(lease_expires_at=timezone.now() - timedelta(seconds=1))
+    report = services.job_sweep()
+    assert sorted(report.requeued_alone) == sorted([first.id, mate.id]) and report.failed == [alone.id]
+    for job in (first, mate):
+        job.refresh_from_db()
+        assert (job.status, job.attempts, job.run_alone) == ("queued", 0, True)
