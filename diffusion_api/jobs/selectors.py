@@ -70,7 +70,7 @@ def model_step_rate(*, model: str) -> float:
 
 
 def jobs_queued_fairly() -> QuerySet[Job]:
-    """Queued jobs in the order workers should take them: fair across owners, oldest first within one owner.
+    """Queued jobs in the order workers should take them: fair across owners, first queued first within one owner.
 
     Owners with the fewest running jobs come first, then the owner served longest ago (never served first): a
     round robin, so one user's backlog cannot starve the others, whatever order the broker delivers messages in.
@@ -83,5 +83,12 @@ def jobs_queued_fairly() -> QuerySet[Job]:
     return (
         Job.objects.filter(status=JobStatus.QUEUED)
         .annotate(owner_running=Coalesce(Subquery(running), 0), owner_last_started=Subquery(last_started))
-        .order_by("owner_running", F("owner_last_started").asc(nulls_first=True), "created_at")
+        # Within an owner, the order of hand-over to the queue (as a broker would): a job taken back from a lost
+        # worker goes behind the owner's waiting jobs, so a job that kills workers cannot hold up the rest.
+        .order_by(
+            "owner_running",
+            F("owner_last_started").asc(nulls_first=True),
+            F("published_at").asc(nulls_first=True),
+            "created_at",
+        )
     )

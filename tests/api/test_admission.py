@@ -65,3 +65,18 @@ def test_a_batch_lost_with_its_worker_runs_again_alone_without_using_attempts(al
     for job in (first, mate):
         job.refresh_from_db()
         assert (job.status, job.attempts, job.run_alone) == ("queued", 0, True)
+
+
+def test_a_job_taken_back_from_a_lost_worker_goes_behind_its_owners_waiting_jobs(alice, published, settings):
+    """The broker's order was first queued, first served; the fair order keeps it within one owner, so a job that
+    kills its worker every time (re-queued by the sweeper) cannot run again before the jobs that waited."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    poison = services.job_create(owner=alice, prompt="kills its worker")
+    services.job_claim(job_id=poison.id, worker="h:1")
+    waiting = [services.job_create(owner=alice, prompt=f"w{i}") for i in range(2)]
+    Job.objects.filter(id=poison.id).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
+    assert services.job_sweep().requeued == [poison.id]
+    assert list(selectors.jobs_queued_fairly().values_list("id", flat=True)) == [*(j.id for j in waiting), poison.id]
