@@ -66,6 +66,6 @@ def _what_fits(rate, width, height, steps, num_images, guided, factor, budget) -
     side = math.floor(math.sqrt(budget / (rate * rows * steps) * 1e6) / factor) * factor
     if side >= factor:
         options.append(f"at most {side}×{side} pixels at these steps and image count")
-    if guided:
-        options.append("or guidance_scale ≤ 1, which halves the cost")
+    if guided and per_step / 2 * num_images * steps <= budget:
+        options.append("this request with guidance_scale ≤ 1 (no classifier-free guidance halves the cost)")
     return "; ".join(options) if options else "nothing at this size (try fewer pixels)"
