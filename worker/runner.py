@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import socket
 import threading
 import time
 from pathlib import Path
@@ -12,7 +13,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import connection
 
-from diffusion_api.jobs import services
+from diffusion_api.jobs import cost, services
 from diffusion_api.jobs.models import Job
 from diffusion_api.jobs.services import Outcome
 from generator import GenerationRequest, LoadedModel, generate, load_model, make_tiny_model, resolve_request
@@ -114,8 +115,20 @@ class ProgressReporter:
         self.lease = lease
         self.interval = interval
         self.last_write = -math.inf  # the first step always writes
+        self.first_step: tuple[int, float] | None = None  # (step, monotonic time) when the first step ended
+        self.last_step: tuple[int, float] | None = None
+
+    def step_seconds(self) -> tuple[int, float] | None:
+        """(steps, seconds) of pure denoising between the first and the last step: no model load, no prompt
+        encoding, no decode. None when fewer than two steps ran."""
+        if self.first_step is None or self.last_step is None or self.last_step[0] <= self.first_step[0]:
+            return None
+        return self.last_step[0] - self.first_step[0], self.last_step[1] - self.first_step[1]
 
     def __call__(self, state) -> None:
+        mark = (state.step, time.monotonic())
+        self.first_step = self.first_step or mark
+        self.last_step = mark
         for i, job in enumerate(self.jobs):
             if self.lease.is_lost(job):
                 state.cancel(i)
@@ -165,10 +178,10 @@ def run_jobs(jobs: list[Job]) -> dict:
         try:
             _run(jobs, lease, outcomes)
         except SoftTimeLimitExceeded:
-            _fail_unrecorded(jobs, lease, outcomes, f"time limit of {settings.CELERY_TASK_SOFT_TIME_LIMIT}s exceeded")
+            _settle_unrecorded(jobs, lease, outcomes, f"time limit of {settings.CELERY_TASK_SOFT_TIME_LIMIT}s exceeded")
         except Exception as error:
             logger.exception("jobs %s failed", [str(job.id) for job in jobs])
-            _fail_unrecorded(jobs, lease, outcomes, f"{type(error).__name__}: {error}")
+            _settle_unrecorded(jobs, lease, outcomes, f"{type(error).__name__}: {error}")
     return outcomes
 
 
@@ -183,7 +196,10 @@ def _run(jobs: list[Job], lease: LeaseKeeper, outcomes: dict) -> None:
             outcomes[job.id] = record(job, Outcome.FAILED, lease, error=str(error))
     if not runnable:
         return
-    results = generate(model, requests, callback=ProgressReporter(runnable, lease, settings.JOB_PROGRESS_INTERVAL))
+    reporter = ProgressReporter(runnable, lease, settings.JOB_PROGRESS_INTERVAL)
+    results = generate(model, requests, callback=reporter)
+    if not any(result.canceled for result in results):  # a canceled row leaves the batch: its steps got cheaper
+        _record_step_cost(runnable, reporter)
     for job, result in zip(runnable, results, strict=True):
         if result.canceled:
             outcomes[job.id] = record(job, Outcome.CANCELED, lease)
@@ -195,10 +211,56 @@ def _run(jobs: list[Job], lease: LeaseKeeper, outcomes: dict) -> None:
         outcomes[job.id] = record(job, Outcome.SUCCEEDED, lease, images=images)
 
 
-def _fail_unrecorded(jobs: list[Job], lease: LeaseKeeper, outcomes: dict, error: str) -> None:
-    for job in jobs:
-        if job.id not in outcomes:
-            outcomes[job.id] = record(job, Outcome.FAILED, lease, error=error)
+def _record_step_cost(jobs: list[Job], reporter: ProgressReporter) -> None:
+    """Tell the API what a step of this model costs here (cost admission, services.model_step_cost_record)."""
+    measured = reporter.step_seconds()
+    if measured is None:
+        return
+    steps, seconds = measured
+    first = jobs[0]
+    rows = cost.unet_rows(
+        num_images=sum(job.num_images for job in jobs),
+        guided=any(cost.is_guided(job.guidance_scale) for job in jobs),  # one guided job doubles the whole batch
+    )
+    try:
+        services.model_step_cost_record(
+            model=first.model,
+            host=socket.gethostname(),
+            seconds=seconds,
+            megapixel_rows=steps * cost.megapixel_rows(width=first.width, height=first.height, rows=rows),
+        )
+    except Exception:  # a measurement is best effort: the jobs' images matter more
+        logger.warning("recording the step cost of model %s failed", first.model, exc_info=True)
+        connection.close()
+
+
+def _settle_unrecorded(jobs: list[Job], lease: LeaseKeeper, outcomes: dict, error: str) -> None:
+    """After the loop failed: one job fails with the error; several go back to the queue, each to run alone.
+
+    A batch fails as a whole, so its error may be any one member's doing (one job's size ran the batch out of
+    time, or out of memory): failing the others would let one user's job fail another's. Requeued jobs keep
+    their attempts (services.job_requeue_alone).
+    """
+    unrecorded = [job for job in jobs if job.id not in outcomes]
+    if len(unrecorded) == 1:
+        outcomes[unrecorded[0].id] = record(unrecorded[0], Outcome.FAILED, lease, error=error)
+        return
+    logger.warning("a batch of %d jobs failed (%s); each runs again alone", len(unrecorded), error)
+    for job in unrecorded:
+        outcomes[job.id] = _requeue_alone(job, lease)
+
+
+def _requeue_alone(job: Job, lease: LeaseKeeper) -> str:
+    for delay in [0.5, 1, 2, 4, None]:  # through a database restart, as `record` does
+        try:
+            return "requeued" if services.job_requeue_alone(job_id=job.id, worker=job.worker) else "superseded"
+        except Exception:
+            if delay is None or lease.is_lost(job):
+                logger.exception("could not requeue job %s; the sweeper will take it back", job.id)
+                return "superseded"
+            connection.close()
+            time.sleep(delay)
+    return "superseded"
 
 
 def run_job(job: Job) -> str:

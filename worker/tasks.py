@@ -1,4 +1,4 @@
-"""Thin tasks: claim the job by id (and batch mates), hand them to the runner, which records their outcomes."""
+"""Thin tasks: claim the fairest queued job (and batch mates), hand them to the runner, which records their outcomes."""
 
 import logging
 import os
@@ -26,22 +26,27 @@ def worker_name() -> str:
 # Celery's Django fix-up closes stale database connections around each task.
 @app.task(name=RUN_JOB_TASK)
 def run_job(job_id: str) -> str:
+    # The message is a wake-up: the worker takes the job that is fairest to run now (services.job_claim_next),
+    # which is not necessarily the one the message names.
     with job_context(job_id):
-        return _run_job(job_id)
+        job = services.job_claim_next(worker=worker_name())
+        if job is None:
+            logger.info("no job is queued (message for %s); skipping", job_id)
+            return "skipped"
+    with job_context(job.id):  # the logs of this work carry the id of the job it runs
+        return _run_claimed(job, message_for=job_id)
 
 
-def _run_job(job_id: str) -> str:
-    job = services.job_claim(job_id=job_id, worker=worker_name())
-    if job is None:
-        logger.info("job %s is not queued (already claimed, canceled or done); skipping", job_id)
-        return "skipped"
+def _run_claimed(job, *, message_for: str) -> str:
     jobs = [job]
-    if settings.WORKER_BATCH_SIZE > 1 and job.attempts == 1:  # a job that lost a worker before runs alone
+    # A job that lost a worker before, or was in a batch that failed, runs alone: its failure is then its own.
+    if settings.WORKER_BATCH_SIZE > 1 and job.attempts == 1 and not job.run_alone:
         jobs += services.job_claim_batch(job=job, worker=worker_name(), limit=settings.WORKER_BATCH_SIZE - 1)
     logger.info(
-        "job %s claimed (attempt %d) with %d batch mates %s",
-        job_id,
+        "job %s claimed (attempt %d; message for %s) with %d batch mates %s",
+        job.id,
         job.attempts,
+        message_for,
         len(jobs) - 1,
         [str(j.id) for j in jobs[1:]],
     )

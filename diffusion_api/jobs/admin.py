@@ -3,6 +3,7 @@
 import base64
 
 from django.contrib import admin, messages
+from django.core.exceptions import ValidationError
 from django.utils.html import format_html, format_html_join
 
 from diffusion_api.jobs import services
@@ -105,8 +106,15 @@ class JobAdmin(admin.ModelAdmin):
 
     @admin.action(description="Retry selected jobs as new jobs")
     def retry_jobs(self, request, queryset):
-        new = [services.job_retry(job=job) for job in queryset]
+        new, refused = [], []
+        for job in queryset:
+            try:
+                new.append(services.job_retry(job=job))
+            except ValidationError as error:  # e.g. it no longer fits the time limit (services._check_cost)
+                refused.append(f"{job.id}: {'; '.join(error.messages)}")
         self.message_user(request, f"Queued {len(new)} new jobs.", messages.SUCCESS)
+        if refused:
+            self.message_user(request, "Not retried: " + " | ".join(refused), messages.WARNING)
 
     @admin.action(description="Mark reviewed: approved")
     def approve_jobs(self, request, queryset):

@@ -84,6 +84,8 @@ class Job(models.Model):
     # The result cache: an identical request with an explicit seed copies the images of an earlier job.
     model_version = models.CharField(max_length=32, blank=True, default="")  # catalog.model_version at creation
     cached_from = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    # Set when the job's batch failed as a whole: it is retried without batch mates, so a failure is its own.
+    run_alone = models.BooleanField(default=False)
 
     class Meta:
         ordering = ["-created_at"]
@@ -91,6 +93,10 @@ class Job(models.Model):
             models.Index(fields=["owner", "-created_at"]),
             models.Index(fields=["status", "created_at"]),
             models.Index(fields=["seed", "prompt"], name="jobs_cache_lookup"),
+            # The fair claim order (selectors.jobs_queued_fairly) reads each waiting owner's running jobs and
+            # latest start.
+            models.Index(fields=["owner", "status"], name="jobs_owner_status"),
+            models.Index(fields=["owner", "-started_at"], name="jobs_owner_last_started"),
         ]
         constraints = [
             models.UniqueConstraint(
@@ -138,6 +144,27 @@ class WorkerHeartbeat(models.Model):
     last_seen = models.DateTimeField()
     queues = models.JSONField(default=list)  # the queues it consumes: only "jobs" consumers run jobs
     models = models.JSONField(default=list)  # the models this worker serves (this name hides the module below)
+
+
+class ModelStepCost(models.Model):
+    """What one denoising step of a model costs on one worker host, measured by that worker (worker/runner.py).
+
+    Kept as running totals of seconds and megapixel-rows (width × height / 10⁶ × UNet rows, a row being one image,
+    two under classifier-free guidance), both decayed at each update, so their ratio follows the host's current
+    speed and is weighted towards large batches, where a step's fixed overhead no longer counts.
+    """
+
+    model = models.CharField(max_length=100)
+    host = models.CharField(max_length=200)
+    seconds = models.FloatField(default=0.0)
+    megapixel_rows = models.FloatField(default=0.0)
+    measured_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["model", "host"], name="one_step_cost_per_model_host")]
+
+    def __str__(self) -> str:
+        return f"{self.model} on {self.host}"
 
 
 class WebhookStatus(models.TextChoices):

@@ -1,12 +1,14 @@
 """Every read of jobs. Ownership is enforced here, in the queryset."""
 
+from datetime import timedelta
 from uuid import UUID
 
 from django.conf import settings
-from django.db.models import QuerySet
+from django.db.models import Count, F, OuterRef, QuerySet, Subquery
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from diffusion_api.jobs.models import Job, JobImage, JobStatus, WorkerHeartbeat
+from diffusion_api.jobs.models import Job, JobImage, JobStatus, ModelStepCost, WorkerHeartbeat
 
 
 def job_list(*, user, status: str | None = None) -> QuerySet[Job]:
@@ -27,10 +29,14 @@ def job_get(*, user, job_id: UUID) -> Job | None:
 
 
 def job_queue_position(*, job: Job) -> int | None:
-    """1 for the next job a worker will take; None when the job is not waiting."""
+    """1 for the next job a worker will take (in the fair order workers claim in); None when it is not waiting.
+
+    The queue is at most JOB_MAX_QUEUE_DEPTH ids long, and the fair order is not a column: read it whole.
+    """
     if job.status != JobStatus.QUEUED:
         return None
-    return Job.objects.filter(status=JobStatus.QUEUED, created_at__lt=job.created_at).count() + 1
+    order = list(jobs_queued_fairly().values_list("id", flat=True))
+    return order.index(job.id) + 1 if job.id in order else None
 
 
 def job_images(*, job: Job) -> QuerySet[JobImage]:
@@ -45,3 +51,44 @@ def workers_alive() -> QuerySet[WorkerHeartbeat]:
     """Workers whose heartbeat (services.worker_heartbeat) is recent: within 3 WORKER_HEARTBEAT_SECONDS."""
     horizon = timezone.now() - timezone.timedelta(seconds=3 * settings.WORKER_HEARTBEAT_SECONDS)
     return WorkerHeartbeat.objects.filter(last_seen__gte=horizon)
+
+
+# A host that has not measured a model for this long no longer counts (it has probably left the fleet).
+STEP_COST_HORIZON = timedelta(days=7)
+
+
+def model_step_rate(*, model: str) -> float:
+    """Seconds a denoising step of `model` takes per megapixel-row (jobs/cost.py), on its slowest recent host.
+
+    Each host's measured totals are blended with the JOB_STEP_SECONDS_PER_MEGAPIXEL prior, worth one megapixel-row
+    step: tiny batches (whose steps are mostly fixed overhead) barely move the estimate, large ones decide it.
+    The slowest host counts because any worker may take the job.
+    """
+    prior = settings.JOB_STEP_SECONDS_PER_MEGAPIXEL
+    measured = ModelStepCost.objects.filter(model=model, measured_at__gte=timezone.now() - STEP_COST_HORIZON)
+    return max(((c.seconds + prior) / (c.megapixel_rows + 1.0) for c in measured), default=prior)
+
+
+def jobs_queued_fairly() -> QuerySet[Job]:
+    """Queued jobs in the order workers should take them: fair across owners, first queued first within one owner.
+
+    Owners with the fewest running jobs come first, then the owner served longest ago (never served first): a
+    round robin, so one user's backlog cannot starve the others, whatever order the broker delivers messages in.
+    """
+    owner_jobs = Job.objects.filter(owner=OuterRef("owner"), cached_from__isnull=True)
+    running = (
+        owner_jobs.filter(status=JobStatus.RUNNING).order_by().values("owner").annotate(n=Count("id")).values("n")
+    )
+    last_started = owner_jobs.filter(started_at__isnull=False).order_by("-started_at").values("started_at")[:1]
+    return (
+        Job.objects.filter(status=JobStatus.QUEUED)
+        .annotate(owner_running=Coalesce(Subquery(running), 0), owner_last_started=Subquery(last_started))
+        # Within an owner, the order of hand-over to the queue (as a broker would): a job taken back from a lost
+        # worker goes behind the owner's waiting jobs, so a job that kills workers cannot hold up the rest.
+        .order_by(
+            "owner_running",
+            F("owner_last_started").asc(nulls_first=True),
+            F("published_at").asc(nulls_first=True),
+            "created_at",
+        )
+    )

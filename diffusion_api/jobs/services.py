@@ -2,6 +2,7 @@
 
 import logging
 import secrets
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import timedelta
 from uuid import UUID
@@ -9,16 +10,17 @@ from uuid import UUID
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
-from django.db import models, transaction
+from django.db import IntegrityError, models, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from diffusion_api.jobs import catalog
+from diffusion_api.jobs import catalog, cost, selectors
 from diffusion_api.jobs.models import (
     PARAMETER_FIELDS,
     Job,
     JobImage,
     JobStatus,
+    ModelStepCost,
     ReviewStatus,
     WebhookDelivery,
     WorkerHeartbeat,
@@ -114,8 +116,9 @@ def job_create(
 ) -> Job:
     """Resolve defaults, check the limits, store the job and queue it once the transaction commits.
 
-    With `cache` and an explicit seed, a request identical to an earlier succeeded one (same model files too)
-    gets a new job that holds that job's images at once, without running the model.
+    With `cache` and an explicit seed, a request identical to an earlier succeeded one of the same owner (same
+    model files too) gets a new job that holds that job's images at once, without running the model. A job that
+    would run is admitted only if its estimated cost fits the time limit (jobs/cost.py).
     """
     model = model or settings.DEFAULT_MODEL
     try:
@@ -159,7 +162,11 @@ def job_create(
     }
     source = None
     if cache and seed_given:
-        source = Job.objects.filter(status=JobStatus.SUCCEEDED, **resolved).order_by("-finished_at").first()
+        # Only the owner's own jobs: a hit on someone else's would tell this user that they asked for it (an
+        # instant success, and `cached_from` naming their job).
+        source = (
+            Job.objects.filter(owner=owner, status=JobStatus.SUCCEEDED, **resolved).order_by("-finished_at").first()
+        )
     if source is not None:
         return _job_from_cache(
             source,
@@ -170,6 +177,10 @@ def job_create(
             webhook_url=webhook_url,
         )
 
+    _check_cost(
+        model, width=width, height=height, steps=steps, num_images=num_images, guidance_scale=guidance_scale,
+        factor=info.vae_scale_factor,
+    )
     job = Job.objects.create(
         owner=owner,
         model_version=resolved["model_version"],
@@ -195,6 +206,13 @@ def job_create(
         "job created by %s: %dx%d, %d steps, %s", owner, width, height, steps, scheduler, extra={"job_id": str(job.id)}
     )
     return job
+
+
+def _check_cost(model: str, **request) -> None:
+    """Refuse a job that cannot finish within the time limit on the workers that serve its model (it would only
+    burn a worker up to JOB_SOFT_TIME_LIMIT and fail), naming what would fit."""
+    if message := cost.over_budget_message(rate=selectors.model_step_rate(model=model), **request):
+        raise ValidationError({"non_field_errors": [message]})
 
 
 def _job_from_cache(source: Job, *, owner, **fields) -> Job:
@@ -239,17 +257,32 @@ def job_claim(*, job_id: UUID, worker: str) -> Job | None:
     return Job.objects.get(id=job_id) if claimed else None
 
 
-def job_claim_batch(*, job: Job, worker: str, limit: int) -> list[Job]:
-    """Claim up to `limit` more queued jobs that can share `job`'s denoising loop, oldest first.
+def job_claim_next(*, worker: str) -> Job | None:
+    """Claim the queued job that is fairest to run next (selectors.jobs_queued_fairly); None if none is queued.
 
-    Batch mates have the same model, size, steps and scheduler, and have never lost a worker: a job that may
-    kill its worker (a poison job) must not take innocent jobs down with it. Their own broker messages arrive
-    later and find them claimed, which does nothing.
+    A `run_job` message is a wake-up for one job's worth of work, not an order to run the job it names: the broker
+    delivers in submission order, so taking the named job would let one user's backlog starve everyone else. Each
+    queued job has a message, so every job is still claimed; a message whose job went first claims another.
+    """
+    for candidate in selectors.jobs_queued_fairly().values_list("id", flat=True)[:20]:
+        if job := job_claim(job_id=candidate, worker=worker):
+            return job
+    return None
+
+
+def job_claim_batch(*, job: Job, worker: str, limit: int) -> list[Job]:
+    """Claim up to `limit` more queued jobs that can share `job`'s denoising loop, taking owners in turn.
+
+    Batch mates have the same model, size, steps and scheduler, and have never lost a worker or been in a failed
+    batch: a job that may kill its worker (a poison job) must not take innocent jobs down with it. A mate joins
+    only while the whole batch's estimated cost still fits the time limit, so the batch can finish in the time
+    one job is given. Their own broker messages arrive later and claim other work (job_claim_next).
     """
     candidates = (
-        Job.objects.filter(
-            status=JobStatus.QUEUED,
+        selectors.jobs_queued_fairly()
+        .filter(
             attempts=0,
+            run_alone=False,
             model=job.model,
             width=job.width,
             height=job.height,
@@ -257,16 +290,87 @@ def job_claim_batch(*, job: Job, worker: str, limit: int) -> list[Job]:
             scheduler=job.scheduler,
         )
         .exclude(id=job.id)
-        .order_by("created_at")
-        .values_list("id", flat=True)[: 2 * limit]
+        .values_list("id", "owner_id", "num_images", "guidance_scale")[: 4 * limit]
     )
+    rate = selectors.model_step_rate(model=job.model)
+    images, guided = job.num_images, cost.is_guided(job.guidance_scale)
     mates = []
-    for candidate in candidates:
+    for candidate, _owner, num_images, guidance_scale in _owners_in_turn(list(candidates)):
         if len(mates) == limit:
             break
+        with_mate = cost.unet_rows(num_images=images + num_images, guided=guided or cost.is_guided(guidance_scale))
+        seconds = cost.estimated_seconds(rate=rate, width=job.width, height=job.height, steps=job.steps, rows=with_mate)
+        if seconds > cost.budget_seconds():
+            continue  # a smaller mate may still fit
         if mate := job_claim(job_id=candidate, worker=worker):
             mates.append(mate)
+            images, guided = images + num_images, guided or cost.is_guided(guidance_scale)
     return mates
+
+
+def _owners_in_turn(candidates: list[tuple]) -> list[tuple]:
+    """Reorder (id, owner, …) rows so owners alternate, each owner's rows keeping their order."""
+    by_owner: dict = {}
+    for row in candidates:
+        by_owner.setdefault(row[1], []).append(row)
+    turns = []
+    while by_owner:
+        for owner in list(by_owner):
+            turns.append(by_owner[owner].pop(0))
+            if not by_owner[owner]:
+                del by_owner[owner]
+    return turns
+
+
+def job_requeue_alone(*, job_id: UUID, worker: str) -> bool:
+    """Put a job of a failed batch back in the queue, to run alone, without counting the attempt.
+
+    A batch fails as a whole (an exception in the loop, the time limit), so the failure may belong to a mate.
+    Alone, the job either succeeds or fails for its own reason. A job whose cancel was asked for ends `canceled`.
+    False when the job is no longer this worker's claim.
+    """
+    running = Job.objects.filter(id=job_id, status=JobStatus.RUNNING, worker=worker)
+    now = timezone.now()
+    with transaction.atomic():
+        if running.filter(cancel_requested=True).update(status=JobStatus.CANCELED, finished_at=now):
+            return _job_ended(job_id)
+        requeued = running.update(
+            status=JobStatus.QUEUED,
+            run_alone=True,
+            attempts=F("attempts") - 1,
+            worker="",
+            progress_step=0,
+            lease_expires_at=None,
+            published_at=now,
+        )
+        if requeued:
+            transaction.on_commit(lambda: publish_job(job_id=job_id))
+    return bool(requeued)
+
+
+def model_step_cost_record(*, model: str, host: str, seconds: float, megapixel_rows: float) -> None:
+    """A worker measured `seconds` for denoising steps worth `megapixel_rows` (jobs/cost.py) of `model`.
+
+    The host's totals decay by STEP_COST_DECAY at each record, so the rate follows the host's current speed.
+    """
+    now = timezone.now()
+    decayed = dict(
+        seconds=F("seconds") * STEP_COST_DECAY + seconds,
+        megapixel_rows=F("megapixel_rows") * STEP_COST_DECAY + megapixel_rows,
+        measured_at=now,
+    )
+    if ModelStepCost.objects.filter(model=model, host=host).update(**decayed):
+        return
+    try:
+        with transaction.atomic():
+            ModelStepCost.objects.create(
+                model=model, host=host, seconds=seconds, megapixel_rows=megapixel_rows, measured_at=now
+            )
+    except IntegrityError:  # another process of this host created it first
+        ModelStepCost.objects.filter(model=model, host=host).update(**decayed)
+
+
+STEP_COST_DECAY = 0.9
 
 
 def job_renew_lease(*, job_id: UUID, worker: str) -> bool:
@@ -388,6 +492,8 @@ class SweepReport:
     failed: list[UUID] = field(default_factory=list)  # ... and had used up their attempts
     republished: list[UUID] = field(default_factory=list)  # queued jobs with no message in the broker
     canceled: list[UUID] = field(default_factory=list)  # running jobs whose worker vanished after a cancel request
+    # Running jobs lost together with their batch: back in the queue to run alone, the loss not counted.
+    requeued_alone: list[UUID] = field(default_factory=list)
 
 
 def job_sweep() -> SweepReport:
@@ -401,11 +507,30 @@ def job_sweep() -> SweepReport:
     """
     report = SweepReport()
     now = timezone.now()
-    for job in Job.objects.filter(status=JobStatus.RUNNING, lease_expires_at__lt=now).only("id", "attempts", "worker"):
+    lost = list(
+        Job.objects.filter(status=JobStatus.RUNNING, lease_expires_at__lt=now).only("id", "attempts", "worker")
+    )
+    # A worker process runs one batch at a time: expired jobs of one process were lost together, as a batch.
+    per_process = Counter(_process_of(job.worker) for job in lost)
+    for job in lost:
         expired = Job.objects.filter(id=job.id, status=JobStatus.RUNNING, lease_expires_at__lt=now)
         if expired.filter(cancel_requested=True).update(status=JobStatus.CANCELED, finished_at=now):
             report.canceled.append(job.id)
             _job_ended(job.id)
+        elif per_process[_process_of(job.worker)] > 1:
+            # Any one of the batch may have killed the worker (a poison job): each runs again alone, and this
+            # loss does not count against it. The one at fault then loses its worker alone, and that counts.
+            if expired.update(
+                status=JobStatus.QUEUED,
+                run_alone=True,
+                attempts=F("attempts") - 1,
+                worker="",
+                progress_step=0,
+                lease_expires_at=None,
+                published_at=now,
+            ):
+                report.requeued_alone.append(job.id)
+                publish_job(job_id=job.id)
         elif job.attempts >= settings.JOB_MAX_ATTEMPTS:
             error = (
                 f"the worker running this job was lost {job.attempts} times (last: {job.worker}); "
@@ -421,21 +546,32 @@ def job_sweep() -> SweepReport:
             publish_job(job_id=job.id)
 
     in_broker = queued_job_ids()  # None when the broker cannot be inspected: then re-publish by age alone
-    stale = Job.objects.filter(
-        status=JobStatus.QUEUED, published_at__lt=now - timedelta(seconds=settings.JOB_REPUBLISH_AFTER)
-    ).values_list("id", flat=True)
+    stale = list(
+        Job.objects.filter(
+            status=JobStatus.QUEUED, published_at__lt=now - timedelta(seconds=settings.JOB_REPUBLISH_AFTER)
+        ).values_list("id", flat=True)
+    )
+    if in_broker is not None:
+        # A message wakes a worker for whichever job is fairest then (job_claim_next), not only the one it names:
+        # what must hold is one waiting message per queued job. Re-publish only the shortfall.
+        missing = Job.objects.filter(status=JobStatus.QUEUED).count() - len(in_broker)
+        stale = [job_id for job_id in stale if str(job_id) not in in_broker][: max(missing, 0)]
     for job_id in stale:
-        if in_broker is not None and str(job_id) in in_broker:
-            continue
         if Job.objects.filter(id=job_id, status=JobStatus.QUEUED).update(published_at=now):
             report.republished.append(job_id)
             publish_job(job_id=job_id)
-    if report.requeued or report.failed or report.republished or report.canceled:
+    if report.requeued or report.failed or report.republished or report.canceled or report.requeued_alone:
         logger.warning(
-            "sweep: requeued %s, failed %s, republished %s, canceled %s",
+            "sweep: requeued %s, failed %s, republished %s, canceled %s, requeued alone %s",
             report.requeued,
             report.failed,
             report.republished,
             report.canceled,
+            report.requeued_alone,
         )
     return report
+
+
+def _process_of(worker_token: str) -> str:
+    """`host:pid` of a claim token (job_claim: `host:pid#random`)."""
+    return worker_token.rsplit("#", 1)[0]

@@ -228,6 +228,12 @@ JOB_RETRY_AFTER = env_int("JOB_RETRY_AFTER", 30)  # seconds, in Retry-After of t
 # Throttles (JOB_CREATE_RATE per user on POST jobs/; TOKEN_RATE per client and TOKEN_USERNAME_RATE per username on
 # POST auth/token/): REST_FRAMEWORK.
 JOB_PROGRESS_INTERVAL = env_float("JOB_PROGRESS_INTERVAL", 0.25)  # seconds between progress writes
+# Cost admission: a job whose estimated run time (the model's measured seconds per step and megapixel-row on the
+# workers × megapixels × rows × steps) is over JOB_COST_HEADROOM × JOB_SOFT_TIME_LIMIT is a 400 saying what fits.
+# JOB_STEP_SECONDS_PER_MEGAPIXEL is the estimate before the workers have measured a model (a prior worth one
+# megapixel-row step of evidence): conservative, about this project's CPUs on the built-in model.
+JOB_STEP_SECONDS_PER_MEGAPIXEL = env_float("JOB_STEP_SECONDS_PER_MEGAPIXEL", 5.0)
+JOB_COST_HEADROOM = env_float("JOB_COST_HEADROOM", 0.8)
 
 # --- Webhooks: the final state of a job is POSTed to its webhook_url, signed with HMAC-SHA256.
 WEBHOOK_SECRET = os.environ.get("WEBHOOK_SECRET", "")  # empty: derived from SECRET_KEY

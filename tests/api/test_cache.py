@@ -1,7 +1,7 @@
 import pytest
 
 from diffusion_api.jobs import services
-from diffusion_api.jobs.models import JobStatus
+from diffusion_api.jobs.models import Job, JobStatus
 
 pytestmark = pytest.mark.django_db
 JOBS = "/api/v1/jobs/"
@@ -14,12 +14,12 @@ def run(job, png=b"\x89PNG-a"):
 
 
 def test_identical_request_with_a_seed_is_served_from_the_cache(
-    alice, bob_client, published, django_capture_on_commit_callbacks
+    alice, alice_client, published, django_capture_on_commit_callbacks
 ):
     first = services.job_create(owner=alice, prompt="a red circle", seed=7, steps=3, num_images=2)
     run(first)
     with django_capture_on_commit_callbacks(execute=True) as callbacks:
-        response = bob_client.post(
+        response = alice_client.post(
             JOBS, {"prompt": "a red circle", "seed": 7, "steps": 3, "num_images": 2}, format="json"
         )
     assert callbacks == []  # nothing to publish after commit
@@ -28,6 +28,20 @@ def test_identical_request_with_a_seed_is_served_from_the_cache(
     assert body["id"] != str(first.id) and [i["seed"] for i in body["images"]] == [7, 8]
     assert published == []  # nothing was queued: the model does not run
     assert len(body["images"][0]["png_base64"]) > 0
+
+
+def test_the_cache_never_reveals_another_users_job(alice, bob, bob_client, published):
+    """Bob sends Alice's exact request: he must learn nothing of her job, not its id, not that it was made."""
+    alices = services.job_create(owner=alice, prompt="a red circle", seed=7, steps=3)
+    run(alices)
+    response = bob_client.post(JOBS, {"prompt": "a red circle", "seed": 7, "steps": 3}, format="json")
+    body = response.json()
+    assert response.status_code == 202 and body["status"] == "queued" and body["cached_from"] is None
+    assert str(alices.id) not in response.content.decode()
+    assert Job.objects.get(id=body["id"]).images.count() == 0  # Bob's job runs the model
+    run(Job.objects.get(id=body["id"]))
+    again = bob_client.post(JOBS, {"prompt": "a red circle", "seed": 7, "steps": 3}, format="json").json()
+    assert again["status"] == "succeeded" and again["cached_from"] == body["id"]  # his own job caches for him
 
 
 def test_cache_misses(alice, alice_client, published):

@@ -28,6 +28,41 @@ def test_pixel_budget(alice_client, settings, published):
     assert alice_client.post(JOBS, {"prompt": "x", "width": 64, "height": 64}, format="json").status_code == 202
 
 
+def test_a_job_that_cannot_finish_in_time_is_refused_with_what_fits(alice_client, settings, published):
+    """768², 150 steps, 4 images, guidance 30 is within every limit, yet can only run out of time: refuse it."""
+    settings.CELERY_TASK_SOFT_TIME_LIMIT = 100
+    settings.JOB_COST_HEADROOM = 0.8  # 80 s
+    settings.JOB_STEP_SECONDS_PER_MEGAPIXEL = 5.0  # nothing measured yet: the prior
+    # 256² px × 4 images × 2 (guidance) × 150 steps = 78.6 megapixel-row steps: 393 s.
+    big = {"prompt": "x", "width": 256, "height": 256, "steps": 150, "num_images": 4, "guidance_scale": 30.0}
+    response = alice_client.post(JOBS, big, format="json")
+    assert response.status_code == 400
+    message = response.json()["non_field_errors"][0]
+    assert "about 393s" in message and "more than the 80s a job may take" in message
+    # 2.62 s a step at this size: 30 steps fit; at 150 steps, not even one image, but a 114² square (factor 2).
+    assert "at most 30 steps at this size" in message and "at most 114×114 pixels" in message
+    assert "image(s) at this size" not in message and "guidance_scale ≤ 1" not in message  # 196 s: still too long
+    assert Job.objects.count() == 0 and published == []
+    assert alice_client.post(JOBS, {**big, "steps": 30}, format="json").status_code == 202
+
+
+def test_admission_follows_the_rate_the_workers_measured(alice_client, settings, published):
+    from django.utils import timezone
+
+    from diffusion_api.jobs.models import ModelStepCost
+
+    settings.CELERY_TASK_SOFT_TIME_LIMIT = 100
+    settings.JOB_COST_HEADROOM = 0.8
+    body = {"prompt": "x", "width": 256, "height": 256, "steps": 30, "num_images": 4, "guidance_scale": 30.0}
+    assert alice_client.post(JOBS, body, format="json").status_code == 202  # 78.6 s at the 5 s prior
+    # A worker measured this model at 10 s per megapixel-row step over plenty of steps (99 + the prior's 1).
+    ModelStepCost.objects.create(
+        model="tiny", host="slow", seconds=995.0, megapixel_rows=99.0, measured_at=timezone.now()
+    )
+    response = alice_client.post(JOBS, body, format="json")
+    assert response.status_code == 400 and "at most 15 steps" in response.json()["non_field_errors"][0]
+
+
 def test_request_body_size(alice_client, settings, published):
     settings.JOB_MAX_BODY_BYTES = 1000
     response = alice_client.post(JOBS, {"prompt": "x", "negative_prompt": "y" * 2000}, format="json")

@@ -70,7 +70,7 @@ def test_progress_writes_are_throttled(user, published, monkeypatch, settings):
     assert writes == [1, 6]
 
 
-def test_failure_stores_the_message(user, published, monkeypatch, settings):
+def test_failure_stores_the_message(user, published, monkeypatch, settings, django_capture_on_commit_callbacks):
     settings.WORKER_BATCH_SIZE = 2
     job, mate = (services.job_create(owner=user, prompt=p, steps=1) for p in ("x", "y"))
 
@@ -78,10 +78,13 @@ def test_failure_stores_the_message(user, published, monkeypatch, settings):
         raise RuntimeError("CUDA out of memory")
 
     monkeypatch.setattr(runner, "generate", explode)
-    assert tasks.run_job(str(job.id)) == "failed"
-    for each in (job, mate):  # the whole batch fails with the message
+    with django_capture_on_commit_callbacks(execute=True):
+        assert tasks.run_job(str(job.id)) == "requeued"  # the batch failed: each job runs again alone
+    for each in (job, mate):  # alone, each fails with the message, on its first counted attempt
+        assert tasks.run_job(str(each.id)) == "failed"
         each.refresh_from_db()
         assert each.status == JobStatus.FAILED and each.error == "RuntimeError: CUDA out of memory" and each.finished_at
+        assert each.attempts == 1 and each.run_alone
 
 
 def test_every_outcome_is_recorded_by_one_service(user, published, monkeypatch, settings):
@@ -167,7 +170,9 @@ def test_compatible_jobs_run_as_one_batch(user, published, settings):
     statuses = {j.id: j.status for j in Job.objects.all()}
     assert [statuses[j.id] for j in (first, second, third)] == [JobStatus.SUCCEEDED] * 3
     assert statuses[other.id] == JobStatus.QUEUED  # different steps: not in this batch
-    assert tasks.run_job(str(second.id)) == "skipped"  # its own message arrives later and does nothing
+    assert tasks.run_job(str(second.id)) == "succeeded"  # its own message arrives later and runs the next job
+    assert Job.objects.get(id=other.id).status == JobStatus.SUCCEEDED
+    assert tasks.run_job(str(third.id)) == "skipped"  # nothing is left to run
 
     settings.WORKER_BATCH_SIZE = 1
     alone = services.job_create(owner=user, prompt="a blue square", seed=2, cache=False, **same)
@@ -252,3 +257,102 @@ def test_worker_process_start_warms_up_the_default_model(settings, monkeypatch):
         if thread.name == "warm-up":
             thread.join(timeout=60)
     assert "tiny" in runner._loaded
+
+
+def test_a_failed_batch_does_not_fail_a_job_that_succeeds_alone(
+    user, published, monkeypatch, settings, django_capture_on_commit_callbacks
+):
+    """Alice's small job shares a batch with Bob's big one, and the batch runs out of time: Alice's job must not
+    fail with it. Both run again alone, and neither loses an attempt to the batch."""
+    from celery.exceptions import SoftTimeLimitExceeded
+
+    settings.WORKER_BATCH_SIZE = 2
+    bob = get_user_model().objects.create_user("bob")
+    alices = services.job_create(owner=user, prompt="a red circle", steps=2, seed=1)
+    bobs = services.job_create(owner=bob, prompt="a blue square", steps=2, seed=2, num_images=4)
+    real_generate = runner.generate
+
+    def out_of_time_when_batched(model, requests, callback=None):
+        if len(requests) > 1:
+            raise SoftTimeLimitExceeded()
+        return real_generate(model, requests, callback=callback)
+
+    monkeypatch.setattr(runner, "generate", out_of_time_when_batched)
+    with django_capture_on_commit_callbacks(execute=True):
+        assert tasks.run_job(str(alices.id)) == "requeued"
+    assert sorted(published[-2:]) == sorted([alices.id, bobs.id])  # both published again
+    for job in (alices, bobs):
+        job.refresh_from_db()
+        assert (job.status, job.attempts, job.run_alone, job.error) == (JobStatus.QUEUED, 0, True, "")
+    assert tasks.run_job(str(alices.id)) == "succeeded"  # alone
+    assert tasks.run_job(str(bobs.id)) == "succeeded"
+    for job in (alices, bobs):
+        job.refresh_from_db()
+        assert job.status == JobStatus.SUCCEEDED and job.attempts == 1 and job.images.count() == job.num_images
+
+
+def test_a_lone_job_that_runs_out_of_time_fails(user, published, monkeypatch, settings):
+    from celery.exceptions import SoftTimeLimitExceeded
+
+    def out_of_time(model, requests, callback=None):
+        raise SoftTimeLimitExceeded()
+
+    monkeypatch.setattr(runner, "generate", out_of_time)
+    job = services.job_create(owner=user, prompt="x", steps=1)
+    assert tasks.run_job(str(job.id)) == "failed"
+    job.refresh_from_db()
+    assert job.error == f"time limit of {settings.CELERY_TASK_SOFT_TIME_LIMIT}s exceeded" and job.attempts == 1
+
+
+def test_batch_mates_join_only_while_the_batch_fits_the_time_limit(user, published, settings):
+    """The batch's estimated cost (its UNet rows together) must fit the time limit one job is given."""
+    settings.WORKER_BATCH_SIZE = 4
+    settings.CELERY_TASK_SOFT_TIME_LIMIT = 100
+    settings.JOB_COST_HEADROOM = 0.8  # 80 s for a batch
+    # 32 × 32 px, 10 steps, guided: 0.0205 megapixel-row steps per image; at 1000 s each, 20.5 s an image.
+    settings.JOB_STEP_SECONDS_PER_MEGAPIXEL = 1000.0
+    same = dict(steps=10, width=32, height=32, guidance_scale=7.5)
+    first = services.job_create(owner=user, prompt="a", num_images=2, **same)  # 41 s
+    big = services.job_create(owner=user, prompt="b", num_images=3, **same)  # 61.4 s: 102 s with first
+    small = services.job_create(owner=user, prompt="c", num_images=1, **same)  # 20.5 s: 61.4 s with first
+    mates = services.job_claim_batch(job=services.job_claim(job_id=first.id, worker="w"), worker="w", limit=3)
+    assert [m.id for m in mates] == [small.id]
+    assert Job.objects.get(id=big.id).status == JobStatus.QUEUED
+
+
+def test_batch_mates_take_owners_in_turn(user, published, settings):
+    settings.WORKER_BATCH_SIZE = 3
+    bob = get_user_model().objects.create_user("bob")
+    same = dict(steps=2, width=32, height=32)
+    first, *alices = (services.job_create(owner=user, prompt=f"a{i}", **same) for i in range(4))
+    bobs = services.job_create(owner=bob, prompt="b", **same)
+    mates = services.job_claim_batch(job=services.job_claim(job_id=first.id, worker="w"), worker="w", limit=2)
+    assert {m.owner_id for m in mates} == {user.id, bob.id} and bobs.id in {m.id for m in mates}
+
+
+def test_one_users_backlog_does_not_starve_another(user, published, settings):
+    """Alice queues three jobs, then Bob one; the broker delivers in that order. Bob's job runs second."""
+    settings.WORKER_BATCH_SIZE = 1
+    bob = get_user_model().objects.create_user("bob")
+    alices = [services.job_create(owner=user, prompt=f"a{i}", steps=1) for i in range(3)]
+    bobs = services.job_create(owner=bob, prompt="b", steps=1)
+    started = []
+    for message in [*alices, bobs]:  # the broker's order: submission order
+        tasks.run_job(str(message.id))
+        started.append(Job.objects.filter(status=JobStatus.SUCCEEDED).order_by("-started_at").first().id)
+    assert started == [alices[0].id, bobs.id, alices[1].id, alices[2].id]
+    assert all(job.status == JobStatus.SUCCEEDED for job in Job.objects.all())
+
+
+def test_the_worker_measures_a_models_step_cost(user, published, settings):
+    from diffusion_api.jobs import selectors
+    from diffusion_api.jobs.models import ModelStepCost
+
+    job = services.job_create(owner=user, prompt="x", steps=4, width=32, height=32, guidance_scale=7.5, num_images=2)
+    assert tasks.run_job(str(job.id)) == "succeeded"
+    measured = ModelStepCost.objects.get(model="tiny")
+    # steps 1 → 4 are 3 steps, of 2 images doubled by guidance: 4 rows of 32 × 32 px.
+    assert measured.megapixel_rows == pytest.approx(3 * 4 * 32 * 32 / 1e6) and measured.seconds > 0
+    prior = settings.JOB_STEP_SECONDS_PER_MEGAPIXEL
+    rate = selectors.model_step_rate(model="tiny")
+    assert rate == pytest.approx((measured.seconds + prior) / (measured.megapixel_rows + 1))

@@ -25,7 +25,8 @@ class Command(BaseCommand):
                 if once:
                     self.stdout.write(
                         f"requeued {len(report.requeued)}, failed {len(report.failed)}, "
-                        f"republished {len(report.republished)}, canceled {len(report.canceled)}"
+                        f"republished {len(report.republished)}, canceled {len(report.canceled)}, "
+                        f"requeued alone {len(report.requeued_alone)}"
                     )
             except Exception:  # the database or broker may be down for a while: try again next round
                 logger.exception("sweep failed")
