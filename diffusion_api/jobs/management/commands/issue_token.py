@@ -27,6 +27,6 @@ class Command(BaseCommand):
             user.set_unusable_password()
         user.save()
         if staff:
-            # is_staff only opens the admin's door; the reviewers group (migration 0006) holds review's permissions.
+            # is_staff only opens the admin's door; the reviewers group (migration 0007) holds review's permissions.
             user.groups.add(Group.objects.get(name="reviewers"))
         self.stdout.write(token_issue(user=user))

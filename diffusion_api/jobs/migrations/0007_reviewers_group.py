@@ -32,7 +32,7 @@ def remove_reviewers(apps, schema_editor):
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("jobs", "0005_worker_queues"),
+        ("jobs", "0006_batch_isolation_step_cost_fair_order"),
         ("auth", "0012_alter_user_first_name_max_length"),
         ("contenttypes", "0002_remove_content_type_name"),
     ]
