@@ -46,12 +46,14 @@ def main(argv: list[str] | None = None) -> int:
     tiny.add_argument("--out", type=Path, required=True)
     tiny.add_argument("--sample-size", type=int, default=64, help="image side in pixels")
     tiny.add_argument("--seed", type=int, default=0)
+    tiny.add_argument("--inpainting", action="store_true", help="a 9-input-channel (inpainting) UNet")
 
     args = parser.parse_args(argv)
     if args.command == "make-tiny":
         from generator.tiny import TinyModelConfig, make_tiny_model
 
-        path = make_tiny_model(args.out, TinyModelConfig(sample_size=args.sample_size, seed=args.seed))
+        config = TinyModelConfig(sample_size=args.sample_size, seed=args.seed, inpainting=args.inpainting)
+        path = make_tiny_model(args.out, config)
         print(f"wrote a tiny model to {path}")
         return 0
     return _generate(args)

@@ -32,8 +32,44 @@ def a1111_parameters(manifest: dict) -> str:
     }
     if manifest.get("guidance_rescale"):
         pairs["CFG rescale"] = manifest["guidance_rescale"]
+    pairs.update(_image_mode_pairs(manifest))
     lines.append(", ".join(f"{key}: {value}" for key, value in pairs.items()))
     return "\n".join(lines)
+
+
+def _image_mode_pairs(manifest: dict) -> dict:
+    """A1111's names for the img2img, inpainting, variation and hires fields a manifest has (none for txt2img).
+
+    A1111 writes one `Denoising strength`: img2img's, or in txt2img the hires pass's. An img2img with a hires pass
+    keeps img2img's there and adds `Hires denoising strength`. Input images appear by their pixels' hashes (10
+    hex digits, as `Model hash`).
+    """
+    pairs = {}
+    if "strength" in manifest:
+        pairs["Denoising strength"] = manifest["strength"]
+    if "init_image_sha256" in manifest:
+        pairs["Init image hash"] = manifest["init_image_sha256"][:10]
+    if "mask_sha256" in manifest:
+        pairs.update({"Mask hash": manifest["mask_sha256"][:10], "Mask blur": manifest["mask_blur"]})
+        if manifest.get("inpaint_full_res"):
+            pairs.update({"Inpaint area": "Only masked", "Masked area padding": manifest["inpaint_full_res_padding"]})
+    if "subseed" in manifest:
+        pairs.update({"Variation seed": manifest["subseed"], "Variation seed strength": manifest["subseed_strength"]})
+    if "hires_scale" in manifest:
+        if "strength" in manifest:
+            pairs["Hires denoising strength"] = manifest["hires_strength"]
+        else:
+            pairs["Denoising strength"] = manifest["hires_strength"]
+        pairs.update(
+            {
+                "Hires upscale": manifest["hires_scale"],
+                "Hires steps": manifest["hires_steps"],
+                "Hires upscaler": manifest["hires_upscaler"],
+            }
+        )
+    if manifest.get("vae_tile_size"):
+        pairs["VAE tile size"] = manifest["vae_tile_size"]
+    return pairs
 
 
 def png_bytes(image: Image.Image, manifest: dict) -> bytes:

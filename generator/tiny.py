@@ -31,6 +31,8 @@ class TinyModelConfig:
     unet_attention_head_dim: int = 8
     vae_channels: tuple[int, ...] = (32, 64)
     latent_channels: int = 4
+    # An inpainting checkpoint's UNet also sees the mask (1 channel) and the masked image's latents (latent_channels)
+    inpainting: bool = False
     vocab_merges: int = 400
     seed: int = 0
     scheduler: dict = field(
@@ -80,7 +82,7 @@ def make_tiny_model(out_dir: str | Path, config: TinyModelConfig | None = None) 
     channels = list(config.unet_channels)
     unet = UNet2DConditionModel(
         sample_size=config.sample_size // vae_factor,
-        in_channels=config.latent_channels,
+        in_channels=2 * config.latent_channels + 1 if config.inpainting else config.latent_channels,
         out_channels=config.latent_channels,
         block_out_channels=channels,
         layers_per_block=config.unet_layers_per_block,
