@@ -8,6 +8,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from generator.images import RESIZE_MODES
+from generator.limits import HIRES_UPSCALERS
 from generator.schedulers import SCHEDULERS
 
 # The built-in model, trained on shapes64 by `python -m generator.train` (MODEL_CARD.md).
@@ -41,6 +43,23 @@ def main(argv: list[str] | None = None) -> int:
                      help="torch.compile the UNet for this request's shape first (pays off over many images)")
     gen.add_argument("--save-intermediates", type=Path, help="folder for each step's latents and preview")
     gen.add_argument("--out", type=Path, required=True, help="a .png path, or a folder")
+    image = gen.add_argument_group("img2img and inpainting")
+    image.add_argument("--init-image", type=Path, help="start from this image (img2img; with --mask, inpainting)")
+    image.add_argument("--strength", type=float, default=0.75, help="denoising strength in (0, 1] (default 0.75)")
+    image.add_argument("--mask", type=Path, help="white (or transparent) = repaint, black = keep")
+    image.add_argument("--mask-blur", type=int, default=4, help="mask blur radius in pixels (default 4)")
+    image.add_argument("--inpaint-full-res", action="store_true", help="repaint only the masked area's box")
+    image.add_argument("--inpaint-full-res-padding", type=int, default=32)
+    image.add_argument("--resize-mode", default="just_resize", choices=list(RESIZE_MODES),
+                       help="how the init image and mask are brought to width × height")
+    variation = gen.add_argument_group("variations and high resolution")
+    variation.add_argument("--subseed", type=int, help="variation seed (image i gets subseed + i)")
+    variation.add_argument("--subseed-strength", type=float, default=0.0, help="0: the seed's image; 1: the subseed's")
+    variation.add_argument("--hires-scale", type=float, default=1.0, help="two-pass hires fix: upscale by (1: off)")
+    variation.add_argument("--hires-steps", type=int, default=0, help="second pass steps (0: as --steps)")
+    variation.add_argument("--hires-strength", type=float, default=0.5)
+    variation.add_argument("--hires-upscaler", default="latent", choices=list(HIRES_UPSCALERS))
+    variation.add_argument("--vae-tile-size", type=int, default=0, help="tiled VAE, tile side in pixels (0: off)")
 
     tiny = commands.add_parser("make-tiny", help="write a small random model folder for tests and demos")
     tiny.add_argument("--out", type=Path, required=True)
@@ -66,22 +85,38 @@ def _generate(args: argparse.Namespace) -> int:
 
     try:
         model = load_model(args.model, device=args.device, dtype=args.dtype, decoder=args.decoder)
+        width = model.defaults.width if args.width is None else args.width
+        height = model.defaults.height if args.height is None else args.height
+        init_image, mask = _input_images(args, width, height)
         request = resolve_request(
             model,
             GenerationRequest(
                 prompt=args.prompt,
                 negative_prompt=args.negative_prompt,
-                width=args.width,
-                height=args.height,
+                width=width,
+                height=height,
                 steps=args.steps,
                 guidance_scale=args.guidance,
                 guidance_rescale=args.guidance_rescale,
                 scheduler=args.scheduler,
                 seed=args.seed,
                 num_images=args.num_images,
+                init_image=init_image,
+                mask_image=mask,
+                strength=args.strength,
+                mask_blur=args.mask_blur,
+                inpaint_full_res=args.inpaint_full_res,
+                inpaint_full_res_padding=args.inpaint_full_res_padding,
+                subseed=args.subseed,
+                subseed_strength=args.subseed_strength,
+                hires_scale=args.hires_scale,
+                hires_upscaler=args.hires_upscaler,
+                hires_steps=args.hires_steps,
+                hires_strength=args.hires_strength,
+                vae_tile_size=args.vae_tile_size,
             ),
         )
-    except (ModelLoadError, ValueError) as error:
+    except (ModelLoadError, ValueError, OSError) as error:  # OSError: an input image that cannot be read
         print(f"error: {error}", file=sys.stderr)
         return 2
 
@@ -90,7 +125,7 @@ def _generate(args: argparse.Namespace) -> int:
     buckets = [Bucket(request.width, request.height, request.num_images)] if args.compile else []
     optimize(model, buckets=buckets, guidance=request.guidance_scale > 1)
 
-    bar = tqdm(total=request.steps, desc=f"{request.scheduler}, seed {request.seed}", unit="step")
+    bar = tqdm(total=None, desc=f"{request.scheduler}, seed {request.seed}", unit="step")
 
     def on_step(state) -> None:
         bar.total = state.total
@@ -110,6 +145,25 @@ def _generate(args: argparse.Namespace) -> int:
         path.write_bytes(image.png)
         print(f"wrote {path} (seed {image.seed})")
     return 0
+
+
+def _input_images(args: argparse.Namespace, width: int, height: int):
+    """The init image and mask, read and brought to width × height by --resize-mode (as the web service does)."""
+    from PIL import Image, ImageOps
+
+    from generator.images import fit, fit_mask, mask_from_image
+
+    if args.mask and not args.init_image:
+        raise ValueError("--mask needs --init-image")
+    if not args.init_image:
+        return None, None
+    with Image.open(args.init_image) as opened:
+        init_image = fit(ImageOps.exif_transpose(opened), width, height, args.resize_mode)
+    mask = None
+    if args.mask:
+        with Image.open(args.mask) as opened:
+            mask = fit_mask(mask_from_image(ImageOps.exif_transpose(opened)), width, height, args.resize_mode)
+    return init_image, mask
 
 
 def _output_paths(out: Path, images) -> list[Path]:
