@@ -457,10 +457,23 @@ class _Batch:
         self.scheduler = None  # the last pass's, for the manifest
         # Each pass's steps as run, so the callback's `total` counts both passes from the first step on.
         first = requests[0]
-        self.total = _steps_run(first.steps, None if first.mode == "txt2img" else first.strength)
+        self.total = len(self.timesteps(first.steps, None if first.mode == "txt2img" else first.strength)[1])
         if first.hires_scale != 1:
-            self.total += _steps_run(first.hires_steps or first.steps, first.hires_strength)
+            self.total += len(self.timesteps(first.hires_steps or first.steps, first.hires_strength)[1])
         self.done = 0
+
+    def timesteps(self, steps: int, strength: float | None, device=None):
+        """A fresh scheduler and the timesteps a pass runs: all from noise, else the schedule's last `strength`
+        share as diffusers' get_timesteps (a scheduler may run more timesteps than steps: PNDM adds one)."""
+        scheduler = make_scheduler(self.requests[0].scheduler, self.model.scheduler_config)
+        scheduler.set_timesteps(steps, device=device)
+        timesteps = scheduler.timesteps
+        if strength is not None:
+            t_start = (steps - _steps_run(steps, strength)) * scheduler.order
+            timesteps = timesteps[t_start:]
+            if hasattr(scheduler, "set_begin_index"):
+                scheduler.set_begin_index(t_start)
+        return scheduler, timesteps
 
     @property
     def all_canceled(self) -> bool:
@@ -492,14 +505,8 @@ class _Batch:
         model, first = self.model, self.requests[0]
         device, dtype, factor = model.device, model.dtype, model.vae_scale_factor
         tile = first.vae_tile_size
-        scheduler = self.scheduler = make_scheduler(first.scheduler, model.scheduler_config)
-        scheduler.set_timesteps(steps, device=device)
-        timesteps = scheduler.timesteps
-        if strength is not None:  # the schedule's last `strength` share, as diffusers' get_timesteps
-            t_start = (steps - _steps_run(steps, strength)) * scheduler.order
-            timesteps = timesteps[t_start:]
-            if hasattr(scheduler, "set_begin_index"):
-                scheduler.set_begin_index(t_start)
+        scheduler, timesteps = self.timesteps(steps, strength, device)
+        self.scheduler = scheduler
         shape = (1, model.vae.config.latent_channels, height // factor, width // factor)
         n = len(generators)
         unet_channels = model.unet.config.in_channels
