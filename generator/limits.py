@@ -14,6 +14,7 @@ import secrets
 from dataclasses import dataclass
 from typing import Any
 
+from generator.images import RESIZE_MODES
 from generator.scheduler_names import SCHEDULERS, check_scheduler_name
 from generator.scheduler_names import scheduler_error as scheduler_error  # re-exported: a model's schedulers
 
@@ -21,6 +22,7 @@ MIN_SIDE = 8  # pixels; a side must also be a multiple of the model's VAE factor
 MAX_SIDE = 4096  # pixels; the one maximum side (JOB_MAX_SIDE may lower it for a deployment)
 MAX_IMAGES_PER_REQUEST = 16
 MAX_SEED = 2**63 - 1  # the seeds of a request's images, seed .. seed + num_images - 1, must all be at most this
+HIRES_UPSCALERS = ("latent", "latent-nearest", "lanczos")
 DRAWN_SEED_BELOW = 2**32  # a request without a seed gets one drawn from [0, 2**32)
 
 # Where a default comes from, besides a plain value.
@@ -42,6 +44,7 @@ class FieldSpec:
     multiple_of_vae_factor: bool = False
     choices: tuple[str, ...] | None = None
     api: bool = True  # offered by the HTTP API
+    min_exclusive: bool = False  # the value must be above `min`, not equal to it
     help: str = ""
 
 
@@ -76,6 +79,20 @@ FIELDS: dict[str, FieldSpec] = {
         FieldSpec("scheduler", str, FROM_MODEL, choices=tuple(SCHEDULERS)),
         FieldSpec("seed", int, DRAWN, min=0, max=MAX_SEED, help="image i of a request gets seed + i"),
         FieldSpec("guidance_rescale", float, 0.0, min=0.0, max=1.0, api=False),
+        # img2img / inpainting (A1111's names in the PNG text): used only with an init image (and a mask).
+        FieldSpec("strength", float, 0.75, min=0.0, max=1.0, min_exclusive=True, help="denoising strength, (0, 1]"),
+        FieldSpec("mask_blur", int, 4, min=0, max=64, help="pixels"),
+        FieldSpec("inpaint_full_res", bool, False, help="repaint only the masked area, at full resolution"),
+        FieldSpec("inpaint_full_res_padding", int, 32, min=0, max=256, help="pixels around the masked area"),
+        FieldSpec("resize_mode", str, "just_resize", choices=RESIZE_MODES),
+        # Variations: start noise = slerp(noise(seed + i), noise(subseed + i), subseed_strength).
+        FieldSpec("subseed", int, None, min=0, max=MAX_SEED, help="null: no variation seed"),
+        FieldSpec("subseed_strength", float, 0.0, min=0.0, max=1.0),
+        # Two-pass "hires fix": 1 = off; width × height × hires_scale² must stay within the pixel budget.
+        FieldSpec("hires_scale", float, 1.0, min=1.0, max=4.0),
+        FieldSpec("hires_upscaler", str, "latent", choices=HIRES_UPSCALERS),
+        FieldSpec("hires_steps", int, 0, min=0, setting="JOB_MAX_STEPS", help="0: as many as steps"),
+        FieldSpec("hires_strength", float, 0.5, min=0.0, max=1.0, min_exclusive=True),
     )
 }
 
@@ -152,3 +169,16 @@ def seed_error(seed: int, num_images: int) -> str | None:
     """Image i gets seed + i: the last one must stay within MAX_SEED."""
     highest = MAX_SEED - num_images + 1
     return None if 0 <= seed <= highest else f"must be from 0 to {highest} for {num_images} images"
+
+
+def hires_error(width: int, height: int, hires_scale: float, *, max_pixels: int | None) -> str | None:
+    """The second pass of the hires fix renders width × height × hires_scale²: it must fit the pixel budget too."""
+    if max_pixels is None or hires_scale <= 1:
+        return None
+    pixels = round(width * hires_scale) * round(height * hires_scale)
+    if pixels <= max_pixels:
+        return None
+    return (
+        f"{width} × {height} × {hires_scale}² is {pixels} pixels; the second pass may have at most {max_pixels} "
+        f"(at most {math.sqrt(max_pixels / (width * height)):.2f} at this size)"
+    )
