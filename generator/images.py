@@ -90,3 +90,43 @@ def _resize_and_fill(image: Image.Image, width: int, height: int) -> Image.Image
     pad = ((top, height - scaled_h - top), (left, width - scaled_w - left)) + ((0, 0),) * (pixels.ndim - 2)
     # numpy's "edge" padding repeats the outermost row/column: the same as stretching a one-pixel strip.
     return Image.fromarray(np.pad(pixels, pad, mode="edge"), mode=image.mode)
+
+
+def mask_from_image(image: Image.Image) -> Image.Image:
+    """A mask ("L", white = repaint) from a one-channel image, or from an image's alpha: transparent = repaint.
+
+    An RGB image without alpha is read by its luminance (white = repaint), as A1111 reads a drawn mask.
+    """
+    if "A" in image.getbands():
+        return Image.eval(image.getchannel("A"), lambda alpha: 255 - alpha)
+    return image.convert("L")
+
+
+def crop_region(mask: Image.Image, padding: int, width: int, height: int) -> tuple[int, int, int, int] | None:
+    """The box "inpaint only the masked area" repaints: the mask's nonzero pixels' bounding box grown by `padding`,
+    then widened (or heightened) to the aspect ratio of width × height, within the image; None for an empty mask.
+
+    A1111's `get_crop_region` and `expand_crop_region`, so a box repainted at width × height is not distorted.
+    """
+    box = mask.convert("L").point(lambda value: 255 if value else 0).getbbox()
+    if box is None:
+        return None
+    x1, y1, x2, y2 = box
+    x1, y1 = max(x1 - padding, 0), max(y1 - padding, 0)
+    x2, y2 = min(x2 + padding, mask.width), min(y2 + padding, mask.height)
+    if (x2 - x1) / (y2 - y1) > width / height:
+        y1, y2 = _expand(y1, y2, (x2 - x1) * height / width, mask.height)
+    else:
+        x1, x2 = _expand(x1, x2, (y2 - y1) * width / height, mask.width)
+    return x1, y1, x2, y2
+
+
+def _expand(low: int, high: int, desired: float, limit: int) -> tuple[int, int]:
+    # Grow [low, high) to `desired` around its middle, shifted back inside [0, limit) where it runs over.
+    grow = int(desired - (high - low))
+    low, high = low - grow // 2, high + grow - grow // 2
+    if high > limit:
+        low, high = low - (high - limit), limit
+    if low < 0:
+        low, high = 0, min(high - low, limit)
+    return low, high

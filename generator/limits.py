@@ -22,8 +22,14 @@ MIN_SIDE = 8  # pixels; a side must also be a multiple of the model's VAE factor
 MAX_SIDE = 4096  # pixels; the one maximum side (JOB_MAX_SIDE may lower it for a deployment)
 MAX_IMAGES_PER_REQUEST = 16
 MAX_SEED = 2**63 - 1  # the seeds of a request's images, seed .. seed + num_images - 1, must all be at most this
-HIRES_UPSCALERS = ("latent", "latent-nearest", "lanczos")
 DRAWN_SEED_BELOW = 2**32  # a request without a seed gets one drawn from [0, 2**32)
+MAX_MASK_BLUR = 64  # pixels
+MAX_INPAINT_PADDING = 256  # pixels
+MAX_HIRES_SCALE = 4.0
+# How the hires fix upscales the first pass: in latent space (bilinear, or nearest neighbour), or in pixel space
+# with Lanczos (decode, upscale, encode again).
+HIRES_UPSCALERS = ("latent", "latent-nearest", "lanczos")
+MODES = ("txt2img", "img2img", "inpaint")
 
 # Where a default comes from, besides a plain value.
 REQUIRED = "required"  # no default: the request must give it
@@ -36,15 +42,15 @@ class FieldSpec:
     """One request field. For strings, `min`/`max` bound the length in characters."""
 
     name: str
-    type: type  # str, int or float (an int is not a float's stand-in the other way round)
-    default: Any  # a value, REQUIRED, FROM_MODEL or DRAWN
+    type: type  # str, int, float or bool (an int is not a float's stand-in the other way round)
+    default: Any  # a value (None: off), REQUIRED, FROM_MODEL or DRAWN
     min: int | float | None = None
     max: int | float | None = None  # the library's maximum; None: only the model (or the setting) bounds it
+    min_exclusive: bool = False  # True: the value must be greater than `min` (strength is in (0, 1])
     setting: str | None = None  # the deployment setting that may lower `max`
     multiple_of_vae_factor: bool = False
     choices: tuple[str, ...] | None = None
     api: bool = True  # offered by the HTTP API
-    min_exclusive: bool = False  # the value must be above `min`, not equal to it
     help: str = ""
 
 
@@ -79,19 +85,33 @@ FIELDS: dict[str, FieldSpec] = {
         FieldSpec("scheduler", str, FROM_MODEL, choices=tuple(SCHEDULERS)),
         FieldSpec("seed", int, DRAWN, min=0, max=MAX_SEED, help="image i of a request gets seed + i"),
         FieldSpec("guidance_rescale", float, 0.0, min=0.0, max=1.0, api=False),
-        # img2img / inpainting (A1111's names in the PNG text): used only with an init image (and a mask).
-        FieldSpec("strength", float, 0.75, min=0.0, max=1.0, min_exclusive=True, help="denoising strength, (0, 1]"),
-        FieldSpec("mask_blur", int, 4, min=0, max=64, help="pixels"),
-        FieldSpec("inpaint_full_res", bool, False, help="repaint only the masked area, at full resolution"),
-        FieldSpec("inpaint_full_res_padding", int, 32, min=0, max=256, help="pixels around the masked area"),
-        FieldSpec("resize_mode", str, "just_resize", choices=RESIZE_MODES),
-        # Variations: start noise = slerp(noise(seed + i), noise(subseed + i), subseed_strength).
-        FieldSpec("subseed", int, None, min=0, max=MAX_SEED, help="null: no variation seed"),
+        # img2img and inpainting (the init image and mask themselves are not in this table: they are images).
+        FieldSpec(
+            "strength",
+            float,
+            0.75,
+            min=0.0,
+            max=1.0,
+            min_exclusive=True,
+            help="img2img/inpaint denoising strength (A1111's Denoising strength): the share of the steps that run",
+        ),
+        FieldSpec("mask_blur", int, 4, min=0, max=MAX_MASK_BLUR, help="Gaussian blur radius of the mask, pixels"),
+        FieldSpec("inpaint_full_res", bool, False, help="repaint only the masked area's box, at width × height"),
+        FieldSpec("inpaint_full_res_padding", int, 32, min=0, max=MAX_INPAINT_PADDING, help="pixels around the box"),
+        FieldSpec(
+            "resize_mode",
+            str,
+            "just_resize",
+            choices=RESIZE_MODES,
+            help="how the input image (and mask) is brought to width × height",
+        ),
+        # Variations (A1111's variation seed): the start noise is slerp(noise(seed), noise(subseed), strength).
+        FieldSpec("subseed", int, None, min=0, max=MAX_SEED, help="None: no variation; image i gets subseed + i"),
         FieldSpec("subseed_strength", float, 0.0, min=0.0, max=1.0),
-        # Two-pass "hires fix": 1 = off; width × height × hires_scale² must stay within the pixel budget.
-        FieldSpec("hires_scale", float, 1.0, min=1.0, max=4.0),
+        # The two-pass hires fix: width × height, then upscaled by hires_scale and denoised again.
+        FieldSpec("hires_scale", float, 1.0, min=1.0, max=MAX_HIRES_SCALE, help="1: off"),
         FieldSpec("hires_upscaler", str, "latent", choices=HIRES_UPSCALERS),
-        FieldSpec("hires_steps", int, 0, min=0, setting="JOB_MAX_STEPS", help="0: as many as steps"),
+        FieldSpec("hires_steps", int, 0, min=0, setting="JOB_MAX_STEPS", help="0: the same as steps"),
         FieldSpec("hires_strength", float, 0.5, min=0.0, max=1.0, min_exclusive=True),
     )
 }
@@ -171,14 +191,42 @@ def seed_error(seed: int, num_images: int) -> str | None:
     return None if 0 <= seed <= highest else f"must be from 0 to {highest} for {num_images} images"
 
 
-def hires_error(width: int, height: int, hires_scale: float, *, max_pixels: int | None) -> str | None:
-    """The second pass of the hires fix renders width × height × hires_scale²: it must fit the pixel budget too."""
-    if max_pixels is None or hires_scale <= 1:
+def hires_size(width: int, height: int, hires_scale: float, factor: int) -> tuple[int, int]:
+    """The second pass's size: width × height scaled, each side down to a multiple of the VAE factor."""
+    return int(width * hires_scale) // factor * factor, int(height * hires_scale) // factor * factor
+
+
+def hires_error(
+    width: int,
+    height: int,
+    hires_scale: float,
+    *,
+    factor: int,
+    mode: str = "txt2img",
+    settings: Any = None,
+    max_pixels: int | None = None,
+) -> str | None:
+    """Why the hires fix cannot run on this request (its field is `hires_scale`); None when it can or is off.
+
+    The second pass must fit the same side limit and pixel budget as any image: the budget is what a worker's
+    memory was sized for, whichever pass asks for it.
+    """
+    if hires_scale == 1:
         return None
-    pixels = round(width * hires_scale) * round(height * hires_scale)
-    if pixels <= max_pixels:
-        return None
-    return (
-        f"{width} × {height} × {hires_scale}² is {pixels} pixels; the second pass may have at most {max_pixels} "
-        f"(at most {math.sqrt(max_pixels / (width * height)):.2f} at this size)"
-    )
+    if mode == "inpaint":
+        return "the hires fix is for txt2img and img2img only (an inpainting job keeps hires_scale 1)"
+    hires_width, hires_height = hires_size(width, height, hires_scale, factor)
+    high = side_range(factor, settings)[1]
+    if max(hires_width, hires_height) > high:
+        return f"width and height × hires_scale must be at most {high} ({hires_width} × {hires_height} asked)"
+    if max_pixels is not None and hires_width * hires_height > max_pixels:
+        asked = f"{hires_width} × {hires_height} asked"
+        return f"width × height × hires_scale² must be at most {max_pixels} pixels ({asked})"
+    return None
+
+
+def request_mode(has_init_image: bool, has_mask: bool) -> str:
+    """txt2img, img2img or inpaint: a mask makes an inpainting job, an init image alone an img2img one."""
+    if has_mask and not has_init_image:
+        raise ValueError("a mask needs an init image")
+    return "inpaint" if has_mask else "img2img" if has_init_image else "txt2img"

@@ -36,7 +36,7 @@ def decode_base64(text: str) -> bytes:
     try:
         return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError) as error:
-        raise ImageRefused("must be base64 (raw or a data:image/…;base64, URI) or {\"upload\": \"<id>\"}") from error
+        raise ImageRefused('must be base64 (raw or a data:image/…;base64, URI) or {"upload": "<id>"}') from error
 
 
 def open_checked(data: bytes) -> tuple[Image.Image, str]:
@@ -52,7 +52,9 @@ def open_checked(data: bytes) -> tuple[Image.Image, str]:
         image = Image.open(io.BytesIO(data), formats=FORMATS)
     except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as error:
         if isinstance(error, Image.DecompressionBombError):
-            raise ImageRefused(f"the image declares more than {limit} pixels (UPLOAD_MAX_PIXELS)") from error
+            raise ImageRefused(
+                f"the image declares more than {2 * limit} pixels; at most {limit} (UPLOAD_MAX_PIXELS)"
+            ) from error
         raise ImageRefused("not a PNG, JPEG or WebP image") from error
     width, height = image.size
     if width * height > limit:  # only the header has been read so far

@@ -210,7 +210,16 @@ def job_create(
         errors["seed"] = message
     if request["subseed"] is not None and (message := limits.seed_error(request["subseed"], num_images)):
         errors["subseed"] = message
-    if message := limits.hires_error(width, height, request["hires_scale"], max_pixels=settings.JOB_MAX_PIXELS):
+    mode = _mode_of(init_image, mask)
+    if message := limits.hires_error(
+        width,
+        height,
+        request["hires_scale"],
+        factor=info.vae_scale_factor,
+        mode=mode,
+        settings=settings,
+        max_pixels=settings.JOB_MAX_PIXELS,
+    ):
         errors["hires_scale"] = message
     if errors:
         raise ValidationError(errors)
@@ -273,8 +282,6 @@ def _job_inputs(
     """
     fields = {"mode": JobMode.TXT2IMG, "init_image": "", "init_image_sha256": "", "mask_image": "", "mask_sha256": ""}
     if init_image is None:
-        if mask is not None:
-            raise ValidationError({"mask": "a mask needs an init_image to repaint"})
         return fields
     image = _open_input(owner, init_image, "init_image")
     fitted = inputs.fit_input(image, width, height, resize_mode)
@@ -296,6 +303,14 @@ def _job_inputs(
             mode=JobMode.INPAINT, mask_image=_store_input(fitted_mask), mask_sha256=images.image_sha256(fitted_mask)
         )
     return fields
+
+
+def _mode_of(init_image: ImageInput | None, mask: ImageInput | None) -> str:
+    """The job's mode as the library derives it (limits.request_mode): ValidationError for a mask alone."""
+    try:
+        return limits.request_mode(init_image is not None, mask is not None)
+    except ValueError as error:
+        raise ValidationError({"mask": f"{error} (init_image) to repaint"}) from error
 
 
 def _open_input(owner, source: ImageInput, field_name: str):
@@ -422,22 +437,10 @@ def job_claim_batch(*, job: Job, worker: str, limit: int) -> list[Job]:
     return mates
 
 
-# Besides model, size, steps and scheduler, batch mates share these (generator.pipeline.batch_key): one mode, one
-# strength and hires pass for the whole loop, and one init image and mask. Variation seeds are per image, so
-# `subseed` and `subseed_strength` may differ within a batch.
-BATCH_FIELDS = (
-    "mode",
-    "strength",
-    "mask_blur",
-    "inpaint_full_res",
-    "inpaint_full_res_padding",
-    "hires_scale",
-    "hires_upscaler",
-    "hires_steps",
-    "hires_strength",
-    "init_image_sha256",
-    "mask_sha256",
-)
+# Besides model, size, steps and scheduler, batch mates share what generator.pipeline.batch_key says the loop runs
+# once for the whole batch: the mode, the strength and the hires pass. The engine takes each row's own init image,
+# mask, mask blur, masked-area crop and variation seed, so jobs on different pictures do batch together.
+BATCH_FIELDS = ("mode", "strength", "hires_scale", "hires_upscaler", "hires_steps", "hires_strength")
 
 
 def _owners_in_turn(candidates: list[tuple]) -> list[tuple]:
