@@ -4,6 +4,16 @@ It matches diffusers' `StableDiffusionPipeline` on the same components, seed and
 adds what a job service needs: several requests batched into one forward pass, each image with
 its own seed, a per-step callback for progress, cancel, previews and intermediate latents, and
 PNGs that carry their parameters.
+
+The same loop makes every mode (`request_mode`):
+- txt2img: from noise, as `StableDiffusionPipeline`;
+- img2img (SDEdit, Meng et al. 2022): the init image's latents noised to the first timestep of a schedule cut to
+  `strength` of its steps, as `StableDiffusionImg2ImgPipeline`;
+- inpaint: as `StableDiffusionInpaintPipeline` (a 9-input-channel UNet sees the mask and the masked image's
+  latents; a 4-channel one has the kept region blended back from the noised original after every step), with
+  A1111's mask blur, "inpaint only the masked area" and paste-back of the kept pixels.
+Any mode may add A1111's variation seed (`subseed`, `subseed_strength`), the two-pass hires fix (`hires_*`) and a
+tiled VAE (`vae_tile_size`).
 """
 
 from __future__ import annotations
@@ -11,12 +21,13 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageFilter
 
+from generator import images, limits
 from generator.limits import MAX_IMAGES_PER_REQUEST, MAX_SEED, MAX_SIDE
 from generator.loading import LoadedModel
 from generator.pngmeta import png_bytes
@@ -37,6 +48,31 @@ class GenerationRequest:
     scheduler: str | None = None
     seed: int | None = None
     num_images: int = 1
+    # img2img and inpainting: the caller brings both to exactly width × height (generator.images.fit / fit_mask).
+    init_image: Image.Image | None = field(default=None, repr=False)  # RGB
+    mask_image: Image.Image | None = field(default=None, repr=False)  # "L": white = repaint
+    strength: float = 0.75  # (0, 1]: the share of the steps that run from the noised init image
+    mask_blur: int = 4  # Gaussian blur radius of the mask, pixels
+    inpaint_full_res: bool = False  # repaint only the mask's box (+ padding), scaled to width × height
+    inpaint_full_res_padding: int = 32
+    # Variations: image i's start noise is slerp(noise(seed + i), noise(subseed + i), subseed_strength).
+    subseed: int | None = None
+    subseed_strength: float = 0.0
+    # The hires fix: a second pass at width × height × hires_scale, img2img from the upscaled first pass.
+    hires_scale: float = 1.0  # 1: off
+    hires_upscaler: str = "latent"  # limits.HIRES_UPSCALERS
+    hires_steps: int = 0  # 0: the same as steps
+    hires_strength: float = 0.5
+    vae_tile_size: int = 0  # pixels; 0: the VAE encodes and decodes whole images
+
+    @property
+    def mode(self) -> str:
+        return request_mode(self)
+
+
+def request_mode(request: GenerationRequest) -> str:
+    """The mode, "txt2img", "img2img" or "inpaint", from the images the request carries."""
+    return limits.request_mode(request.init_image is not None, request.mask_image is not None)
 
 
 @dataclass
@@ -98,14 +134,20 @@ class StepState:
 
 StepCallback = Callable[[StepState], None]
 
+MIN_TILE_LATENTS = 8  # a VAE tile is at least 8 latents a side, so its overlap (a quarter) is at least 2
+
 
 def resolve_request(model: LoadedModel, request: GenerationRequest) -> GenerationRequest:
     """Fill defaults, draw a seed if needed and check every field; raise ValueError before any compute."""
     defaults = model.defaults
+    # An init image brings its own size: the caller fitted it to the size it wants (generator.images.fit).
+    init_size = request.init_image.size if isinstance(request.init_image, Image.Image) else (None, None)
+    default_width = init_size[0] or defaults.width
+    default_height = init_size[1] or defaults.height
     resolved = replace(
         request,
-        width=defaults.width if request.width is None else request.width,
-        height=defaults.height if request.height is None else request.height,
+        width=default_width if request.width is None else request.width,
+        height=default_height if request.height is None else request.height,
         steps=defaults.steps if request.steps is None else request.steps,
         guidance_scale=defaults.guidance_scale if request.guidance_scale is None else request.guidance_scale,
         scheduler=defaults.scheduler if request.scheduler is None else request.scheduler,
@@ -162,12 +204,84 @@ def resolve_request(model: LoadedModel, request: GenerationRequest) -> Generatio
             raise ValueError(f"its timesteps would pass the model's {train_steps} training timesteps")
     except ValueError as error:
         raise ValueError(f"scheduler {resolved.scheduler!r} cannot run {resolved.steps} steps: {error}") from error
+    _check_image_fields(model, resolved)
     return resolved
 
 
+def _check_image_fields(model: LoadedModel, request: GenerationRequest) -> None:
+    """The img2img, inpainting, variation, hires and tiling fields, against limits.FIELDS and the images."""
+    for name in (
+        "strength", "mask_blur", "inpaint_full_res_padding", "subseed_strength", "hires_scale", "hires_strength",
+    ):
+        _check_range(name, getattr(request, name))
+    if not isinstance(request.inpaint_full_res, bool):
+        raise ValueError(f"inpaint_full_res must be true or false, got {request.inpaint_full_res!r}")
+    if request.subseed is not None and (
+        not _is_int(request.subseed) or not 0 <= request.subseed <= MAX_SEED - request.num_images + 1
+    ):
+        raise ValueError(
+            f"subseed must be an integer from 0 to {MAX_SEED - request.num_images + 1}, got {request.subseed!r}"
+        )
+    if request.hires_upscaler not in limits.HIRES_UPSCALERS:
+        raise ValueError(
+            f"hires_upscaler must be one of {', '.join(limits.HIRES_UPSCALERS)}, got {request.hires_upscaler!r}"
+        )
+    train_steps = model.scheduler_config.get("num_train_timesteps", 1000)
+    if not _is_int(request.hires_steps) or not 0 <= request.hires_steps <= train_steps:
+        raise ValueError(f"hires_steps must be an integer from 0 to {train_steps}, got {request.hires_steps!r}")
+    factor = model.vae_scale_factor
+    tile = request.vae_tile_size
+    if not _is_int(tile) or (tile and (tile % factor or tile < MIN_TILE_LATENTS * factor)):
+        raise ValueError(
+            f"vae_tile_size must be 0 (no tiling) or a multiple of {factor} of at least {MIN_TILE_LATENTS * factor}, "
+            f"got {tile!r}"
+        )
+    mode = request_mode(request)  # raises for a mask without an init image
+    for name, wanted in (("init_image", "RGB"), ("mask_image", "L")):
+        image = getattr(request, name)
+        if image is None:
+            continue
+        if not isinstance(image, Image.Image) or image.mode != wanted:
+            raise ValueError(f"{name} must be a PIL image in mode {wanted!r}")
+        if image.size != (request.width, request.height):
+            raise ValueError(
+                f"{name} is {image.width} × {image.height}; it must be width × height = "
+                f"{request.width} × {request.height} (generator.images.fit brings it there)"
+            )
+    if message := limits.hires_error(
+        request.width, request.height, request.hires_scale, factor=factor, mode=mode
+    ):
+        raise ValueError(f"hires_scale: {message}")
+    if mode == "inpaint" and model.unet.config.in_channels not in (4, 9):
+        raise ValueError(f"inpainting needs a UNet with 4 or 9 input channels, not {model.unet.config.in_channels}")
+
+
+def _check_range(name: str, value) -> None:
+    spec = limits.FIELDS[name]
+    low, high = spec.min, spec.max
+    ok = _is_number(value) and math.isfinite(value) and (value > low if spec.min_exclusive else value >= low)
+    if not ok or (high is not None and value > high):
+        interval = f"{'(' if spec.min_exclusive else '['}{low}, {high}]"
+        raise ValueError(f"{name} must be a number in {interval}, got {value!r}")
+
+
 def batch_key(request: GenerationRequest) -> tuple:
-    """Requests with equal keys can share one denoising loop (one scheduler, one latent shape)."""
-    return (request.width, request.height, request.steps, request.scheduler)
+    """Requests with equal keys can share one denoising loop (one scheduler, one latent shape).
+
+    The loop runs one truncated schedule and at most two passes for the whole batch, so the mode, the strength and
+    the hires and tiling settings must match. Everything else is per row: each request's own init image, mask, mask
+    blur, masked-area crop and variation seed, so jobs with different input images do batch together.
+    A txt2img request's key is unchanged from before these modes (its extra fields are at their defaults).
+    """
+    key = (request.width, request.height, request.steps, request.scheduler)
+    mode = request_mode(request)
+    if mode != "txt2img":
+        key += (mode, request.strength)
+    if request.hires_scale != 1:
+        key += ("hires", request.hires_scale, request.hires_upscaler, request.hires_steps, request.hires_strength)
+    if request.vae_tile_size:
+        key += ("tiles", request.vae_tile_size)
+    return key
 
 
 @torch.inference_mode()
@@ -177,118 +291,338 @@ def generate(
     *,
     callback: StepCallback | None = None,
 ) -> list[GenerationResult]:
-    """Run compatible requests (same size, steps and scheduler) together in one batched loop."""
+    """Run compatible requests (same `batch_key`: size, steps, scheduler, mode ...) together in one batched loop."""
     # 1. Check inputs
     if not requests:
         raise ValueError("generate needs at least one request")
     requests = [resolve_request(model, r) for r in requests]
     if len({batch_key(r) for r in requests}) > 1:
-        raise ValueError("requests in one batch must share width, height, steps and scheduler")
+        raise ValueError(
+            "requests in one batch must share width, height, steps and scheduler, and mode, strength, hires and tiling"
+        )
     first = requests[0]
-    device, dtype = model.device, model.dtype
+    device = model.device
 
     seeds = [r.seed + i for r in requests for i in range(r.num_images)]
     image_slices, start = [], 0
     for r in requests:
         image_slices.append(slice(start, start + r.num_images))
         start += r.num_images
-    # Latents, guidance and scheduler arithmetic stay in fp32 whatever the weights' dtype: only the UNet's
-    # input is cast, so bf16 or fp16 weights do not add rounding to every step's update.
-    guidance = torch.tensor(
-        [r.guidance_scale for r in requests for _ in range(r.num_images)], device=device, dtype=torch.float32
-    ).view(-1, 1, 1, 1)  # (N, 1, 1, 1)
-    rescale = torch.tensor(
-        [r.guidance_rescale for r in requests for _ in range(r.num_images)], device=device, dtype=torch.float32
-    ).view(-1, 1, 1, 1)
-    guidance_embedding = model.unet.config.time_cond_proj_dim is not None
-    use_cfg = not guidance_embedding and any(r.guidance_scale > 1 for r in requests)
+    batch = _Batch(model, requests, image_slices, callback)
 
     # 2. Encode prompts: (N, T, D) conditional, and unconditional for classifier-free guidance
-    text_embeds = encode_prompts([r.prompt for r in requests for _ in range(r.num_images)], model)
-    prompt_embeds = text_embeds
-    if use_cfg:
-        negative_embeds = encode_prompts([r.negative_prompt for r in requests for _ in range(r.num_images)], model)
-        prompt_embeds = torch.cat([negative_embeds, text_embeds])  # (2N, T, D)
+    batch.text_embeds = encode_prompts([r.prompt for r in requests for _ in range(r.num_images)], model)
+    if batch.use_cfg:
+        batch.negative_embeds = encode_prompts(
+            [r.negative_prompt for r in requests for _ in range(r.num_images)], model
+        )
 
-    # 3. Scheduler and timesteps
-    scheduler = make_scheduler(first.scheduler, model.scheduler_config)
-    scheduler.set_timesteps(first.steps, device=device)
-    timesteps = scheduler.timesteps
+    # 3. The inputs of img2img and inpainting, one row per image (a request's rows share its image and mask)
+    inputs = [_prepare_inputs(r) for r in requests]
+    rows = [inputs[k] for k, r in enumerate(requests) for _ in range(r.num_images)]
 
-    # 4. Initial noise: each image from its own seed on a CPU generator, so results do not depend on the device
-    factor = model.vae_scale_factor
-    shape = (1, model.unet.config.in_channels, first.height // factor, first.width // factor)
+    # 4. The first pass, at width × height. Each image draws from its own seed's CPU generator, so results do not
+    # depend on the device or on the batch; ancestral and DDPM-like schedulers draw their step noise from them too.
     generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
-    latents = torch.cat([torch.randn(shape, generator=g, dtype=torch.float32) for g in generators])
-    latents = latents.to(device=device) * scheduler.init_noise_sigma  # (N, C, H/f, W/f), fp32
+    mode = first.mode
+    pixels = None if mode == "txt2img" else torch.cat([row.pixels for row in rows]).to(device)
+    mask = None if mode != "inpaint" else torch.cat([row.mask for row in rows]).to(device)
+    latents = batch.run_pass(
+        first.width, first.height, first.steps, None if mode == "txt2img" else first.strength,
+        generators, pixels=pixels, mask=mask,
+    )
 
-    # 5. Extra step arguments: ancestral and DDPM-like schedulers draw noise from the same generators
-    step_kwargs = {"generator": generators} if "generator" in _step_parameters(scheduler) else {}
-    timestep_cond = None
-    if guidance_embedding:  # guidance-distilled (LCM) UNets take w as an embedding instead of CFG
-        w = (guidance.view(-1) - 1).float()
-        timestep_cond = guidance_scale_embedding(w, model.unet.config.time_cond_proj_dim).to(device, dtype)
+    # 5. The hires fix: upscale the first pass and denoise it again (img2img) at the larger size
+    if first.hires_scale != 1 and not batch.all_canceled:
+        width, height = limits.hires_size(first.width, first.height, first.hires_scale, model.vae_scale_factor)
+        generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]  # as A1111: the pass's own noise
+        if first.hires_upscaler == "lanczos":
+            decoded = decode_latents(model, latents, tile_size=first.vae_tile_size)
+            upscaled = [Image.fromarray(a).resize((width, height), Image.Resampling.LANCZOS) for a in decoded]
+            pixels = torch.cat([_image_tensor(image) for image in upscaled]).to(device)
+            start_latents = None
+        else:
+            interpolation = "nearest" if first.hires_upscaler == "latent-nearest" else "bilinear"
+            size = (height // model.vae_scale_factor, width // model.vae_scale_factor)
+            start_latents = torch.nn.functional.interpolate(latents, size=size, mode=interpolation)
+            pixels = None
+        latents = batch.run_pass(
+            width, height, first.hires_steps or first.steps, first.hires_strength, generators,
+            pixels=pixels, start_latents=start_latents,
+        )
 
-    # 6. Denoising loop
-    canceled: set[int] = set()
-    for i, t in enumerate(timesteps):
-        model_input = torch.cat([latents] * 2) if use_cfg else latents  # (2N or N, C, h, w)
-        scaled = scheduler.scale_model_input(model_input, t)
-        model_input = scaled.to(dtype)
-        noise_pred = model.unet(
-            model_input, t, encoder_hidden_states=prompt_embeds, timestep_cond=timestep_cond, return_dict=False
-        )[0].float()
-        if use_cfg:
-            noise_uncond, noise_text = noise_pred.chunk(2)
-            noise_pred = noise_uncond + guidance * (noise_text - noise_uncond)
-            if (rescale > 0).any():
-                noise_pred = rescale_noise_cfg(noise_pred, noise_text, rescale)
-        stepped = scheduler.step(noise_pred, t, latents, **step_kwargs, return_dict=False)
-        latents = stepped[0]
-
-        if callback is not None:  # x̂0 is worked out only for a callback: no cost to plain generation
-            x_t = scaled[-len(latents) :].float()  # the (text half of the) UNet's input
-            if len(stepped) > 1 and stepped[1] is not None:  # the scheduler's own pred_original_sample
-                denoised = stepped[1].float()
-            else:
-                denoised = _denoised(scheduler, x_t, noise_pred, t, model.scheduler_config)
-            state = StepState(
-                i + 1, len(timesteps), int(t), latents, image_slices, model, canceled,
-                model_input=x_t, noise_pred=noise_pred, denoised=denoised, prompt_embeds=text_embeds,
-            )
-            callback(state)
-            if len(canceled) == len(requests):
-                break
-            if state.prompt_embeds is not text_embeds:  # the callback conditions the next steps on other prompts
-                if state.prompt_embeds.shape != text_embeds.shape:
-                    raise ValueError(
-                        f"prompt_embeds must keep the shape {tuple(text_embeds.shape)}, "
-                        f"got {tuple(state.prompt_embeds.shape)}"
-                    )
-                text_embeds = state.prompt_embeds.to(device=device, dtype=text_embeds.dtype)
-                prompt_embeds = torch.cat([negative_embeds, text_embeds]) if use_cfg else text_embeds
-
-    # 7. Decode the images of requests still running
-    results = [GenerationResult(request=r, canceled=k in canceled) for k, r in enumerate(requests)]
-    keep = [k for k in range(len(requests)) if k not in canceled]
+    # 6. Decode the images of requests still running
+    results = [GenerationResult(request=r, canceled=k in batch.canceled) for k, r in enumerate(requests)]
+    keep = [k for k in range(len(requests)) if k not in batch.canceled]
     if not keep:
         return results
-    rows = torch.cat([torch.arange(image_slices[k].start, image_slices[k].stop) for k in keep])
-    pixels = decode_latents(model, latents[rows.to(device)])  # (M, H, W, 3) uint8
+    kept_rows = torch.cat([torch.arange(image_slices[k].start, image_slices[k].stop) for k in keep])
+    decoded = decode_latents(model, latents[kept_rows.to(device)], tile_size=first.vae_tile_size)  # (M, H, W, 3)
 
-    # 8. PNGs with manifests
-    settings = scheduler_settings(scheduler)
+    # 7. PNGs with manifests; an inpainted image is pasted back over its original through the blurred mask
+    settings = scheduler_settings(batch.scheduler)
     row = 0
     for k in keep:
         r = requests[k]
         for index in range(r.num_images):
-            image = Image.fromarray(pixels[row])
+            image = Image.fromarray(decoded[row])
             row += 1
+            if mode == "inpaint":
+                image = inputs[k].paste_back(image)
             manifest = build_manifest(model, r, index=index, scheduler_settings=settings)
             results[k].images.append(
-                GeneratedImage(index, r.seed + index, r.width, r.height, image, png_bytes(image, manifest), manifest)
+                GeneratedImage(
+                    index, r.seed + index, image.width, image.height, image, png_bytes(image, manifest), manifest
+                )
             )
     return results
+
+
+@dataclass
+class _Inputs:
+    """One request's init image and mask as the loop uses them, and how its output goes back over the original."""
+
+    pixels: torch.Tensor  # (1, 3, H, W) in [-1, 1]: the init image (its masked area's box, for inpaint_full_res)
+    mask: torch.Tensor | None = None  # (1, 1, H, W) in {0, 1}: 1 = repaint; the blurred mask binarized at 1/2
+    original: Image.Image | None = None  # the request's init image
+    overlay: Image.Image | None = None  # "L": how much of the output shows over the original (255 = all)
+    box: tuple[int, int, int, int] | None = None  # inpaint_full_res: where the repainted box goes back
+
+    def paste_back(self, output: Image.Image) -> Image.Image:
+        """A1111's overlay: the kept pixels are the original's exactly, blended into the output along the blur."""
+        if self.box is not None:
+            x1, y1, x2, y2 = self.box
+            pasted = self.original.copy()
+            pasted.paste(images.fit(output, x2 - x1, y2 - y1, "crop_and_resize"), (x1, y1))
+            output = pasted
+        return Image.composite(output, self.original, self.overlay)
+
+
+def _prepare_inputs(request: GenerationRequest) -> _Inputs | None:
+    if request.init_image is None:
+        return None
+    if request.mask_image is None:
+        return _Inputs(_image_tensor(request.init_image))
+    # Blur first: the box, the binary mask the model sees and the overlay all follow the blurred edge, as in A1111.
+    blurred = request.mask_image
+    if request.mask_blur:
+        blurred = blurred.filter(ImageFilter.GaussianBlur(request.mask_blur))
+    image, mask = request.init_image, blurred
+    box = None
+    if request.inpaint_full_res:
+        box = images.crop_region(blurred, request.inpaint_full_res_padding, request.width, request.height)
+    if box is not None:
+        image = images.fit(image.crop(box), request.width, request.height, "resize_and_fill")
+        mask = images.fit_mask(blurred.crop(box), request.width, request.height, "resize_and_fill")
+        overlay = blurred
+    else:
+        # A1111 doubles the blurred mask for the overlay of a whole-image inpaint: all of what the model was asked
+        # to repaint (mask ≥ 1/2) shows, and the blur fades out only outside it.
+        overlay = blurred.point(lambda value: min(255, 2 * value))
+    binary = torch.from_numpy((np.asarray(mask, dtype=np.float32) / 255 >= 0.5).astype(np.float32))
+    return _Inputs(_image_tensor(image), binary[None, None], request.init_image, overlay, box)
+
+
+def _image_tensor(image: Image.Image) -> torch.Tensor:
+    """(1, 3, H, W) float32 in [-1, 1], as diffusers' VaeImageProcessor makes it."""
+    array = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+    return torch.from_numpy(array).permute(2, 0, 1)[None] * 2 - 1
+
+
+class _Batch:
+    """The state that the passes of one `generate` call share: prompts, guidance, callback, cancels, step count."""
+
+    def __init__(self, model: LoadedModel, requests: list[GenerationRequest], image_slices, callback):
+        self.model, self.requests, self.image_slices, self.callback = model, requests, image_slices, callback
+        device = model.device
+        # Latents, guidance and scheduler arithmetic stay in fp32 whatever the weights' dtype: only the UNet's
+        # input is cast, so bf16 or fp16 weights do not add rounding to every step's update.
+        self.guidance = torch.tensor(
+            [r.guidance_scale for r in requests for _ in range(r.num_images)], device=device, dtype=torch.float32
+        ).view(-1, 1, 1, 1)  # (N, 1, 1, 1)
+        self.rescale = torch.tensor(
+            [r.guidance_rescale for r in requests for _ in range(r.num_images)], device=device, dtype=torch.float32
+        ).view(-1, 1, 1, 1)
+        guidance_embedding = model.unet.config.time_cond_proj_dim is not None
+        self.use_cfg = not guidance_embedding and any(r.guidance_scale > 1 for r in requests)
+        self.timestep_cond = None
+        if guidance_embedding:  # guidance-distilled (LCM) UNets take w as an embedding instead of CFG
+            w = (self.guidance.view(-1) - 1).float()
+            self.timestep_cond = guidance_scale_embedding(w, model.unet.config.time_cond_proj_dim).to(
+                device, model.dtype
+            )
+        self.text_embeds: torch.Tensor | None = None
+        self.negative_embeds: torch.Tensor | None = None
+        self.canceled: set[int] = set()
+        self.scheduler = None  # the last pass's, for the manifest
+        # Each pass's steps as run, so the callback's `total` counts both passes from the first step on.
+        first = requests[0]
+        self.total = _steps_run(first.steps, None if first.mode == "txt2img" else first.strength)
+        if first.hires_scale != 1:
+            self.total += _steps_run(first.hires_steps or first.steps, first.hires_strength)
+        self.done = 0
+
+    @property
+    def all_canceled(self) -> bool:
+        return len(self.canceled) == len(self.requests)
+
+    @property
+    def prompt_embeds(self) -> torch.Tensor:
+        if self.use_cfg:
+            return torch.cat([self.negative_embeds, self.text_embeds])  # (2N, T, D)
+        return self.text_embeds
+
+    def run_pass(
+        self,
+        width: int,
+        height: int,
+        steps: int,
+        strength: float | None,
+        generators: list[torch.Generator],
+        *,
+        pixels: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+        start_latents: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """One denoising pass: from noise (strength None), or from `pixels` / `start_latents` noised to `strength`.
+
+        With `mask` (inpainting) the pass follows StableDiffusionInpaintPipeline, otherwise
+        StableDiffusionImg2ImgPipeline (or StableDiffusionPipeline from noise), draw for draw from `generators`.
+        """
+        model, first = self.model, self.requests[0]
+        device, dtype, factor = model.device, model.dtype, model.vae_scale_factor
+        tile = first.vae_tile_size
+        scheduler = self.scheduler = make_scheduler(first.scheduler, model.scheduler_config)
+        scheduler.set_timesteps(steps, device=device)
+        timesteps = scheduler.timesteps
+        if strength is not None:  # the schedule's last `strength` share, as diffusers' get_timesteps
+            t_start = (steps - _steps_run(steps, strength)) * scheduler.order
+            timesteps = timesteps[t_start:]
+            if hasattr(scheduler, "set_begin_index"):
+                scheduler.set_begin_index(t_start)
+        shape = (1, model.vae.config.latent_channels, height // factor, width // factor)
+        n = len(generators)
+        unet_channels = model.unet.config.in_channels
+        inpaint = mask is not None
+        pure_noise = strength is None or (inpaint and strength == 1)  # the inpaint pipeline's is_strength_max
+
+        # Start latents. The draws follow diffusers': the init image's latent sample, then the noise, then (on a
+        # 9-channel UNet) the masked image's latent sample, each image from its own generator.
+        image_latents = start_latents
+        if pixels is not None and (not pure_noise or (inpaint and unet_channels == 4)):
+            image_latents = encode_pixels(model, pixels, generators, tile_size=tile)
+        noise = self.start_noise(shape, generators).to(device)
+        if pure_noise:
+            latents = noise * scheduler.init_noise_sigma  # (N, C, H/f, W/f), fp32
+        else:
+            latents = scheduler.add_noise(image_latents, noise, timesteps[:1].repeat(n))
+
+        # Image conditioning of a 9-channel (inpainting) UNet: the mask at latent size and the masked image's latents.
+        # Without a mask it is asked to paint everywhere: mask 1, the masked image all grey (A1111's choice).
+        condition = None
+        if unet_channels == 9:
+            if inpaint:
+                masked = encode_pixels(model, pixels * (mask < 0.5), generators, tile_size=tile)
+                latent_mask = torch.nn.functional.interpolate(mask, size=shape[2:])
+            else:
+                grey = torch.zeros((n, 3, height, width), device=device)
+                masked = encode_pixels(model, grey, None, tile_size=tile)
+                latent_mask = torch.ones((n, 1, *shape[2:]), device=device)
+            condition = torch.cat([latent_mask, masked], dim=1)
+            if self.use_cfg:
+                condition = torch.cat([condition] * 2)
+            condition = condition.to(dtype)
+        # A 4-channel UNet inpaints by putting the known region back, noised to the next timestep, after each step.
+        keep_mask = None
+        if inpaint and unet_channels == 4:
+            keep_mask = 1 - torch.nn.functional.interpolate(mask, size=shape[2:])
+
+        step_kwargs = {"generator": generators} if "generator" in _step_parameters(scheduler) else {}
+        for i, t in enumerate(timesteps):
+            model_input = torch.cat([latents] * 2) if self.use_cfg else latents  # (2N or N, C, h, w)
+            scaled = scheduler.scale_model_input(model_input, t)
+            model_input = scaled.to(dtype)
+            if condition is not None:
+                model_input = torch.cat([model_input, condition], dim=1)
+            noise_pred = model.unet(
+                model_input,
+                t,
+                encoder_hidden_states=self.prompt_embeds,
+                timestep_cond=self.timestep_cond,
+                return_dict=False,
+            )[0].float()
+            if self.use_cfg:
+                noise_uncond, noise_text = noise_pred.chunk(2)
+                noise_pred = noise_uncond + self.guidance * (noise_text - noise_uncond)
+                if (self.rescale > 0).any():
+                    noise_pred = rescale_noise_cfg(noise_pred, noise_text, self.rescale)
+            stepped = scheduler.step(noise_pred, t, latents, **step_kwargs, return_dict=False)
+            latents = stepped[0]
+            if keep_mask is not None:
+                known = image_latents
+                if i < len(timesteps) - 1:
+                    known = scheduler.add_noise(image_latents, noise, timesteps[i + 1 : i + 2])
+                latents = keep_mask * known + (1 - keep_mask) * latents
+            self.done += 1
+            if self.callback is not None:
+                self.report(scheduler, scaled, stepped, latents, noise_pred, t)
+                if self.all_canceled:
+                    break
+        return latents
+
+    def start_noise(self, shape: tuple, generators: list[torch.Generator]) -> torch.Tensor:
+        """(N, C, h, w) fp32 on the CPU: each image's noise from its generator, slerped towards its variation seed's."""
+        noise = torch.cat([torch.randn(shape, generator=g, dtype=torch.float32) for g in generators])
+        rows = [(r, i) for r in self.requests for i in range(r.num_images)]
+        for row, (r, i) in enumerate(rows):
+            if r.subseed is None or r.subseed_strength == 0:  # strength 0 draws nothing: exactly today's noise
+                continue
+            sub = torch.randn(shape, generator=torch.Generator("cpu").manual_seed(r.subseed + i), dtype=torch.float32)
+            noise[row] = slerp(r.subseed_strength, noise[row], sub[0])
+        return noise
+
+    def report(self, scheduler, scaled, stepped, latents, noise_pred, t) -> None:
+        """Call the callback with this step's StepState; take up its cancels and new prompt embeddings."""
+        x_t = scaled[-len(latents) :].float()  # the (text half of the) UNet's input
+        if len(stepped) > 1 and stepped[1] is not None:  # the scheduler's own pred_original_sample
+            denoised = stepped[1].float()
+        else:  # x̂0 is worked out only for a callback: no cost to plain generation
+            denoised = _denoised(scheduler, x_t, noise_pred, t, self.model.scheduler_config)
+        state = StepState(
+            self.done, self.total, int(t), latents, self.image_slices, self.model, self.canceled,
+            model_input=x_t, noise_pred=noise_pred, denoised=denoised, prompt_embeds=self.text_embeds,
+        )
+        self.callback(state)
+        if state.prompt_embeds is not self.text_embeds:  # the callback conditions the next steps on other prompts
+            if state.prompt_embeds.shape != self.text_embeds.shape:
+                raise ValueError(
+                    f"prompt_embeds must keep the shape {tuple(self.text_embeds.shape)}, "
+                    f"got {tuple(state.prompt_embeds.shape)}"
+                )
+            self.text_embeds = state.prompt_embeds.to(device=self.model.device, dtype=self.text_embeds.dtype)
+
+
+def _steps_run(steps: int, strength: float | None) -> int:
+    """The steps a pass runs: all from noise, else diffusers' int(steps × strength), at least one."""
+    if strength is None:
+        return steps
+    return max(1, min(int(steps * strength), steps))
+
+
+def slerp(val: float, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
+    """Spherical interpolation of two noise tensors, flattened, as A1111's variation seeds (val 0: low; 1: high).
+
+    Two Gaussian noises of many dimensions are nearly orthogonal and of nearly equal norm, so slerp keeps the
+    mix's norm (a lerp would shrink it, and the image would lose contrast). Nearly parallel ones are lerped.
+    """
+    a, b = low.flatten().double(), high.flatten().double()
+    dot = torch.dot(a / a.norm(), b / b.norm()).clamp(-1, 1)
+    if dot > 0.9995:
+        mixed = (1 - val) * a + val * b
+    else:
+        omega = torch.acos(dot)
+        mixed = (torch.sin((1 - val) * omega) * a + torch.sin(val * omega) * b) / torch.sin(omega)
+    return mixed.view_as(low).to(low.dtype)
 
 
 def generate_one(
@@ -363,28 +697,139 @@ def guidance_scale_embedding(w: torch.Tensor, dim: int) -> torch.Tensor:
     return embedding
 
 
-def decode_latents(model: LoadedModel, latents: torch.Tensor) -> list:
-    """Decode (N, C, h, w) latents to a uint8 array (N, H, W, 3), with the VAE or the model's tiny decoder."""
+def decode_latents(model: LoadedModel, latents: torch.Tensor, *, tile_size: int = 0) -> list:
+    """Decode (N, C, h, w) latents to a uint8 array (N, H, W, 3), with the VAE or the model's tiny decoder.
+
+    `tile_size` (pixels, a multiple of the VAE factor; 0: whole images) decodes overlapping tiles and blends them.
+    """
     latents = latents.to(model.dtype)
     if model.decoder == "tiny":  # trained on the UNet's latent space directly (scaling factor included)
-        images = model.tiny_vae.decode(latents, return_dict=False)[0]  # (N, 3, H, W)
+        decode = lambda z: model.tiny_vae.decode(z, return_dict=False)[0]  # noqa: E731
     else:
-        images = model.vae.decode(latents / model.vae.config.scaling_factor, return_dict=False)[0]  # (N, 3, H, W)
+        decode = lambda z: model.vae.decode(z / model.vae.config.scaling_factor, return_dict=False)[0]  # noqa: E731
+    if tile_size:
+        factor = model.vae_scale_factor
+        tile = tile_size // factor
+        images = _tiled(decode, latents, tile, max(1, tile // 4), factor)  # (N, 3, H, W)
+    else:
+        images = decode(latents)  # (N, 3, H, W)
     images = (images / 2 + 0.5).clamp(0, 1)
     array = images.cpu().permute(0, 2, 3, 1).float().numpy()
     return (array * 255).round().astype("uint8")
 
 
+def encode_pixels(
+    model: LoadedModel, pixels: torch.Tensor, generators: list[torch.Generator] | None, *, tile_size: int = 0
+) -> torch.Tensor:
+    """(N, 3, H, W) pixels in [-1, 1] → (N, C, H/f, W/f) fp32 latents, scaled as the UNet sees them.
+
+    With `generators` each image's latents are a sample of the VAE's posterior drawn from its own generator, as
+    diffusers' img2img and inpaint pipelines draw them (`retrieve_latents`); without, the posterior's mean.
+    `tile_size` (pixels; 0: whole images) encodes overlapping tiles and blends the posteriors' means and spreads.
+    """
+    factor = model.vae_scale_factor
+
+    def encode(part: torch.Tensor) -> torch.Tensor:  # (n, 2C, h, w): mean and standard deviation
+        posterior = model.vae.encode(part.to(model.dtype)).latent_dist
+        return torch.cat([posterior.mean, posterior.std], dim=1)
+
+    if tile_size:
+        overlap = max(factor, tile_size // 4 // factor * factor)
+        moments = _tiled(encode, pixels, tile_size, overlap, 1 / factor)
+    else:
+        moments = encode(pixels)
+    mean, std = moments.chunk(2, dim=1)
+    if generators is None:
+        latents = mean
+    else:
+        shape = (1, *mean.shape[1:])
+        eps = torch.cat([torch.randn(shape, generator=g, dtype=mean.dtype) for g in generators]).to(mean.device)
+        latents = mean + std * eps  # DiagonalGaussianDistribution.sample, one generator per image
+    return latents.float() * model.vae.config.scaling_factor
+
+
+def _tiled(function, x: torch.Tensor, tile: int, overlap: int, scale: float) -> torch.Tensor:
+    """`function` (a VAE decoder or encoder, output `scale` × the input's size) over overlapping tiles of x.
+
+    Each tile's output is weighted by a ramp across its overlaps with its neighbours (1 inside, falling to 0
+    towards a neighbouring tile's side, not at the image's border) and the weighted outputs are summed and
+    normalised: a seam fades across the overlap instead of showing where one tile's receptive field stopped.
+    """
+    height, width = x.shape[-2:]
+    if height <= tile and width <= tile:
+        return function(x)
+    out = weight = None
+    for top in _tile_starts(height, tile, overlap):
+        for left in _tile_starts(width, tile, overlap):
+            part = function(x[..., top : top + tile, left : left + tile])
+            ph, pw = part.shape[-2:]
+            ramp_h = _ramp(ph, round(overlap * scale), top > 0, top + tile < height)
+            ramp_w = _ramp(pw, round(overlap * scale), left > 0, left + tile < width)
+            w = (ramp_h[:, None] * ramp_w[None, :]).to(part.device, part.dtype)
+            if out is None:
+                size = (*part.shape[:2], round(height * scale), round(width * scale))
+                out = torch.zeros(size, device=part.device, dtype=torch.float32)
+                weight = torch.zeros(size[-2:], device=part.device, dtype=torch.float32)
+            y, x0 = round(top * scale), round(left * scale)
+            out[..., y : y + ph, x0 : x0 + pw] += (part * w).float()
+            weight[y : y + ph, x0 : x0 + pw] += w.float()
+    return (out / weight).to(part.dtype)
+
+
+def _tile_starts(size: int, tile: int, overlap: int) -> list[int]:
+    if size <= tile:
+        return [0]
+    starts = list(range(0, size - tile, tile - overlap))
+    return starts + [size - tile]  # the last tile ends at the border (its overlap may be larger)
+
+
+def _ramp(length: int, overlap: int, fade_start: bool, fade_end: bool) -> torch.Tensor:
+    """A tile's blending weight along one axis: 1, ramping linearly over `overlap` at the sides it shares."""
+    ramp = torch.ones(length, dtype=torch.float64)
+    steps = (torch.arange(overlap, dtype=torch.float64) + 0.5) / overlap  # never 0: every pixel has some weight
+    if fade_start:
+        ramp[:overlap] = torch.minimum(ramp[:overlap], steps)
+    if fade_end:
+        ramp[length - overlap :] = torch.minimum(ramp[length - overlap :], steps.flip(0))
+    return ramp
+
+
 def build_manifest(model: LoadedModel, request: GenerationRequest, *, index: int, scheduler_settings: dict) -> dict:
-    """Everything needed to make this image again (no timestamps, so it is reproducible byte for byte)."""
+    """Everything needed to make this image again (no timestamps, so it is reproducible byte for byte).
+
+    The fields of img2img, inpainting, variations, the hires fix and tiling appear only where a request uses them,
+    so a txt2img manifest reads as it always has; a missing one is at its default. Input images are recorded by
+    their pixels' hashes (generator.images.image_sha256).
+    """
     import diffusers
     import transformers
 
-    fields = asdict(request)
-    fields.pop("num_images")
+    values = {f.name: getattr(request, f.name) for f in fields(request)}
+    base = {name: values[name] for name in _TXT2IMG_FIELDS}
+    mode = request_mode(request)
+    extra = {}
+    if mode != "txt2img":
+        extra.update(mode=mode, strength=request.strength, init_image_sha256=images.image_sha256(request.init_image))
+    if mode == "inpaint":
+        extra.update(
+            mask_sha256=images.image_sha256(request.mask_image),
+            mask_blur=request.mask_blur,
+            inpaint_full_res=request.inpaint_full_res,
+            inpaint_full_res_padding=request.inpaint_full_res_padding,
+        )
+    if request.subseed is not None and request.subseed_strength > 0:
+        extra.update(
+            subseed=request.subseed + index, request_subseed=request.subseed, subseed_strength=request.subseed_strength
+        )
+    if request.hires_scale != 1:
+        hires = ("hires_scale", "hires_upscaler", "hires_steps", "hires_strength")
+        extra.update({name: values[name] for name in hires})
+    if request.vae_tile_size:
+        extra["vae_tile_size"] = request.vae_tile_size
     return {
         "format": "generator-manifest/1",
-        **fields,
+        **base,
+        **extra,
         "seed": request.seed + index,
         "request_seed": request.seed,
         "index": index,
@@ -400,6 +845,11 @@ def build_manifest(model: LoadedModel, request: GenerationRequest, *, index: int
             "transformers": transformers.__version__,
         },
     }
+
+
+_TXT2IMG_FIELDS = (
+    "prompt", "negative_prompt", "width", "height", "steps", "guidance_scale", "guidance_rescale", "scheduler", "seed",
+)
 
 
 def latents_to_preview(model: LoadedModel, latents: torch.Tensor) -> list[Image.Image]:
