@@ -17,7 +17,7 @@ from PIL import Image
 from diffusion_api.jobs import cost, services
 from diffusion_api.jobs.models import Job
 from diffusion_api.jobs.services import Outcome
-from generator import GenerationRequest, LoadedModel, generate, limits, load_model, make_tiny_model, resolve_request
+from generator import GenerationRequest, LoadedModel, generate, load_model, make_tiny_model, resolve_request
 from generator.fastpath import optimize, parse_buckets
 
 logger = logging.getLogger(__name__)
@@ -183,12 +183,9 @@ def request_for(job: Job) -> GenerationRequest:
 
 
 def mode_fields(job: Job) -> dict:
-    """The job's inputs (PNGs the web process already fitted to width × height) and the fields that are not at
-    the table's defaults. The defaults are text-to-image behaviour, so a txt2img job builds exactly the request
-    it always did."""
-    fields = {
-        name: getattr(job, name) for name in MODE_FIELDS if getattr(job, name) != limits.FIELDS[name].default
-    }
+    """The job's img2img, variation and hires fields, and its inputs: PNGs the web process already fitted to
+    width × height (init image RGB; mask L, white = repaint). A txt2img job's are the table's defaults."""
+    fields = {name: getattr(job, name) for name in MODE_FIELDS}
     if job.init_image:
         fields["init_image"] = _stored_image(job.init_image, "RGB")
     if job.mask_image:
