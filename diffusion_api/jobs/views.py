@@ -233,6 +233,7 @@ class UploadCreateView(APIView):
             400: schema.BAD_REQUEST,
             401: schema.detail("no token"),
             413: schema.detail("request body too large"),
+            415: schema.detail("the body is not multipart/form-data"),
         },
     )
     def post(self, request):
@@ -355,6 +356,7 @@ def _check_workers() -> dict:
         responses={
             200: inline_serializer("Token", {"token": serializers.CharField()}),
             400: schema.BAD_REQUEST,
+            415: schema.detail("the body is not JSON, form or multipart data"),
             429: schema.detail("too many attempts; see Retry-After"),
         },
     )
