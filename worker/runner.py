@@ -12,6 +12,7 @@ from pathlib import Path
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import connection
+from PIL import Image
 
 from diffusion_api.jobs import cost, services
 from diffusion_api.jobs.models import Job
@@ -151,6 +152,21 @@ class ProgressReporter:
                 state.cancel(i)
 
 
+# The job's img2img, variation and hires fields (generator.limits.FIELDS), passed on as GenerationRequest fields.
+MODE_FIELDS = (
+    "strength",
+    "mask_blur",
+    "inpaint_full_res",
+    "inpaint_full_res_padding",
+    "subseed",
+    "subseed_strength",
+    "hires_scale",
+    "hires_upscaler",
+    "hires_steps",
+    "hires_strength",
+)
+
+
 def request_for(job: Job) -> GenerationRequest:
     return GenerationRequest(
         prompt=job.prompt,
@@ -162,7 +178,26 @@ def request_for(job: Job) -> GenerationRequest:
         scheduler=job.scheduler,
         seed=job.seed,
         num_images=job.num_images,
+        **mode_fields(job),
     )
+
+
+def mode_fields(job: Job) -> dict:
+    """The job's img2img, variation and hires fields, and its inputs: PNGs the web process already fitted to
+    width × height (init image RGB; mask L, white = repaint). A txt2img job's are the table's defaults."""
+    fields = {name: getattr(job, name) for name in MODE_FIELDS}
+    if job.init_image:
+        fields["init_image"] = _stored_image(job.init_image, "RGB")
+    if job.mask_image:
+        fields["mask_image"] = _stored_image(job.mask_image, "L")
+    return fields
+
+
+def _stored_image(file, mode: str) -> Image.Image:
+    with file.open("rb") as opened:
+        image = Image.open(opened)
+        image.load()
+    return image.convert(mode)
 
 
 def run_jobs(jobs: list[Job]) -> dict:
@@ -189,10 +224,10 @@ def _run(jobs: list[Job], lease: LeaseKeeper, outcomes: dict) -> None:
     model = get_model(jobs[0].model)
     runnable, requests = [], []
     for job in jobs:
-        try:  # a bad request the API could not see (e.g. too many prompt tokens) fails alone
+        try:  # a bad request the API could not see (e.g. too many prompt tokens, a lost input file) fails alone
             requests.append(resolve_request(model, request_for(job)))
             runnable.append(job)
-        except ValueError as error:
+        except (ValueError, OSError) as error:
             outcomes[job.id] = record(job, Outcome.FAILED, lease, error=str(error))
     if not runnable:
         return

@@ -7,7 +7,7 @@ from django.core.exceptions import ValidationError
 from django.utils.html import format_html, format_html_join
 
 from diffusion_api.jobs import services
-from diffusion_api.jobs.models import PARAMETER_FIELDS, Job, JobImage, ReviewStatus
+from diffusion_api.jobs.models import PARAMETER_FIELDS, Job, JobImage, ReviewStatus, Upload
 
 
 def _data_uri(image: JobImage) -> str:
@@ -33,6 +33,28 @@ class JobImageInline(admin.TabularInline):
             max(image.height, 256),
             image.index,
         )
+
+
+def _input_preview(file, alt: str) -> str:
+    if not file:
+        return "—"
+    try:
+        with file.open("rb") as opened:
+            data = opened.read()
+    except OSError:  # the storage lost it: say so rather than break the page
+        return f"missing from storage: {file.name}"
+    uri = "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+    return format_html('<img class="job-input" src="{}" width="256" alt="{}">', uri, alt)
+
+
+@admin.register(Upload)
+class UploadAdmin(admin.ModelAdmin):
+    list_display = ("id", "owner", "format", "width", "height", "created_at", "expires_at")
+    list_select_related = ("owner",)
+    readonly_fields = ("id", "owner", "file", "sha256", "width", "height", "format", "created_at", "expires_at")
+
+    def has_add_permission(self, request) -> bool:
+        return False
 
 
 @admin.register(Job)
@@ -64,12 +86,23 @@ class JobAdmin(admin.ModelAdmin):
             },
         ),
         ("Parameters", {"fields": PARAMETER_FIELDS}),
+        # Beside the outputs (the images inline below): what the job started from, as fitted to its size.
+        ("Inputs", {"fields": ("mode", "init_image_preview", "init_image_sha256", "mask_preview", "mask_sha256")}),
         ("Timings", {"fields": ("created_at", "started_at", "finished_at")}),
     )
 
     def get_readonly_fields(self, request, obj=None):
         # Only the review verdict is edited here; every other change goes through an action.
-        return [f.name for f in Job._meta.fields if f.name != "review_status"]
+        fields = [f.name for f in Job._meta.fields if f.name != "review_status"]
+        return [*fields, "init_image_preview", "mask_preview"]
+
+    @admin.display(description="init image")
+    def init_image_preview(self, job: Job) -> str:
+        return _input_preview(job.init_image, "init image")
+
+    @admin.display(description="mask (white = repaint)")
+    def mask_preview(self, job: Job) -> str:
+        return _input_preview(job.mask_image, "mask")
 
     def get_queryset(self, request):
         return super().get_queryset(request).prefetch_related("images")

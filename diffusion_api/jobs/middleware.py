@@ -5,9 +5,14 @@ from django.http import HttpResponse
 
 from diffusion_api.logs import job_id_var
 
+# Routes whose bodies may carry images: up to JOB_MAX_IMAGE_BODY_BYTES here; the jobs view then holds a body with
+# no image in it to JOB_MAX_BODY_BYTES.
+IMAGE_BODY_PATHS = ("/api/v1/uploads/", "/api/v1/jobs/")
+
 
 class BodySizeLimitMiddleware:
-    """Refuse API request bodies over JOB_MAX_BODY_BYTES with a 413 before anything reads them."""
+    """Refuse API request bodies over JOB_MAX_BODY_BYTES (JOB_MAX_IMAGE_BODY_BYTES on the routes that take images)
+    with a 413 before anything reads them."""
 
     def __init__(self, get_response):
         self.get_response = get_response
@@ -18,8 +23,10 @@ class BodySizeLimitMiddleware:
                 length = int(request.META.get("CONTENT_LENGTH") or 0)
             except ValueError:
                 length = 0
-            if length > settings.JOB_MAX_BODY_BYTES:
-                body = {"detail": f"request body is {length} bytes; at most {settings.JOB_MAX_BODY_BYTES} allowed"}
+            takes_images = request.path in IMAGE_BODY_PATHS
+            limit = settings.JOB_MAX_IMAGE_BODY_BYTES if takes_images else settings.JOB_MAX_BODY_BYTES
+            if length > limit:
+                body = {"detail": f"request body is {length} bytes; at most {limit} allowed"}
                 return HttpResponse(json.dumps(body), status=413, content_type="application/json")
         return self.get_response(request)
 

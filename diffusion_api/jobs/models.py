@@ -28,7 +28,27 @@ PARAMETER_FIELDS = (
     "seed",
     "num_images",
     "model",
+    # img2img / inpainting, variations, two-pass high resolution (generator.limits.FIELDS; txt2img leaves the defaults)
+    "strength",
+    "mask_blur",
+    "inpaint_full_res",
+    "inpaint_full_res_padding",
+    "resize_mode",
+    "subseed",
+    "subseed_strength",
+    "hires_scale",
+    "hires_upscaler",
+    "hires_steps",
+    "hires_strength",
 )
+# A job's input images as stored with it (fitted to its size by the web process), and the mode they give it.
+INPUT_FIELDS = ("mode", "init_image", "init_image_sha256", "mask_image", "mask_sha256")
+
+
+class JobMode(models.TextChoices):
+    TXT2IMG = "txt2img"
+    IMG2IMG = "img2img"
+    INPAINT = "inpaint"
 
 
 class ReviewStatus(models.TextChoices):
@@ -53,6 +73,25 @@ class Job(models.Model):
     scheduler = models.CharField(max_length=32)
     seed = models.BigIntegerField()
     num_images = models.PositiveSmallIntegerField()
+    # Derived from the inputs as generator.pipeline does: inpaint with a mask, img2img with an init image only.
+    mode = models.CharField(max_length=16, choices=JobMode.choices, default=JobMode.TXT2IMG)
+    strength = models.FloatField(default=0.75)
+    mask_blur = models.PositiveSmallIntegerField(default=4)
+    inpaint_full_res = models.BooleanField(default=False)
+    inpaint_full_res_padding = models.PositiveSmallIntegerField(default=32)
+    resize_mode = models.CharField(max_length=32, default="just_resize")
+    subseed = models.BigIntegerField(null=True, blank=True)
+    subseed_strength = models.FloatField(default=0.0)
+    hires_scale = models.FloatField(default=1.0)
+    hires_upscaler = models.CharField(max_length=32, default="latent")
+    hires_steps = models.PositiveIntegerField(default=0)
+    hires_strength = models.FloatField(default=0.5)
+    # The inputs, already at width × height (PNG in storage, named by content), and their pixel hashes
+    # (generator.images.image_sha256): the result cache and the batch claim compare the hashes.
+    init_image = models.FileField(max_length=200, blank=True, default="")
+    init_image_sha256 = models.CharField(max_length=64, blank=True, default="")
+    mask_image = models.FileField(max_length=200, blank=True, default="")
+    mask_sha256 = models.CharField(max_length=64, blank=True, default="")
 
     # Progress and outcome.
     progress_step = models.PositiveIntegerField(default=0)
@@ -134,6 +173,27 @@ class JobImage(models.Model):
 
     def __str__(self) -> str:
         return f"{self.job_id} #{self.index}"
+
+
+class Upload(models.Model):
+    """An input image a user uploaded once to reference from jobs (POST uploads/). Checked, EXIF-rotated and stored
+    as PNG under its content hash, so the same picture uploaded twice is one file. Usable until `expires_at`."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="uploads")
+    file = models.FileField(max_length=200)
+    sha256 = models.CharField(max_length=64, db_index=True)  # of the stored PNG's bytes
+    width = models.PositiveIntegerField()
+    height = models.PositiveIntegerField()
+    format = models.CharField(max_length=8)  # as sent: PNG, JPEG or WEBP
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField(db_index=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"upload {self.id} ({self.width}×{self.height} {self.format})"
 
 
 class WorkerHeartbeat(models.Model):

@@ -46,6 +46,35 @@ CREATE_EXAMPLE = OpenApiExample(
     },
     request_only=True,
 )
+IMG2IMG_EXAMPLE = OpenApiExample(
+    "img2img from an upload",
+    description="init_image is {\"upload\": id} from POST /api/v1/uploads/, or {\"base64\": \"…\"} (raw or a "
+    "data:image/png;base64, URI); it is fitted to width × height by resize_mode.",
+    value={
+        "prompt": "a small blue circle in the top left on a white background",
+        "init_image": {"upload": "5f0c6a34-8a8e-4d8e-9a1e-2b6f0b7d8c11"},
+        "strength": 0.6,
+        "resize_mode": "crop_and_resize",
+        "seed": 42,
+    },
+    request_only=True,
+)
+INPAINT_EXAMPLE = OpenApiExample(
+    "inpainting with a base64 mask",
+    description="mask: one channel (white = repaint) or an alpha channel (transparent = repaint).",
+    value={
+        "prompt": "a red square in the bottom right",
+        "init_image": {"upload": "5f0c6a34-8a8e-4d8e-9a1e-2b6f0b7d8c11"},
+        "mask": {"base64": "data:image/png;base64,iVBORw0KGgo…"},
+        "strength": 1.0,
+        "mask_blur": 4,
+        "seed": 7,
+    },
+    request_only=True,
+)
+UploadRequest = inline_serializer(
+    "UploadRequest", {"file": serializers.FileField(help_text="a PNG, JPEG or WebP image")}
+)
 DETAIL_EXAMPLE = OpenApiExample(
     "succeeded",
     response_only=True,
@@ -66,6 +95,25 @@ DETAIL_EXAMPLE = OpenApiExample(
             "seed": 42,
             "num_images": 1,
             "model": "tiny",
+            "strength": 0.75,
+            "mask_blur": 4,
+            "inpaint_full_res": False,
+            "inpaint_full_res_padding": 32,
+            "resize_mode": "just_resize",
+            "subseed": None,
+            "subseed_strength": 0.0,
+            "hires_scale": 1.0,
+            "hires_upscaler": "latent",
+            "hires_steps": 0,
+            "hires_strength": 0.5,
+            "mode": "img2img",
+        },
+        "inputs": {
+            "init_image": {
+                "sha256": "9f2c4d0e…",
+                "url": "http://localhost:8000/api/v1/jobs/0b52cf7a-cc61-418b-86ab-8421bbea6e0f/inputs/init_image.png",
+            },
+            "mask": None,
         },
         "timings": {
             "created_at": "2026-11-22T03:00:02Z",

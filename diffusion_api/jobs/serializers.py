@@ -8,7 +8,8 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 from rest_framework.reverse import reverse
 
-from diffusion_api.jobs.models import PARAMETER_FIELDS, Job, JobImage, JobStatus
+from diffusion_api.jobs import inputs, services
+from diffusion_api.jobs.models import PARAMETER_FIELDS, Job, JobImage, JobStatus, Upload
 from diffusion_api.jobs.webhooks import WebhookRefused, check_webhook_url
 from generator.torch_free import limits
 
@@ -54,6 +55,17 @@ def _range(low, high) -> dict:
     return {"min_value": low, "max_value": high, "error_messages": {"min_value": message, "max_value": message}}
 
 
+def _range_above(low, high) -> dict:
+    """(low, high]: DRF's min_value is inclusive, so the lower end is a validator of its own."""
+    message = f"must be more than {low} and at most {high}."
+
+    def above(value):
+        if value <= low:
+            raise serializers.ValidationError(message)
+
+    return {"max_value": high, "validators": [above], "error_messages": {"max_value": message}}
+
+
 _STRICT = {int: StrictIntegerField, float: StrictFloatField}
 
 
@@ -63,13 +75,57 @@ def _request_field(spec: limits.FieldSpec) -> serializers.Field:
     options = {"required": spec.default == limits.REQUIRED}
     if spec.default not in (limits.REQUIRED, limits.FROM_MODEL, limits.DRAWN):
         options["default"] = spec.default  # the service resolves the others (they depend on the model)
+    if spec.default is None:
+        options["allow_null"] = True  # null = off (e.g. no variation seed)
+    if spec.help:
+        options["help_text"] = spec.help
+    if spec.type is bool:
+        return StrictBooleanField(**options)
+    if spec.choices is not None and spec.name != "scheduler":  # validate_scheduler names the known ones itself
+        return StrictChoiceField(choices=spec.choices, **options)
     if spec.type is str:
         if spec.choices is None:
             options.update(allow_blank=bool(not low), trim_whitespace=bool(low))
         if high is not None:
             options.update(max_length=high, error_messages={"max_length": f"must be at most {high} characters."})
         return StrictCharField(**options)
+    if spec.min_exclusive:
+        return _STRICT[spec.type](**options, **_range_above(low, high))
     return _STRICT[spec.type](**options, **_range(low, high))
+
+
+class StrictChoiceField(serializers.ChoiceField):
+    default_error_messages = {"invalid_choice": "{input!r} is not one of: {choices}."}
+
+    def to_internal_value(self, data):
+        if not isinstance(data, str) or data not in self.choices:
+            self.fail("invalid_choice", input=data, choices=", ".join(self.choices))
+        return data
+
+
+class ImageInputSerializer(serializers.Serializer):
+    """An input image: `{"upload": "<id>"}` (from POST uploads/) or `{"base64": "<PNG/JPEG/WebP, raw or data: URI>"}`,
+    exactly one of the two."""
+
+    upload = serializers.UUIDField(required=False, help_text="the id of one of your uploads (POST /api/v1/uploads/)")
+    base64 = StrictCharField(
+        required=False, help_text="the image file as base64, raw or as a data:image/…;base64, URI"
+    )
+
+    def to_internal_value(self, data):
+        if not isinstance(data, dict):
+            raise serializers.ValidationError('must be an object: {"upload": "<id>"} or {"base64": "<image>"}.')
+        if unknown := sorted(set(data) - {"upload", "base64"}):
+            raise serializers.ValidationError(f"unknown keys {', '.join(unknown)}; allowed: upload, base64.")
+        if len(data) != 1:
+            raise serializers.ValidationError('give exactly one of "upload" and "base64".')
+        value = super().to_internal_value(data)
+        if "upload" in value:
+            return services.ImageInput(upload=value["upload"])
+        try:
+            return services.ImageInput(data=inputs.decode_base64(value["base64"]))
+        except inputs.ImageRefused as error:
+            raise serializers.ValidationError({"base64": [str(error)]}) from error
 
 
 class JobCreateSerializer(serializers.Serializer):
@@ -80,6 +136,14 @@ class JobCreateSerializer(serializers.Serializer):
         required=False,
         default=True,
         help_text="false: always run the model, even when an identical earlier request (explicit seed) succeeded",
+    )
+    init_image = ImageInputSerializer(
+        required=False, help_text="img2img: the image to start from, fitted to width × height by resize_mode"
+    )
+    mask = ImageInputSerializer(
+        required=False,
+        help_text="inpainting (with init_image): one channel, white = repaint, or an alpha channel, transparent = "
+        "repaint; its image's size or aspect ratio",
     )
 
     def get_fields(self):
@@ -126,11 +190,46 @@ class ProgressSerializer(serializers.Serializer):
 
 
 class ParametersSerializer(serializers.ModelSerializer):
-    """The request as resolved: defaults filled in, the seed drawn."""
+    """The request as resolved: defaults filled in, the seed drawn; `mode` follows from the inputs."""
 
     class Meta:
         model = Job
-        fields = list(PARAMETER_FIELDS)
+        fields = [*PARAMETER_FIELDS, "mode"]
+
+
+class InputImageSerializer(serializers.Serializer):
+    sha256 = serializers.CharField(help_text="generator.images.image_sha256 of the fitted pixels (the PNG manifest's)")
+    url = serializers.CharField(help_text="the fitted PNG the job ran on")
+
+
+class InputsSerializer(serializers.Serializer):
+    """The job's input images as it ran on them: fitted to width × height (mask: mode L, white = repaint)."""
+
+    init_image = serializers.SerializerMethodField()
+    mask = serializers.SerializerMethodField()
+
+    @extend_schema_field(InputImageSerializer(allow_null=True))
+    def get_init_image(self, job: Job) -> dict | None:
+        return self._input(job, "init_image", job.init_image_sha256)
+
+    @extend_schema_field(InputImageSerializer(allow_null=True))
+    def get_mask(self, job: Job) -> dict | None:
+        return self._input(job, "mask", job.mask_sha256)
+
+    def _input(self, job: Job, name: str, digest: str) -> dict | None:
+        if not digest:
+            return None
+        kwargs = {"job_id": job.id, "name": name}
+        return {"sha256": digest, "url": reverse("jobs:input", kwargs=kwargs, request=self.context.get("request"))}
+
+
+class UploadSerializer(serializers.ModelSerializer):
+    sha256 = serializers.CharField(help_text="SHA-256 of the stored PNG (EXIF orientation applied)")
+    format = serializers.CharField(help_text="the format it was sent in: PNG, JPEG or WEBP")
+
+    class Meta:
+        model = Upload
+        fields = ["id", "sha256", "width", "height", "format", "expires_at"]
 
 
 class TimingsSerializer(serializers.ModelSerializer):
@@ -193,6 +292,7 @@ class JobDetailSerializer(JobSummarySerializer):
 
     queue_position = serializers.SerializerMethodField(help_text="1 = next to run; null unless queued")
     parameters = ParametersSerializer(source="*", read_only=True)
+    inputs = InputsSerializer(source="*", read_only=True)
     timings = TimingsSerializer(source="*", read_only=True)
     images = serializers.SerializerMethodField(help_text="null until the job has succeeded")
 
@@ -205,6 +305,7 @@ class JobDetailSerializer(JobSummarySerializer):
             "progress",
             "queue_position",
             "parameters",
+            "inputs",
             "timings",
             "error",
             "attempts",

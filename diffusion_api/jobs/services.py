@@ -14,19 +14,22 @@ from django.db import IntegrityError, models, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from diffusion_api.jobs import catalog, cost, selectors
+from diffusion_api.jobs import catalog, cost, inputs, selectors
 from diffusion_api.jobs.models import (
+    INPUT_FIELDS,
     PARAMETER_FIELDS,
     Job,
     JobImage,
+    JobMode,
     JobStatus,
     ModelStepCost,
     ReviewStatus,
+    Upload,
     WebhookDelivery,
     WorkerHeartbeat,
 )
 from diffusion_api.jobs.queue import publish_job, publish_webhook, queued_job_ids
-from generator.torch_free import limits
+from generator.torch_free import images, limits
 
 # The request fields a job stores, in the table's order (generator.limits.FIELDS has library-only ones too).
 JOB_REQUEST_FIELDS = [name for name, spec in limits.FIELDS.items() if spec.api]
@@ -49,6 +52,50 @@ class CapacityExceeded(Exception):
         super().__init__(detail)
         self.retry_after = retry_after
         self.whole_service = whole_service  # True: the service is full (503); False: this user is (429)
+
+
+class UploadNotFound(Exception):
+    """An upload id that is not the caller's, or no longer exists (404)."""
+
+
+@dataclass(frozen=True)
+class ImageInput:
+    """An input image as a request names it: the id of one of the owner's uploads, or the image's bytes."""
+
+    upload: UUID | None = None
+    data: bytes | None = None
+
+
+def upload_create(*, owner, data: bytes) -> Upload:
+    """Check an uploaded image (inputs.open_checked), store it as PNG under its content hash, owned by `owner`,
+    usable until UPLOAD_RETENTION seconds from now. ValidationError({"file": …}) names the rule it broke."""
+    try:
+        image, source_format = inputs.open_checked(data)
+    except inputs.ImageRefused as error:
+        raise ValidationError({"file": str(error)}) from error
+    name, digest = inputs.store_png(inputs.png_bytes(inputs.normalized(image)), folder="uploads")
+    return Upload.objects.create(
+        owner=owner,
+        file=name,
+        sha256=digest,
+        width=image.width,
+        height=image.height,
+        format=source_format,
+        expires_at=timezone.now() + timedelta(seconds=settings.UPLOAD_RETENTION),
+    )
+
+
+def upload_sweep() -> int:
+    """Delete expired uploads, and their files where no live upload shares the content; the number deleted.
+
+    Jobs keep their own fitted copies of their inputs, so deleting an upload never takes a job's input away.
+    """
+    expired = list(Upload.objects.filter(expires_at__lt=timezone.now()))
+    for upload in expired:
+        upload.delete()
+        if not Upload.objects.filter(file=upload.file.name).exists():
+            upload.file.storage.delete(upload.file.name)
+    return len(expired)
 
 
 @dataclass
@@ -113,13 +160,21 @@ def job_create(
     request_fingerprint: str = "",
     webhook_url: str = "",
     cache: bool = True,
+    init_image: ImageInput | None = None,
+    mask: ImageInput | None = None,
+    **mode_fields,
 ) -> Job:
     """Resolve defaults, check the limits, store the job and queue it once the transaction commits.
+
+    `init_image` (img2img) and `mask` (inpainting) are checked and fitted to width × height here, in the web
+    process, and stored with the job; `mode_fields` are the table's img2img, variation and hires fields.
 
     With `cache` and an explicit seed, a request identical to an earlier succeeded one of the same owner (same
     model files too) gets a new job that holds that job's images at once, without running the model. A job that
     would run is admitted only if its estimated cost fits the time limit (jobs/cost.py).
     """
+    if unknown := set(mode_fields) - set(JOB_REQUEST_FIELDS):
+        raise TypeError(f"job_create got unknown fields {sorted(unknown)}")
     model = model or settings.DEFAULT_MODEL
     try:
         info = catalog.model_info(model)
@@ -139,6 +194,7 @@ def job_create(
             scheduler=scheduler,
             seed=seed,
             num_images=num_images,
+            **mode_fields,
         ),
     )
     width, height, steps = request["width"], request["height"], request["steps"]
@@ -152,13 +208,31 @@ def job_create(
         errors["scheduler"] = message
     if message := limits.seed_error(seed, num_images):
         errors["seed"] = message
+    if request["subseed"] is not None and (message := limits.seed_error(request["subseed"], num_images)):
+        errors["subseed"] = message
+    mode = _mode_of(init_image, mask)
+    if message := limits.hires_error(
+        width,
+        height,
+        request["hires_scale"],
+        factor=info.vae_scale_factor,
+        mode=mode,
+        settings=settings,
+        max_pixels=settings.JOB_MAX_PIXELS,
+    ):
+        errors["hires_scale"] = message
     if errors:
         raise ValidationError(errors)
+    # Inputs after the size checks: fitting needs a valid width × height.
+    stored_inputs = _job_inputs(owner, init_image, mask, width=width, height=height, resize_mode=request["resize_mode"])
 
     resolved = {
         "model": model,
         **{name: request[name] for name in JOB_REQUEST_FIELDS},
         "model_version": catalog.model_version(model),
+        # The cache keys on the inputs' pixels too: the same prompt and seed on another picture is another job.
+        "init_image_sha256": stored_inputs["init_image_sha256"],
+        "mask_sha256": stored_inputs["mask_sha256"],
     }
     source = None
     if cache and seed_given:
@@ -183,17 +257,7 @@ def job_create(
     )
     job = Job.objects.create(
         owner=owner,
-        model_version=resolved["model_version"],
-        model=model,
-        prompt=prompt,
-        negative_prompt=negative_prompt,
-        width=width,
-        height=height,
-        steps=steps,
-        guidance_scale=guidance_scale,
-        scheduler=scheduler,
-        seed=seed,
-        num_images=num_images,
+        **{**resolved, **stored_inputs},
         progress_total=steps,
         retry_of=retry_of,
         published_at=timezone.now(),
@@ -208,6 +272,70 @@ def job_create(
     return job
 
 
+def _job_inputs(
+    owner, init_image: ImageInput | None, mask: ImageInput | None, *, width: int, height: int, resize_mode: str
+) -> dict:
+    """The job's input fields: its mode and, for img2img/inpaint, the fitted PNGs in storage and their pixel hashes.
+
+    The mask goes through the same geometry as its image. ValidationError names the rule a bad input broke;
+    UploadNotFound for an upload id that is not the owner's or has been swept.
+    """
+    fields = {"mode": JobMode.TXT2IMG, "init_image": "", "init_image_sha256": "", "mask_image": "", "mask_sha256": ""}
+    if init_image is None:
+        return fields
+    image = _open_input(owner, init_image, "init_image")
+    fitted = inputs.fit_input(image, width, height, resize_mode)
+    fields.update(mode=JobMode.IMG2IMG, init_image=_store_input(fitted), init_image_sha256=images.image_sha256(fitted))
+    if mask is not None:
+        try:
+            mask_image = inputs.mask_from(_open_input(owner, mask, "mask"))
+        except inputs.ImageRefused as error:
+            raise ValidationError({"mask": str(error)}) from error
+        if not inputs.mask_fits_image(mask_image, image):
+            raise ValidationError(
+                {
+                    "mask": f"the mask is {mask_image.width} × {mask_image.height} and the init image "
+                    f"{image.width} × {image.height}: a mask must have its image's size or aspect ratio"
+                }
+            )
+        fitted_mask = inputs.fit_mask(mask_image, width, height, resize_mode)
+        fields.update(
+            mode=JobMode.INPAINT, mask_image=_store_input(fitted_mask), mask_sha256=images.image_sha256(fitted_mask)
+        )
+    return fields
+
+
+def _mode_of(init_image: ImageInput | None, mask: ImageInput | None) -> str:
+    """The job's mode as the library derives it (limits.request_mode): ValidationError for a mask alone."""
+    try:
+        return limits.request_mode(init_image is not None, mask is not None)
+    except ValueError as error:
+        raise ValidationError({"mask": f"{error} (init_image) to repaint"}) from error
+
+
+def _open_input(owner, source: ImageInput, field_name: str):
+    if source.upload is not None:
+        upload = Upload.objects.filter(id=source.upload, owner=owner).first()
+        if upload is None:
+            raise UploadNotFound(f"{field_name}: no upload {source.upload} of yours")
+        if upload.expires_at <= timezone.now():
+            raise ValidationError(
+                {field_name: f"upload {upload.id} expired at {upload.expires_at.isoformat()} (UPLOAD_RETENTION)"}
+            )
+        with upload.file.open("rb") as file:
+            data = file.read()
+    else:
+        data = source.data
+    try:
+        return inputs.open_checked(data)[0]
+    except inputs.ImageRefused as error:
+        raise ValidationError({field_name: str(error)}) from error
+
+
+def _store_input(image) -> str:
+    return inputs.store_png(inputs.png_bytes(image), folder="inputs")[0]
+
+
 def _check_cost(model: str, **request) -> None:
     """Refuse a job that cannot finish within the time limit on the workers that serve its model (it would only
     burn a worker up to JOB_SOFT_TIME_LIMIT and fail), naming what would fit."""
@@ -217,7 +345,7 @@ def _check_cost(model: str, **request) -> None:
 
 def _job_from_cache(source: Job, *, owner, **fields) -> Job:
     now = timezone.now()
-    copied = {name: getattr(source, name) for name in (*PARAMETER_FIELDS, "model_version")}
+    copied = {name: getattr(source, name) for name in (*PARAMETER_FIELDS, *INPUT_FIELDS, "model_version")}
     job = Job.objects.create(
         owner=owner,
         status=JobStatus.SUCCEEDED,
@@ -288,6 +416,7 @@ def job_claim_batch(*, job: Job, worker: str, limit: int) -> list[Job]:
             height=job.height,
             steps=job.steps,
             scheduler=job.scheduler,
+            **{name: getattr(job, name) for name in BATCH_FIELDS},
         )
         .exclude(id=job.id)
         .values_list("id", "owner_id", "num_images", "guidance_scale")[: 4 * limit]
@@ -306,6 +435,12 @@ def job_claim_batch(*, job: Job, worker: str, limit: int) -> list[Job]:
             mates.append(mate)
             images, guided = images + num_images, guided or cost.is_guided(guidance_scale)
     return mates
+
+
+# Besides model, size, steps and scheduler, batch mates share what generator.pipeline.batch_key says the loop runs
+# once for the whole batch: the mode, the strength and the hires pass. The engine takes each row's own init image,
+# mask, mask blur, masked-area crop and variation seed, so jobs on different pictures do batch together.
+BATCH_FIELDS = ("mode", "strength", "hires_scale", "hires_upscaler", "hires_steps", "hires_strength")
 
 
 def _owners_in_turn(candidates: list[tuple]) -> list[tuple]:
@@ -473,9 +608,19 @@ def job_retry(*, job: Job) -> Job:
     return job_create(
         owner=job.owner,
         **{name: getattr(job, name) for name in PARAMETER_FIELDS},
+        init_image=_stored_input(job.init_image),
+        mask=_stored_input(job.mask_image),
         retry_of=job,
         cache=False,  # a retry runs the model again
     )
+
+
+def _stored_input(file) -> ImageInput | None:
+    """A job's stored input (already at its size: fitting it again changes nothing) as the input of a new job."""
+    if not file:
+        return None
+    with file.open("rb") as opened:
+        return ImageInput(data=opened.read())
 
 
 def job_review(*, job: Job, reviewer, verdict: str) -> Job:

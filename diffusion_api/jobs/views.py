@@ -25,7 +25,12 @@ from diffusion_api.celery import app as celery_app
 from diffusion_api.jobs import catalog, schema, selectors, services
 from diffusion_api.jobs.models import JobStatus
 from diffusion_api.jobs.parsers import SafeJSONParser
-from diffusion_api.jobs.serializers import JobCreateSerializer, JobDetailSerializer, JobSummarySerializer
+from diffusion_api.jobs.serializers import (
+    JobCreateSerializer,
+    JobDetailSerializer,
+    JobSummarySerializer,
+    UploadSerializer,
+)
 from diffusion_api.jobs.throttling import FailOpenScopedRateThrottle, TokenUsernameThrottle
 from generator.torch_free import SCHEDULERS, limits
 
@@ -74,11 +79,12 @@ class JobListCreateView(APIView):
         summary="Create a job; it is queued once stored",
         request=JobCreateSerializer,
         parameters=[schema.IDEMPOTENCY_KEY],
-        examples=[schema.CREATE_EXAMPLE],
+        examples=[schema.CREATE_EXAMPLE, schema.IMG2IMG_EXAMPLE, schema.INPAINT_EXAMPLE],
         responses={
             202: JobDetailSerializer,
             400: schema.BAD_REQUEST,
             401: schema.detail("no token"),
+            404: schema.detail("init_image or mask names an upload that is not yours, or no longer exists"),
             413: schema.detail("request body too large"),
             422: schema.detail("Idempotency-Key reused with another body"),
             429: schema.detail("too many unfinished jobs, or created too fast; see Retry-After"),
@@ -86,6 +92,9 @@ class JobListCreateView(APIView):
         },
     )
     def post(self, request):
+        if _body_bytes(request) > settings.JOB_MAX_BODY_BYTES and not _carries_images(request.data):
+            # The middleware let the body through up to JOB_MAX_IMAGE_BODY_BYTES; only images may use that room.
+            return _too_large(request, settings.JOB_MAX_BODY_BYTES, "without init_image or mask")
         serializer = JobCreateSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         key = request.headers.get("Idempotency-Key")
@@ -100,6 +109,8 @@ class JobListCreateView(APIView):
             )
         except DjangoValidationError as error:
             raise ValidationError(error.message_dict) from error
+        except services.UploadNotFound as error:
+            raise Http404(str(error)) from error
         except services.IdempotencyMismatch as error:
             return Response({"detail": str(error)}, status=status.HTTP_422_UNPROCESSABLE_ENTITY)
         except services.CapacityExceeded as error:
@@ -113,6 +124,22 @@ class JobListCreateView(APIView):
 
     def get_throttles(self):
         return [FailOpenScopedRateThrottle()] if self.request.method == "POST" else []
+
+
+def _body_bytes(request) -> int:
+    try:
+        return int(request.META.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        return 0
+
+
+def _carries_images(data) -> bool:
+    return isinstance(data, dict) and bool({"init_image", "mask"} & set(data))
+
+
+def _too_large(request, limit: int, why: str) -> Response:
+    detail = f"request body is {_body_bytes(request)} bytes; at most {limit} allowed {why}"
+    return Response({"detail": detail}, status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE)
 
 
 def _fingerprint(data) -> str:
@@ -168,6 +195,58 @@ class JobImageView(APIView):
         response = HttpResponse(bytes(image.png), content_type="image/png")
         response["Content-Disposition"] = f'inline; filename="{job.id}-{index}.png"'
         return response
+
+
+class JobInputView(APIView):
+    @extend_schema(
+        summary="An input image of a job (init_image, or mask), as fitted to the job's size, as PNG",
+        operation_id="v1_jobs_input_retrieve",
+        parameters=[OpenApiParameter("name", str, OpenApiParameter.PATH, enum=["init_image", "mask"])],
+        responses={
+            (200, "image/png"): OpenApiTypes.BINARY,
+            401: schema.detail("no token"),
+            404: schema.detail("no such job or input"),
+        },
+    )
+    def get(self, request, job_id, name):
+        job = _get_job_or_404(request, job_id)
+        stored = job.init_image if name == "init_image" else job.mask_image if name == "mask" else None
+        if not stored:
+            raise Http404("no such input")
+        with stored.open("rb") as file:
+            response = HttpResponse(file.read(), content_type="image/png")
+        response["Content-Disposition"] = f'inline; filename="{job.id}-{name}.png"'
+        return response
+
+
+class UploadCreateView(APIView):
+    parser_classes = [MultiPartParser]
+
+    @extend_schema(
+        summary="Upload an input image once (PNG, JPEG or WebP) to reference from jobs as {\"upload\": id}",
+        description="The image is checked without decoding more pixels than UPLOAD_MAX_PIXELS, its EXIF "
+        "orientation applied, and stored as PNG under its SHA-256. It belongs to you (another user's id is a 404) "
+        "and can be referenced until `expires_at` (UPLOAD_RETENTION).",
+        request={"multipart/form-data": schema.UploadRequest},
+        responses={
+            201: UploadSerializer,
+            400: schema.BAD_REQUEST,
+            401: schema.detail("no token"),
+            413: schema.detail("request body too large"),
+            415: schema.detail("the body is not multipart/form-data"),
+        },
+    )
+    def post(self, request):
+        file = request.FILES.get("file")
+        if file is None:
+            raise ValidationError({"file": ["a multipart field `file` with the image is required."]})
+        if file.size > settings.JOB_MAX_IMAGE_BODY_BYTES:
+            return _too_large(request, settings.JOB_MAX_IMAGE_BODY_BYTES, "(JOB_MAX_IMAGE_BODY_BYTES)")
+        try:
+            upload = services.upload_create(owner=request.user, data=file.read())
+        except DjangoValidationError as error:
+            raise ValidationError(error.message_dict) from error
+        return Response(UploadSerializer(upload).data, status=status.HTTP_201_CREATED)
 
 
 class ModelsView(APIView):
@@ -277,6 +356,7 @@ def _check_workers() -> dict:
         responses={
             200: inline_serializer("Token", {"token": serializers.CharField()}),
             400: schema.BAD_REQUEST,
+            415: schema.detail("the body is not JSON, form or multipart data"),
             429: schema.detail("too many attempts; see Retry-After"),
         },
     )

@@ -111,6 +111,8 @@ USE_I18N = True
 USE_TZ = True
 STATIC_URL = "static/"
 STATIC_ROOT = Path(os.environ.get("STATIC_ROOT", VAR_DIR / "static"))
+# Uploaded and job input images go through Django's storage API (the file system here; object storage later).
+MEDIA_ROOT = Path(os.environ.get("MEDIA_ROOT", VAR_DIR / "media"))
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
@@ -222,6 +224,13 @@ JOB_MAX_IMAGES = env_int("JOB_MAX_IMAGES", 4)
 JOB_MAX_PROMPT_CHARS = env_int("JOB_MAX_PROMPT_CHARS", 500)
 JOB_MAX_GUIDANCE = env_float("JOB_MAX_GUIDANCE", 30.0)
 JOB_MAX_BODY_BYTES = env_int("JOB_MAX_BODY_BYTES", 16 * 1024)  # an API request body larger than this is a 413
+# Bodies that carry images (POST uploads/, and POST jobs/ with init_image or mask) may be this large instead.
+JOB_MAX_IMAGE_BODY_BYTES = env_int("JOB_MAX_IMAGE_BODY_BYTES", 8 * 1024 * 1024)
+# An input image whose header declares more pixels than this is refused before it is decoded (decompression bombs).
+DATA_UPLOAD_MAX_MEMORY_SIZE = JOB_MAX_IMAGE_BODY_BYTES  # Django's own cap on a body read whole: not below ours
+UPLOAD_MAX_PIXELS = env_int("UPLOAD_MAX_PIXELS", 4096 * 4096)
+# Seconds an upload may be referenced by new jobs; the sweeper deletes it after (a job keeps its own fitted copy).
+UPLOAD_RETENTION = env_int("UPLOAD_RETENTION", 24 * 3600)
 JOB_MAX_ACTIVE_PER_USER = env_int("JOB_MAX_ACTIVE_PER_USER", 10)  # queued + running; more is a 429
 JOB_MAX_QUEUE_DEPTH = env_int("JOB_MAX_QUEUE_DEPTH", 1000)  # queued jobs of all users; more is a 503
 JOB_RETRY_AFTER = env_int("JOB_RETRY_AFTER", 30)  # seconds, in Retry-After of those answers

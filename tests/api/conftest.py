@@ -19,6 +19,13 @@ def tiny_models_setting(settings, tiny_model_dir):
     settings.DEFAULT_MODEL = "tiny"
 
 
+@pytest.fixture(autouse=True)
+def media_in_tmp(settings, tmp_path):
+    """Uploads and job inputs go through the default storage: each test gets its own folder."""
+    settings.MEDIA_ROOT = tmp_path / "media"
+    return settings.MEDIA_ROOT
+
+
 @pytest.fixture
 def published(monkeypatch):
     """Job ids handed to the broker, in order (the broker itself is not touched in unit tests)."""

@@ -6,6 +6,7 @@ from django.core import signals
 from django.core.wsgi import get_wsgi_application
 from django.db import close_old_connections
 from hypothesis import HealthCheck, settings
+from PIL import Image
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
@@ -39,7 +40,8 @@ def keep_test_connection():
 
 
 @pytest.fixture
-def token(django_user_model, db, monkeypatch, tiny_model_dir, settings, keep_test_connection):
+def token(django_user_model, db, monkeypatch, tiny_model_dir, settings, keep_test_connection, tmp_path):
+    settings.MEDIA_ROOT = tmp_path / "media"
     settings.MODELS = {"tiny": tiny_model_dir}
     settings.DEFAULT_MODEL = "tiny"
     monkeypatch.setattr("diffusion_api.jobs.services.publish_job", lambda *, job_id: True)
@@ -64,6 +66,12 @@ def test_finished_job_answers_match_the_schema(token, django_user_model):
     images = [{"index": i, "seed": done.seed + i, "width": 32, "height": 32, "png": png()} for i in range(2)]
     services.job_succeed(job_id=done.id, worker=claim, images=images)
     waiting = services.job_create(owner=owner, prompt="y")
+    from tests.api.test_inputs import encode
+
+    mask = encode(Image.new("L", (32, 32), 255))
+    with_inputs = services.job_create(
+        owner=owner, prompt="z", init_image=services.ImageInput(data=png()), mask=services.ImageInput(data=mask)
+    )
     headers = {"Authorization": f"Token {token}"}
     calls = [
         ("/api/v1/jobs/{job_id}/", "GET", {"job_id": str(done.id)}),
@@ -71,6 +79,9 @@ def test_finished_job_answers_match_the_schema(token, django_user_model):
         ("/api/v1/jobs/{job_id}/images/{index}.png", "GET", {"job_id": str(done.id), "index": 1}),
         ("/api/v1/jobs/{job_id}/cancel/", "POST", {"job_id": str(waiting.id)}),
         ("/api/v1/jobs/{job_id}/cancel/", "POST", {"job_id": str(done.id)}),  # 409
+        ("/api/v1/jobs/{job_id}/", "GET", {"job_id": str(with_inputs.id)}),  # inputs with hashes and URLs
+        ("/api/v1/jobs/{job_id}/inputs/{name}.png", "GET", {"job_id": str(with_inputs.id), "name": "mask"}),
+        ("/api/v1/jobs/{job_id}/inputs/{name}.png", "GET", {"job_id": str(done.id), "name": "init_image"}),  # 404
     ]
     for path, method, parameters in calls:
         case = schema[path][method].Case(path_parameters=parameters)

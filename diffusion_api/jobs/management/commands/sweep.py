@@ -22,11 +22,12 @@ class Command(BaseCommand):
         while True:
             try:
                 report = services.job_sweep()
+                swept_uploads = services.upload_sweep()
                 if once:
                     self.stdout.write(
                         f"requeued {len(report.requeued)}, failed {len(report.failed)}, "
                         f"republished {len(report.republished)}, canceled {len(report.canceled)}, "
-                        f"requeued alone {len(report.requeued_alone)}"
+                        f"requeued alone {len(report.requeued_alone)}, expired uploads deleted {swept_uploads}"
                     )
             except Exception:  # the database or broker may be down for a while: try again next round
                 logger.exception("sweep failed")
