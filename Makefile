@@ -71,7 +71,7 @@ node_modules/.installed: package.json package-lock.json
 test: $(VENV)/.installed-dev /usr/bin/chromium node_modules/.installed lint
 	# The venv first on PATH, as in the image: tests run compose's own commands (`python manage.py …`, hadolint).
 	PATH="$(CURDIR)/$(BIN):$$PATH" DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) \
-		$(BIN)/python -m pytest -q
+		$(BIN)/python -m pytest -q --durations=25
 
 # The fast inner loop: no servers (SQLite, no broker), no browser, no training; about two minutes.
 test-unit: $(VENV)/.installed-dev
