@@ -13,10 +13,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from PIL import Image
 
 from generator.data.shapes64 import CANVAS, PromptCase, render, validation_prompt_sets
 from generator.loading import LoadedModel
-from generator.pipeline import GenerationRequest, generate, resolve_request
+from generator.pipeline import GenerationRequest, batch_key, generate, resolve_request
 
 PROMPT_SETS = ("single", "held_out", "relation")
 ONE_OBJECT_SETS = ("single", "held_out")  # the classifier (hence the Inception Score) reads one-object images
@@ -52,6 +53,18 @@ class Sampling:
     width: int
     height: int
 
+    def request(self, prompt: str, **fields) -> GenerationRequest:
+        """A request for `prompt` with these settings; `fields` sets the rest (seed, num_images, init_image ...)."""
+        return GenerationRequest(
+            prompt=prompt,
+            width=self.width,
+            height=self.height,
+            steps=self.steps,
+            guidance_scale=self.guidance_scale,
+            scheduler=self.scheduler,
+            **fields,
+        )
+
 
 def resolve_sampling(
     model: LoadedModel, *, scheduler: str | None = None, steps: int | None = None, guidance: float | None = None
@@ -72,6 +85,45 @@ def resolve_sampling(
     return Sampling(probe.scheduler, probe.steps, probe.guidance_scale, probe.width, probe.height)
 
 
+def generate_in_batches(
+    model: LoadedModel,
+    requests: Sequence[GenerationRequest],
+    *,
+    batch: int = 32,
+    log: Callable[[str], None] | None = None,
+) -> tuple[list[list[Image.Image]], float]:
+    """Each request's images, in request order, and the seconds spent in `generate`.
+
+    Requests that can share a denoising loop (`batch_key`: size, steps, mode, strength, hires ...) go through
+    `generate` together, about `batch` images a call; each image has its own seed, so batching changes nothing.
+    """
+    resolved = [resolve_request(model, request) for request in requests]
+    groups: dict[tuple, list[int]] = {}
+    for k, request in enumerate(resolved):
+        groups.setdefault(batch_key(request), []).append(k)
+    chunks = []
+    for indices in groups.values():
+        chunk: list[int] = []
+        for k in indices:
+            if chunk and sum(resolved[j].num_images for j in chunk) + resolved[k].num_images > batch:
+                chunks.append(chunk)
+                chunk = []
+            chunk.append(k)
+        chunks.append(chunk)
+    images: list[list[Image.Image]] = [[] for _ in resolved]
+    total, done, seconds = sum(r.num_images for r in resolved), 0, 0.0
+    for chunk in chunks:
+        started = time.perf_counter()
+        results = generate(model, [resolved[k] for k in chunk])
+        seconds += time.perf_counter() - started
+        for k, result in zip(chunk, results):
+            images[k] = [generated.image for generated in result.images]
+            done += len(images[k])
+        if log is not None:
+            log(f"generated {done}/{total} images ({seconds:.1f} s)")
+    return images, seconds
+
+
 def generate_images(
     model: LoadedModel,
     prompt_sets: dict[str, list[PromptCase]],
@@ -85,34 +137,15 @@ def generate_images(
     requests, sets = [], []
     for name in PROMPT_SETS:
         for i, case in enumerate(prompt_sets[name]):
-            requests.append(
-                GenerationRequest(
-                    prompt=case.prompt,
-                    width=sampling.width,
-                    height=sampling.height,
-                    steps=sampling.steps,
-                    guidance_scale=sampling.guidance_scale,
-                    scheduler=sampling.scheduler,
-                    seed=IMAGE_SEED_STRIDE * i,
-                    num_images=images_per_prompt,
-                )
-            )
+            requests.append(sampling.request(case.prompt, seed=IMAGE_SEED_STRIDE * i, num_images=images_per_prompt))
             sets.append(name)
-    per_call = max(1, batch // images_per_prompt)  # whole requests per `generate` call
+    per_request, seconds = generate_in_batches(model, requests, batch=batch, log=log)
     images, prompts, image_sets = [], [], []
-    seconds = 0.0
-    for start in range(0, len(requests), per_call):
-        chunk = requests[start : start + per_call]
-        started = time.perf_counter()
-        results = generate(model, chunk)
-        seconds += time.perf_counter() - started
-        for result, name in zip(results, sets[start : start + per_call]):
-            for image in result.images:
-                images.append(np.asarray(image.image.convert("RGB")))
-                prompts.append(result.request.prompt)
-                image_sets.append(name)
-        if log is not None:
-            log(f"generated {len(images)}/{len(requests) * images_per_prompt} images ({seconds:.1f} s)")
+    for request, name, generated in zip(requests, sets, per_request):
+        for image in generated:
+            images.append(np.asarray(image.convert("RGB")))
+            prompts.append(request.prompt)
+            image_sets.append(name)
     return ImageSet(np.stack(images), prompts, image_sets), seconds
 
 
