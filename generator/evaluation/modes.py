@@ -14,11 +14,13 @@ guidance. Every image is judged by the attribute evaluator (`check`) against the
    i) is the init image; the mask is that object's cell grown by `CELL_MARGIN`, less the kept object's box; the
    prompt is the scene's own two-object caption. Judged: the whole prompt, and the kept object (its colour, shape,
    size and cell, by `check` on it alone, the object count aside).
-3. Variations: `single` prompts with `subseed` = seed + 500 at each `subseed_strength` of `VARIATION_STRENGTHS`;
-   the mean absolute pixel difference (0–255) from the parent (strength 0) and the share still judged right.
+3. Variations: the first `VARIATION_PROMPTS` `single` prompts with `subseed` = seed + 500 at each
+   `subseed_strength` of `VARIATION_STRENGTHS`: the mean absolute pixel difference (0–255) from the parent image
+   (strength 0) and the share still judged right.
 4. Hires fix: `single` and `relation` prompts at 64 × 64, and with `hires_scale` 2 (128 × 128) for each upscaler
    of `HIRES_UPSCALERS`, Lanczos-downscaled to 64 × 64 to be judged.
-5. Style: the `single` scenes re-rendered on another background by img2img at `STYLE_STRENGTH`.
+5. Style: the `single` scenes re-rendered on another background by img2img at each of `STYLE_STRENGTHS`; the
+   worked example (the grid's first row, its command in the report) is the first one right at the best strength.
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ from generator.data.shapes64 import (
     render,
     validation_prompt_sets,
 )
-from generator.evaluation.attributes import accuracy, check
+from generator.evaluation.attributes import Verdict, accuracy, check
 from generator.evaluation.image_sets import (
     IMAGE_SEED_STRIDE,
     PROMPT_SEED,
@@ -70,10 +72,11 @@ INPAINT_MASK_BLUR = 2  # pixels; the engine's default (4) would reach into the k
 CELL_MARGIN = 4  # the mask is the 16-pixel cell grown by this on each side: it holds any small object of the cell
 KEEP_CLEARANCE = 2  # pixels around the kept object's box left out of the mask
 VARIATION_STRENGTHS = (0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
+VARIATION_PROMPTS = 8  # the first 8 single-object prompts (or --prompts, if fewer)
 SUBSEED_OFFSET = 500  # image j of prompt i: seed 1000 i + j, subseed 1000 i + 500 + j
 HIRES_SCALE = 2.0
 HIRES_UPSCALERS = ("latent", "lanczos")
-STYLE_STRENGTH = 0.8
+STYLE_STRENGTHS = (0.7, 0.8, 0.9)
 GRID_ROWS = 4  # prompts shown in each grid
 SCALE = 2  # grid tiles: 64 × 64 images enlarged 2× (nearest)
 
@@ -93,32 +96,46 @@ def recoloured(case: PromptCase, i: int) -> PromptCase:
     return PromptCase(prompt, replace(scene, caption=prompt))
 
 
-def recolour(run: Run, sampling: Sampling, cases: Sequence[PromptCase], seeds: int) -> tuple[dict, Image.Image]:
-    targets = [recoloured(case, i) for i, case in enumerate(cases)]
+def img2img_sweep(
+    run: Run, sampling: Sampling, cases: Sequence[PromptCase], targets: Sequence[PromptCase], strengths, seeds: int
+) -> tuple[list[list[list[Verdict]]], list[Images]]:
+    """img2img from each case's rendered scene to its target's prompt at each strength: the verdicts on the target
+    prompt and the images, both indexed [strength][case][image]."""
     inits = [render(case.scene) for case in cases]
     requests = [
         sampling.request(
             target.prompt, seed=IMAGE_SEED_STRIDE * i, num_images=seeds, init_image=init, strength=strength
         )
-        for strength in RECOLOUR_STRENGTHS
+        for strength in strengths
         for i, (target, init) in enumerate(zip(targets, inits))
     ]
-    outputs = run(requests)
-    n = len(cases)
-    section = {"strengths": {}}
-    for s, strength in enumerate(RECOLOUR_STRENGTHS):
-        verdicts = [
-            check(image, t.prompt) for t, images in zip(targets, outputs[s * n : (s + 1) * n]) for image in images
-        ]
-        section["strengths"][str(strength)] = asdict(accuracy(verdicts))
-    rows = [
-        (
-            [inits[i]] + [outputs[s * n + i][0] for s in range(len(RECOLOUR_STRENGTHS))],
-            f"{cases[i].prompt} -> {targets[i].prompt}",
-        )
-        for i in range(min(GRID_ROWS, n))
+    flat, n = run(requests), len(cases)
+    outputs = [flat[s * n : (s + 1) * n] for s in range(len(strengths))]
+    verdicts = [
+        [[check(image, t.prompt) for image in images] for t, images in zip(targets, per_case)] for per_case in outputs
     ]
-    return section, tile_grid(rows, ["init"] + [f"strength {s}" for s in RECOLOUR_STRENGTHS])
+    return verdicts, outputs
+
+
+def strength_grid(
+    cases: Sequence[PromptCase], texts: Sequence[str], outputs: list[Images], strengths, shown: Sequence[int]
+) -> Image.Image:
+    """One row per shown case: its rendered scene, then image 0 at each strength."""
+    rows = [([render(cases[i].scene)] + [per_strength[i][0] for per_strength in outputs], texts[i]) for i in shown]
+    return tile_grid(rows, ["init"] + [f"strength {s}" for s in strengths])
+
+
+def shares(verdicts: list[list[list[Verdict]]], strengths) -> dict[str, dict]:
+    """The evaluator's accuracy report at each strength."""
+    return {str(s): asdict(accuracy([v for row in per_case for v in row])) for s, per_case in zip(strengths, verdicts)}
+
+
+def recolour(run: Run, sampling: Sampling, cases: Sequence[PromptCase], seeds: int) -> tuple[dict, Image.Image]:
+    targets = [recoloured(case, i) for i, case in enumerate(cases)]
+    verdicts, outputs = img2img_sweep(run, sampling, cases, targets, RECOLOUR_STRENGTHS, seeds)
+    texts = [f"{case.prompt} -> {target.prompt}" for case, target in zip(cases, targets)]
+    grid = strength_grid(cases, texts, outputs, RECOLOUR_STRENGTHS, range(min(GRID_ROWS, len(cases))))
+    return {"strengths": shares(verdicts, RECOLOUR_STRENGTHS)}, grid
 
 
 def cell_mask(cell: str, keep: Shape) -> Image.Image:
@@ -262,22 +279,21 @@ def restyled(case: PromptCase, i: int) -> PromptCase:
 
 def style(run: Run, sampling: Sampling, cases: Sequence[PromptCase], seeds: int) -> tuple[dict, Image.Image]:
     targets = [restyled(case, i) for i, case in enumerate(cases)]
-    inits = [render(case.scene) for case in cases]
-    requests = [
-        sampling.request(
-            target.prompt, seed=IMAGE_SEED_STRIDE * i, num_images=seeds, init_image=init, strength=STYLE_STRENGTH
-        )
-        for i, (target, init) in enumerate(zip(targets, inits))
-    ]
-    outputs = run(requests)
-    verdicts = [check(image, t.prompt) for t, images in zip(targets, outputs) for image in images]
-    section = {
-        "strength": STYLE_STRENGTH,
-        "accuracy": asdict(accuracy(verdicts)),
-        "example": {"init": cases[0].prompt, "prompt": targets[0].prompt, "seed": 0},
+    verdicts, outputs = img2img_sweep(run, sampling, cases, targets, STYLE_STRENGTHS, seeds)
+    section = {"strengths": shares(verdicts, STYLE_STRENGTHS)}
+    # The worked example: the first case whose image 0 is right at the best strength (else case 0 there).
+    best = max(range(len(STYLE_STRENGTHS)), key=lambda s: section["strengths"][str(STYLE_STRENGTHS[s])]["overall"])
+    example = next((i for i, row in enumerate(verdicts[best]) if row[0].correct), 0)
+    section["example"] = {
+        "index": example,
+        "init": cases[example].prompt,
+        "prompt": targets[example].prompt,
+        "seed": IMAGE_SEED_STRIDE * example,
+        "strength": STYLE_STRENGTHS[best],
+        "right": verdicts[best][example][0].correct,
     }
-    rows = [([inits[i], *outputs[i][:4]], targets[i].prompt) for i in range(min(GRID_ROWS, len(cases)))]
-    return section, tile_grid(rows, ["init"] + [f"image {j}" for j in range(min(seeds, 4))])
+    shown = [example] + [i for i in range(len(cases)) if i != example][: GRID_ROWS - 1]
+    return section, strength_grid(cases, [t.prompt for t in targets], outputs, STYLE_STRENGTHS, shown)
 
 
 # --- Grids and the report -------------------------------------------------------------------
@@ -383,22 +399,29 @@ def markdown_report(report: dict) -> str:
     ]
     for variant, shares in hires_section.items():
         lines.append(f"| {variant} | " + " | ".join(f"{shares[s]:.3f}" for s in sets) + " |")
-    style_acc = modes["style"]["accuracy"]
     lines += [
         "",
         "![hires](hires.png)",
         "",
         "## 5. Style transfer: another background",
         "",
-        f"img2img of a single-object scene at strength {STYLE_STRENGTH} with its prompt on another background: "
-        f"{style_acc['overall']:.3f} of {style_acc['count']} images right in every attribute, "
-        f"{style_acc['per_attribute']['background']:.3f} in background.",
+        "img2img of a single-object scene with its prompt on another background; judged on the new prompt.",
         "",
-        f"Worked example (`style_init.png` is the rendered scene of “{example['init']}”):",
+        "| strength | images | all attributes | background | colour | shape | position |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for strength, acc in modes["style"]["strengths"].items():
+        cells = " | ".join(f"{acc['per_attribute'][a]:.3f}" for a in ("background", "colour", "shape", "position"))
+        lines.append(f"| {strength} | {acc['count']} | {acc['overall']:.3f} | {cells} |")
+    verdict = "judged right" if example["right"] else "judged wrong: no image 0 at this strength was right"
+    lines += [
+        "",
+        f"Worked example, the grid's first row ({verdict}): `style_init.png` is the rendered scene of "
+        f"“{example['init']}”;",
         "",
         "```",
         f"python -m generator generate --model {model['path']} --init-image {report['out']}/style_init.png "
-        f'--strength {STYLE_STRENGTH} --seed {example["seed"]} --prompt "{example["prompt"]}" --out out/style.png',
+        f'--strength {example["strength"]} --seed {example["seed"]} --prompt "{example["prompt"]}" --out out/style.png',
         "```",
         "",
         "![style](style.png)",
@@ -460,7 +483,7 @@ def main(argv: list[str] | None = None) -> int:
     jobs = {
         "recolour": lambda run: recolour(run, sampling, single, args.seeds),
         "inpaint": lambda run: inpaint(run, sampling, relation, args.seeds),
-        "variations": lambda run: variations(run, sampling, single, args.seeds),
+        "variations": lambda run: variations(run, sampling, single[:VARIATION_PROMPTS], args.seeds),
         "hires": lambda run: hires(run, sampling, {"single": single, "relation": relation}, args.seeds),
         "style": lambda run: style(run, sampling, single, args.seeds),
     }
@@ -470,7 +493,7 @@ def main(argv: list[str] | None = None) -> int:
         modes[name], grid = job(runner(name))
         grid.save(args.out / ("variations_grid.png" if name == "variations" else f"{name}.png"))
     variations_figure(modes["variations"]["curve"]).savefig(args.out / "variations.png", dpi=120)
-    render(single[0].scene).save(args.out / "style_init.png")
+    render(single[modes["style"]["example"]["index"]].scene).save(args.out / "style_init.png")
 
     report = {
         "format": FORMAT,
@@ -493,7 +516,7 @@ def main(argv: list[str] | None = None) -> int:
             "variation_strengths": list(VARIATION_STRENGTHS),
             "subseed": f"seed + {SUBSEED_OFFSET}",
             "hires": {"scale": HIRES_SCALE, "upscalers": list(HIRES_UPSCALERS), "judged_at": "Lanczos to 64 x 64"},
-            "style_strength": STYLE_STRENGTH,
+            "style_strengths": list(STYLE_STRENGTHS),
             "batch": args.batch,
             "device": str(model.device),
             "dtype": str(model.dtype).removeprefix("torch."),
