@@ -346,7 +346,8 @@ def markdown_report(report: dict) -> str:
         "",
         "## 1. Recolouring by img2img",
         "",
-        "The rendered scene of a single-object prompt, with the prompt's colour changed; judged on the new prompt.",
+        "The rendered scene of a single-object prompt, with the prompt's colour changed to one the shape was trained "
+        "with; judged on the new prompt.",
         "",
         "| strength | images | all attributes | colour | shape | position | background |",
         "|---|---|---|---|---|---|---|",
@@ -374,7 +375,8 @@ def markdown_report(report: dict) -> str:
         "",
         "## 3. Variations",
         "",
-        f"`subseed` = seed + {SUBSEED_OFFSET}; distance from the parent image (`subseed_strength` 0).",
+        f"The first {settings['variation_prompts']} single-object prompts, `subseed` = seed + {SUBSEED_OFFSET}; "
+        "distance from the parent image (`subseed_strength` 0).",
         "",
         "| subseed_strength | mean abs difference (0–255) | judged right |",
         "|---|---|---|",
@@ -514,6 +516,7 @@ def main(argv: list[str] | None = None) -> int:
                 "keep_clearance": KEEP_CLEARANCE,
             },
             "variation_strengths": list(VARIATION_STRENGTHS),
+            "variation_prompts": len(single[:VARIATION_PROMPTS]),
             "subseed": f"seed + {SUBSEED_OFFSET}",
             "hires": {"scale": HIRES_SCALE, "upscalers": list(HIRES_UPSCALERS), "judged_at": "Lanczos to 64 x 64"},
             "style_strengths": list(STYLE_STRENGTHS),
