@@ -4,9 +4,10 @@ What is measured
     1. decode: one image's latents decoded at --side² by `generator.pipeline.decode_latents`, whole
        (`tile_size=0`) and tiled (`tile_size=--tile`), fp32, CPU, with the model's AutoencoderKL only.
        Every decode runs in a FRESH PROCESS (this module with a hidden flag), so one variant's freed memory
-       cannot hide the other's peak. The child loads the VAE, decodes a 8×8-latent warm-up (thread pools and
-       lazy set-up, outside the figures), resets its peak RSS (`/proc/self/clear_refs` 5, so loading the
-       weights does not count), reads VmRSS, decodes once (timed), and reads VmHWM. It reports
+       cannot hide the other's peak. The child loads the VAE, reads every weight (so none is paged in during the
+       decode), resets its peak RSS (`/proc/self/clear_refs` 5, so loading does not count), reads VmRSS, decodes
+       once (timed; no warm-up, whose cached memory would hide part of the peak: the first call's set-up is in
+       the time), and reads VmHWM. It reports
        * seconds: wall time of the `decode_latents` call (latents in, uint8 array out);
        * rss_before, peak: VmRSS just before the decode and VmHWM after it; peak − before is the memory the
          decode itself needed (activations, the tiles' output buffers), the figure a worker's memory is sized by.
@@ -32,15 +33,24 @@ Model sizes
       into var/bench-models/, 4.0 GB, about a minute; the same folder bench_engine uses).
     * tiny: `generator.tiny.make_tiny_model` (VAE factor 2), for the smoke test; runs in seconds.
 
-Run time (sd15, 2 cores; estimated from FLOP counts at the 137 GFLOP/s fp32 bench_engine's SD 1.5 UNet ran at on
-the 2-core AVX-512 VM, BENCHMARKS.md, and from a tiny run for the overheads): decode, per round, whole 1024² 10.5
-TFLOP ≈ 75 s and tiled 9 × 2.5 TFLOP ≈ 165 s, so about 12 min for 3 rounds; hires 256² → 512², 4 steps, per round
-≈ 15 s (first pass) + 50 s (latent) + 65 s (lanczos), so about 7.5 min for 3 rounds and the warm-up. About 20
-minutes in all; `--part decode` or `--part hires` runs one half. On an AVX2-only CPU expect about twice as long.
+Run time (sd15, defaults, 2 cores). Estimated from FLOP counts (torch.utils.flop_counter): decoding 1024² is
+    10.5 TFLOP, one 512² tile 2.5 TFLOP (× 9 tiles = 22.6), the hires rounds (128² → 256², 4 + 2 Euler steps, three
+    calls) 4.4 TFLOP; at the 137 GFLOP/s fp32 the SD 1.5 UNet ran at on the 2-core AVX-512 VM (BENCHMARKS.md) and
+    at the 48 GFLOP/s per thread the SD 1.5 VAE decoded 256² at on an AVX2-only 2-core VM (one thread, a busy
+    machine), plus about 10 s to start each decode process:
+    * decode, 3 rounds: about 13 min (AVX-512) / 18 min (AVX2): one round is 75 s + 165 s (AVX-512);
+    * hires, warm-up and 3 rounds: about 2.5 min / 3.5 min;
+    so about 15 min / 21 min in all, plus about a minute the first time, to build the model folder. The decode
+    half is what costs: `--repeats 1` takes about 6 min / 9 min (the peaks should not vary between rounds), and
+    `--part decode` or `--part hires` runs one half. A tiny run (`--size tiny --side 64 --tile 32 --repeats 1`)
+    took 45-55 s on a busy 2-core machine, most of it importing torch and diffusers in three processes.
+    The first pass is 128² so that the hires half stays short; by FLOPs the ratio barely depends on the size
+    (second pass / first pass 2.3 at 128² → 256², 2.5 at 256² → 512²; `--hires-side 256` takes about 4 × as long).
 
 Usage
     python -m benchmarks.image_modes [--size sd15|tiny] [--side 1024] [--tile 512] [--repeats 3] [--json PATH]
-        [--part both|decode|hires] [--hires-side 256] [--hires-scale 2] [--steps 4] [--strength 0.5]
+        [--part both|decode|hires] [--hires-side 128] [--hires-scale 2] [--steps 4] [--strength 0.5]
+        [--scheduler euler]
 """
 
 from __future__ import annotations
@@ -75,7 +85,7 @@ from generator.loading import LoadedModel
 from generator.pipeline import MIN_TILE_LATENTS, _tile_starts, decode_latents
 
 CHILD_FLAG = "--decode-child"  # hidden: one decode in this fresh process, its figures as JSON on the last line
-HIRES_SIDES = {"sd15": 256, "tiny": 32}  # the first pass's side, pixels
+HIRES_SIDES = {"sd15": 128, "tiny": 32}  # the first pass's side, pixels
 LATENT_SEED = 7
 MIB = 1024 * 1024
 
@@ -110,6 +120,11 @@ def decode_child(spec: dict) -> dict:
     folder = Path(spec["folder"])
     vae = AutoencoderKL.from_pretrained(folder / "vae", local_files_only=True, torch_dtype=torch.float32)
     vae.eval().requires_grad_(False)
+    # Read every weight once: loaded weights may still be pages of the mapped file, which the first decode would
+    # bring in and count as its own memory (about the decoder's size, 190 MiB for SD 1.5's).
+    with torch.inference_mode():
+        for tensor in vae.state_dict().values():
+            tensor.sum()
     # decode_latents reads only the VAE, the dtype and the decoder; the other parts are not loaded.
     model = LoadedModel(
         name=folder.name, path=folder, content_hash="", tokenizer=None, text_encoder=None, unet=None, vae=vae,
@@ -119,8 +134,10 @@ def decode_child(spec: dict) -> dict:
     side = spec["side"] // factor
     generator = torch.Generator("cpu").manual_seed(LATENT_SEED)
     latents = torch.randn((1, vae.config.latent_channels, side, side), generator=generator)
+    # No warm-up decode: the memory it left cached in the allocator would not show in the peak above it (a warm-up
+    # the size of a tile hid the tiled decode's memory). The first call's set-up is in the time; next to a decode
+    # of a megapixel it is small.
     with torch.inference_mode():
-        decode_latents(model, latents[..., :MIN_TILE_LATENTS, :MIN_TILE_LATENTS])  # warm-up, small
         gc.collect()
         peak_reset = reset_peak_rss()
         rss_before = proc_status_kib("VmRSS")
@@ -345,7 +362,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--side", type=int, default=1024, help="decode: the image's side, pixels")
     parser.add_argument("--tile", type=int, default=512, help="decode: the tile's side, pixels")
     parser.add_argument("--repeats", type=int, default=3, help="timed rounds of each part")
-    parser.add_argument("--hires-side", type=int, help="hires: the first pass's side (sd15 256, tiny 32)")
+    parser.add_argument("--hires-side", type=int, help="hires: the first pass's side (sd15 128, tiny 32)")
     parser.add_argument("--hires-scale", type=float, default=2.0)
     parser.add_argument("--steps", type=int, default=4, help="hires: steps of the first pass and hires_steps")
     parser.add_argument("--strength", type=float, default=0.5, help="hires: hires_strength")
