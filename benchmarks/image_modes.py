@@ -116,7 +116,7 @@ def vae_factor(folder: Path) -> int:
 
 
 def decode_child(spec: dict) -> dict:
-    """Runs in the fresh process: load the VAE, warm up small, decode once at spec's side and tile, measure."""
+    """Runs in the fresh process: load the VAE, decode once at spec's side and tile, measure time and peak RSS."""
     folder = Path(spec["folder"])
     vae = AutoencoderKL.from_pretrained(folder / "vae", local_files_only=True, torch_dtype=torch.float32)
     vae.eval().requires_grad_(False)
