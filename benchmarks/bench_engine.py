@@ -390,6 +390,7 @@ def machine_info() -> dict:
     return {
         "cpu": cpu,
         "cpu_count": os.cpu_count(),
+        "cpu_flags": cpu_flags(),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "diffusers": diffusers.__version__,
@@ -397,6 +398,18 @@ def machine_info() -> dict:
         "python": sys.version.split()[0],
         "load_average_at_start": load_average(),
     }
+
+
+CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16")  # what decides fp32/bf16 speed
+
+
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> list[str]:
+    """Which of CPU_FLAGS this CPU has (bf16 is fast only with avx512_bf16 or amx_bf16; BENCHMARKS.md)."""
+    try:
+        flags = set(cpuinfo.read_text().split())
+    except OSError:
+        return []
+    return [flag for flag in CPU_FLAGS if flag in flags]
 
 
 def load_average() -> str:
@@ -532,7 +545,8 @@ def main(argv: list[str] | None = None) -> None:
     print()
     print(f"torch {machine['torch']}, diffusers {machine['diffusers']}, transformers {machine['transformers']}")
     machine["load_average_at_end"] = end_load = load_average()
-    print(f"CPU: {machine['cpu']}, {machine['cpu_count']} cores, torch threads: {machine['torch_threads']}")
+    print(f"CPU: {machine['cpu']}, {machine['cpu_count']} cores, torch threads: {machine['torch_threads']}, "
+          f"flags: {' '.join(machine['cpu_flags']) or 'none of ' + ' '.join(CPU_FLAGS)}")
     print(f"load average (1/5/15 min): {machine['load_average_at_start']} at start, {end_load} at end")
     print(
         f"scheduler {settings.scheduler}, {settings.steps} steps, guidance {settings.guidance_scale}, "

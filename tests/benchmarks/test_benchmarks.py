@@ -52,6 +52,32 @@ def test_bench_engine_tiny_matches_stock_diffusers(tmp_path):
 
 
 @pytest.mark.slow
+def test_image_modes_tiny_measures_decode_memory_and_the_hires_pass(tmp_path):
+    out_json = tmp_path / "image_modes.json"
+    out = run_benchmark(
+        "benchmarks.image_modes", "--size", "tiny", "--side", "64", "--tile", "32", "--repeats", "1",
+        "--json", str(out_json),
+    )
+    assert "| whole image |" in out and "| hires, latent |" in out, out
+    results = json.loads(out_json.read_text())
+    assert results["command"].startswith("python -m benchmarks.image_modes")
+    decode = results["decode"]
+    assert decode["tiles"] == 9  # 32 latents, tiles of 16 overlapping by 4: starts 0, 12, 16 on each axis
+    for name in ("whole", "tiled"):
+        variant = decode["variants"][name]
+        assert variant["median_seconds"] > 0
+        # Each decode ran in its own process: its RSS before the decode and its peak are that process's own.
+        assert 0 < variant["median_rss_before_mib"] <= variant["median_peak_rss_mib"], variant
+        assert variant["median_decode_mib"] >= 0
+    assert 0 <= decode["mean_pixel_difference"] <= decode["max_pixel_difference"] <= 255
+    hires = results["hires"]["variants"]
+    assert hires["first pass only"]["median_seconds"] > 0
+    for name in ("hires, latent", "hires, lanczos"):
+        assert hires[name]["output_side"] == 64 and hires[name]["second_pass_iterations"] == 2, hires[name]
+        assert hires[name]["second_pass_seconds"] > 0 and hires[name]["second_over_first"] > 0
+
+
+@pytest.mark.slow
 def test_latent_pool_speed_runs_on_the_builtin_model():
     out = run_benchmark(
         "benchmarks.latent_pool", "speed", "--repeats", "1", "--precision", "no", "--pool-scenes", "8",
