@@ -47,12 +47,13 @@ serve: $(VENV)/.installed
 train: $(VENV)/.installed
 	$(BIN)/python -m generator.train --recipe configs/recipes/shapes64.yaml
 
-# The built-in model's evaluation report, scheduler sweep and explanatory figures, written into docs/ (the copies the
-# model card links); about 30 minutes on 2 cores.
+# The built-in model's evaluation report, scheduler sweep, explanatory figures and image modes, written into docs/
+# (the copies the model card links).
 evaluate: $(VENV)/.installed
 	$(BIN)/python -m generator.evaluate --model models/shapes64 --out docs/eval
-	$(BIN)/python -m generator.sweep --model models/shapes64 --out docs/sweep
+	$(BIN)/python -m generator.sweep --model models/shapes64 --out docs/sweep --prompts 8
 	$(BIN)/python -m generator.evaluation.figures --model models/shapes64 --out docs/figures
+	$(BIN)/python -m generator.evaluation.modes --model models/shapes64 --out docs/modes --prompts 16
 
 # Style (ruff) and the architecture contracts in pyproject.toml (import-linter).
 lint: $(VENV)/.installed-dev
