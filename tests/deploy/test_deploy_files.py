@@ -114,14 +114,17 @@ def test_redis_persists_with_an_append_only_file(compose):
     assert "redis-data:/data" in redis["volumes"]
 
 
-def test_named_volumes_hold_postgres_redis_and_the_models(compose, variables):
-    assert set(compose["volumes"]) == {"postgres-data", "redis-data", "models"}
+def test_named_volumes_hold_postgres_redis_the_models_and_the_media(compose, variables):
+    assert set(compose["volumes"]) == {"postgres-data", "redis-data", "models", "media"}
     assert "postgres-data:/var/lib/postgresql/data" in compose["services"]["postgres"]["volumes"]
     # The API reads a model's configs and the workers load it: both mount the models volume where MODELS points.
     model_paths = [path for _, path in (item.split("=", 1) for item in variables["MODELS"].split(","))]
     for name in ("api", "worker", "worker-cpu"):
         mount = next(v for v in compose["services"][name]["volumes"] if v.startswith("models:"))
         assert all(path.startswith(mount.split(":")[1] + "/") for path in model_paths), (name, mount)
+    # Uploads and job inputs: written by the API, read by the workers, expired by the sweeper, at MEDIA_ROOT.
+    for name in ("api", "worker", "worker-cpu", "sweeper"):
+        assert "media:/app/var/media" in compose["services"][name]["volumes"], name
 
 
 def test_migrate_runs_once_before_the_api_the_workers_and_the_sweeper(compose):
