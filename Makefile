@@ -11,7 +11,7 @@ TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet --upgrade pip "setuptools>=68"
 
 # The pinned dependencies, then the project itself, editable (no dependency of its own beyond requirements.txt).
 $(VENV)/.installed: $(BIN)/python requirements.txt pyproject.toml
