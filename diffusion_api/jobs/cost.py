@@ -54,6 +54,31 @@ def over_budget_message(
     )
 
 
+def hires_over_budget_message(
+    *, rate: float, width: int, height: int, steps: int, num_images: int, guidance_scale: float,
+    hires_scale: float, hires_steps: int, hires_strength: float,
+) -> str | None:
+    """For a two-pass job: None when both passes fit together; otherwise why not.
+
+    The second pass denoises the upscaled image for `hires_strength` of `hires_steps` (0: `steps`) steps, at
+    hires_scale² the first pass's pixels; the first pass alone is checked by `over_budget_message`.
+    """
+    rows = unet_rows(num_images=num_images, guided=is_guided(guidance_scale))
+    first = estimated_seconds(rate=rate, width=width, height=height, steps=steps, rows=rows)
+    second_steps = max(1, math.ceil((hires_steps or steps) * hires_strength))
+    hires_width, hires_height = round(width * hires_scale), round(height * hires_scale)
+    second = estimated_seconds(rate=rate, width=hires_width, height=hires_height, steps=second_steps, rows=rows)
+    budget = budget_seconds()
+    if first + second <= budget:
+        return None
+    return (
+        f"with its hires pass ({hires_width}×{hires_height}, {second_steps} steps) this job would take about "
+        f"{first + second:.0f}s on the workers ({first:.0f}s + {second:.0f}s), more than the {budget:.0f}s a job may "
+        f"take ({settings.JOB_COST_HEADROOM:.0%} of JOB_SOFT_TIME_LIMIT={settings.CELERY_TASK_SOFT_TIME_LIMIT}s); "
+        "lower hires_scale, hires_steps or hires_strength, or the first pass's steps"
+    )
+
+
 def _what_fits(rate, width, height, steps, num_images, guided, factor, budget) -> str:
     per_step = estimated_seconds(rate=rate, width=width, height=height, steps=1, rows=1) * (2 if guided else 1)
     options = []

@@ -255,6 +255,14 @@ def job_create(
         model, width=width, height=height, steps=steps, num_images=num_images, guidance_scale=guidance_scale,
         factor=info.vae_scale_factor,
     )
+    if request["hires_scale"] > 1:
+        hires_message = cost.hires_over_budget_message(
+            rate=selectors.model_step_rate(model=model), width=width, height=height, steps=steps,
+            num_images=num_images, guidance_scale=guidance_scale, hires_scale=request["hires_scale"],
+            hires_steps=request["hires_steps"], hires_strength=request["hires_strength"],
+        )
+        if hires_message:
+            raise ValidationError({"hires_scale": [hires_message]})
     job = Job.objects.create(
         owner=owner,
         **{**resolved, **stored_inputs},

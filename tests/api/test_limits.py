@@ -46,6 +46,28 @@ def test_a_job_that_cannot_finish_in_time_is_refused_with_what_fits(alice_client
     assert alice_client.post(JOBS, {**big, "steps": 30}, format="json").status_code == 202
 
 
+def test_a_hires_job_is_admitted_by_the_cost_of_both_passes(alice_client, settings, published):
+    """The hires fix's second pass runs at hires_scale² the pixels: a job whose first pass fits but whose two passes
+    do not would only run out of time, so it is refused on hires_scale; without the hires pass it runs."""
+    settings.CELERY_TASK_SOFT_TIME_LIMIT = 100
+    settings.JOB_COST_HEADROOM = 0.8  # 80 s
+    settings.JOB_STEP_SECONDS_PER_MEGAPIXEL = 5.0
+    # First pass: 128² px × 1 image × 2 (guidance) × 20 steps = 0.66 megapixel-row steps: 3.3 s.
+    body = {"prompt": "x", "width": 128, "height": 128, "steps": 20, "guidance_scale": 7.0}
+    # Second pass at ×4: 512² × 2 rows × 20 steps × strength 1 = 10.5 megapixel-row steps: 52 s; together 56 s: fits.
+    fits = {**body, "hires_scale": 4.0, "hires_strength": 1.0}
+    # With 40 second-pass steps: 105 s more, 108 s in all: over the 80 s.
+    too_long = {**fits, "hires_steps": 40}
+    response = alice_client.post(JOBS, too_long, format="json")
+    assert response.status_code == 400, response.content
+    message = response.json()["hires_scale"][0]
+    assert "with its hires pass (512×512, 40 steps)" in message and "about 108s" in message
+    assert "more than the 80s a job may take" in message
+    assert Job.objects.count() == 0 and published == []
+    assert alice_client.post(JOBS, fits, format="json").status_code == 202
+    assert alice_client.post(JOBS, {**too_long, "hires_scale": 1.0}, format="json").status_code == 202
+
+
 def test_admission_follows_the_rate_the_workers_measured(alice_client, settings, published):
     from django.utils import timezone
 
