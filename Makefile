@@ -74,7 +74,7 @@ test: $(VENV)/.installed-dev /usr/bin/chromium node_modules/.installed lint
 	PATH="$(CURDIR)/$(BIN):$$PATH" DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) \
 		$(BIN)/python -m pytest -q --durations=25
 
-# The fast inner loop: no servers (SQLite, no broker), no browser, no training; about two minutes.
+# The fast inner loop: no servers (SQLite, no broker), no browser, no training; about three minutes on 2 cores.
 test-unit: $(VENV)/.installed-dev
 	env -u DATABASE_URL -u REDIS_URL $(BIN)/python -m pytest -q -m "not servers and not browser and not slow"
 
