@@ -10,9 +10,10 @@ import torch
 from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionInpaintPipeline
 from PIL import Image
 
-from generator import GenerationRequest, TinyModelConfig, batch_key, generate, load_model, make_scheduler
+from generator import GenerationRequest, TinyModelConfig, batch_key, generate, load_model
 from generator.pipeline import decode_latents, encode_pixels, slerp
 from generator.pngmeta import read_manifest
+from tests.generator.stock import stock_components
 
 PROMPT = "a small red circle in the top left"
 
@@ -41,19 +42,6 @@ def square_mask(size=32) -> Image.Image:
     return Image.fromarray(array)
 
 
-def components(model, scheduler_name):
-    return dict(
-        vae=model.vae,
-        text_encoder=model.text_encoder,
-        tokenizer=model.tokenizer,
-        unet=model.unet,
-        scheduler=make_scheduler(scheduler_name, model.scheduler_config),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-
-
 def pixels_of(result) -> np.ndarray:
     return np.stack([np.asarray(image.image) for image in result.images]).astype(int)
 
@@ -66,7 +54,7 @@ def test_img2img_matches_stock_pipeline_within_one_level(tiny_model, scheduler):
     )
     ours = pixels_of(generate(tiny_model, [request])[0])
 
-    pipe = StableDiffusionImg2ImgPipeline(**components(tiny_model, scheduler))
+    pipe = StableDiffusionImg2ImgPipeline(**stock_components(tiny_model, scheduler))
     pipe.set_progress_bar_config(disable=True)
     stock = pipe(
         prompt=PROMPT, negative_prompt="blue", image=init_image(), strength=0.6, num_inference_steps=6,
@@ -95,7 +83,7 @@ def test_inpainting_matches_stock_pipeline_within_one_level(tiny_model, inpainti
 
     # One stock call per seed: diffusers encodes a single init image once, with the first image's generator, and
     # repeats it; the engine gives image i its own draws so that it is reproducible from seed + i alone.
-    pipe = StableDiffusionInpaintPipeline(**components(model, scheduler))
+    pipe = StableDiffusionInpaintPipeline(**stock_components(model, scheduler))
     pipe.set_progress_bar_config(disable=True)
     stock = np.concatenate([
         pipe(

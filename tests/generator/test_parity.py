@@ -5,20 +5,12 @@ import pytest
 import torch
 from diffusers import StableDiffusionPipeline
 
-from generator import GenerationRequest, generate, make_scheduler
+from generator import GenerationRequest, generate
+from tests.generator.stock import stock_components
 
 
 def stock_pipeline(model, scheduler_name):
-    return StableDiffusionPipeline(
-        vae=model.vae,
-        text_encoder=model.text_encoder,
-        tokenizer=model.tokenizer,
-        unet=model.unet,
-        scheduler=make_scheduler(scheduler_name, model.scheduler_config),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    return StableDiffusionPipeline(**stock_components(model, scheduler_name))
 
 
 @pytest.mark.parametrize("scheduler", ["ddim", "euler", "euler_a", "dpmpp_2m_karras", "unipc", "ddpm"])
