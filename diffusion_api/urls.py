@@ -12,6 +12,8 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/v1/auth/token/", TokenView.as_view(), name="token"),
     path("api/v1/", include("diffusion_api.jobs.urls")),
+    path("v1/", include("diffusion_api.openai_api.urls")),
+    path("sdapi/v1/", include("diffusion_api.a1111.urls")),
 ]
 # Served only where the settings say so (production: METRICS_TOKEN set; API_DOCS_PUBLIC=true); elsewhere a 404.
 if settings.METRICS_TOKEN or not settings.METRICS_REQUIRE_TOKEN:

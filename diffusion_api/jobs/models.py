@@ -51,6 +51,14 @@ class JobMode(models.TextChoices):
     INPAINT = "inpaint"
 
 
+class JobProtocol(models.TextChoices):
+    """Which API created the job: the native one, OpenAI's Images API (/v1/) or A1111's (/sdapi/v1/)."""
+
+    NATIVE = "native"
+    OPENAI = "openai"
+    A1111 = "a1111"
+
+
 class ReviewStatus(models.TextChoices):
     UNREVIEWED = "unreviewed"
     APPROVED = "approved"
@@ -108,6 +116,7 @@ class Job(models.Model):
     idempotency_key = models.CharField(max_length=255, null=True, blank=True)
     request_fingerprint = models.CharField(max_length=64, blank=True, default="")
     webhook_url = models.URLField(max_length=2000, blank=True, default="")
+    protocol = models.CharField(max_length=16, choices=JobProtocol.choices, default=JobProtocol.NATIVE)
 
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     started_at = models.DateTimeField(null=True, blank=True)

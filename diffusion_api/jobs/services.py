@@ -21,6 +21,7 @@ from diffusion_api.jobs.models import (
     Job,
     JobImage,
     JobMode,
+    JobProtocol,
     JobStatus,
     ModelStepCost,
     ReviewStatus,
@@ -159,6 +160,7 @@ def job_create(
     idempotency_key: str | None = None,
     request_fingerprint: str = "",
     webhook_url: str = "",
+    protocol: str = JobProtocol.NATIVE,
     cache: bool = True,
     init_image: ImageInput | None = None,
     mask: ImageInput | None = None,
@@ -249,6 +251,7 @@ def job_create(
             idempotency_key=idempotency_key,
             request_fingerprint=request_fingerprint,
             webhook_url=webhook_url,
+            protocol=protocol,
         )
 
     _check_cost(
@@ -272,6 +275,7 @@ def job_create(
         idempotency_key=idempotency_key,
         request_fingerprint=request_fingerprint,
         webhook_url=webhook_url,
+        protocol=protocol,
     )
     transaction.on_commit(lambda: publish_job(job_id=job.id))
     logger.info(

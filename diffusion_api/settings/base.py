@@ -49,6 +49,8 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",  # Swagger UI's files, served from here: nothing is fetched from a CDN
     "diffusion_api.jobs",
+    "diffusion_api.openai_api",  # OpenAI's Images API at /v1/
+    "diffusion_api.a1111",  # A1111's API at /sdapi/v1/
     "axes",  # admin login lockout
     "diffusion_api.accounts",  # hashed API tokens; after rest_framework.authtoken, whose admin it unregisters
 ]

@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class OpenAIConfig(AppConfig):
+    name = "diffusion_api.openai_api"
+    label = "openai_api"
