@@ -72,4 +72,4 @@ EXPOSE 8000
 HEALTHCHECK --interval=30s --timeout=10s --start-period=60s --retries=3 \
     CMD ["python", "deploy/healthcheck.py", "http://127.0.0.1:8000/api/v1/health/"]
 # Workers: WEB_CONCURRENCY (gunicorn reads it). Heartbeat files on tmpfs: overlay filesystems can stall them.
-CMD ["gunicorn", "diffusion_api.wsgi:application", "--bind", "0.0.0.0:8000", "--worker-tmp-dir", "/dev/shm", "--access-logfile", "-"]
+CMD ["gunicorn", "diffusion_api.asgi:application", "--worker-class", "uvicorn_worker.UvicornWorker", "--bind", "0.0.0.0:8000", "--worker-tmp-dir", "/dev/shm", "--access-logfile", "-"]

@@ -139,7 +139,7 @@ def manage(stack, *args: str) -> subprocess.CompletedProcess:
 
 def test_the_services_run_from_the_compose_commands(stack):
     argv = {name: stack["argv_of"](name) for name in ("api", "worker", "webhooks", "sweeper", "migrate")}
-    assert argv["api"][:2] == ["gunicorn", "diffusion_api.wsgi:application"]
+    assert argv["api"][:2] == ["gunicorn", "diffusion_api.asgi:application"]
     assert argv["worker"][:4] == argv["webhooks"][:4] == ["celery", "-A", "diffusion_api", "worker"]
     assert argv["sweeper"] == ["python", "manage.py", "sweep"]
     assert all(process.poll() is None for process in stack["processes"].running.values()), stack["processes"].tails()

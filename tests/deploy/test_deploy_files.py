@@ -141,7 +141,7 @@ def test_migrate_runs_once_before_the_api_the_workers_and_the_sweeper(compose):
 
 def test_the_api_runs_gunicorn_with_production_settings_and_the_sweeper_is_present(compose, variables, runtime):
     api = compose["services"]["api"]
-    assert as_argv(api["command"])[:2] == ["gunicorn", "diffusion_api.wsgi:application"]
+    assert as_argv(api["command"])[:2] == ["gunicorn", "diffusion_api.asgi:application"]
     assert as_argv(api["command"]) == runtime.all("CMD")[-1].exec_form(), "compose runs the image's default command"
     assert api["ports"] == ["8000:8000"]
     assert as_argv(compose["services"]["sweeper"]["command"]) == ["python", "manage.py", "sweep"]
