@@ -131,6 +131,16 @@ class StepState:
         """Cheap previews of the current latents (a linear map to RGB, no VAE decode)."""
         return latents_to_preview(self.model, self.latents)
 
+    def preview(self, request_index: int, max_side: int = 256) -> Image.Image:
+        """A cheap preview of request `request_index`'s first image: its predicted clean image (`denoised`, else
+        the latents) through the linear latent → RGB map, scaled up towards the image's size, at most `max_side`."""
+        source = self.denoised if self.denoised is not None else self.latents
+        image = latents_to_preview(self.model, source[self.image_slices[request_index]][:1])[0]
+        scale = min(self.model.vae_scale_factor, max_side / max(image.size))
+        if scale <= 1:
+            return image
+        return image.resize((round(image.width * scale), round(image.height * scale)), Image.Resampling.BILINEAR)
+
 
 StepCallback = Callable[[StepState], None]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import math
 import socket
@@ -14,7 +15,7 @@ from django.conf import settings
 from django.db import connection
 from PIL import Image
 
-from diffusion_api.jobs import cost, services
+from diffusion_api.jobs import cost, events, services
 from diffusion_api.jobs.models import Job
 from diffusion_api.jobs.services import Outcome
 from generator import GenerationRequest, LoadedModel, generate, load_model, make_tiny_model, resolve_request
@@ -118,6 +119,7 @@ class ProgressReporter:
         self.last_write = -math.inf  # the first step always writes
         self.first_step: tuple[int, float] | None = None  # (step, monotonic time) when the first step ended
         self.last_step: tuple[int, float] | None = None
+        self.last_event = self.last_preview = -math.inf
 
     def step_seconds(self) -> tuple[int, float] | None:
         """(steps, seconds) of pure denoising between the first and the last step: no model load, no prompt
@@ -126,6 +128,13 @@ class ProgressReporter:
             return None
         return self.last_step[0] - self.first_step[0], self.last_step[1] - self.first_step[1]
 
+    def eta_seconds(self, step: int, total: int) -> float | None:
+        measured = self.step_seconds()
+        if measured is None:
+            return None
+        steps, seconds = measured
+        return round((total - step) * seconds / steps, 2)
+
     def __call__(self, state) -> None:
         mark = (state.step, time.monotonic())
         self.first_step = self.first_step or mark
@@ -133,6 +142,7 @@ class ProgressReporter:
         for i, job in enumerate(self.jobs):
             if self.lease.is_lost(job):
                 state.cancel(i)
+        self.publish(state)
         now = time.monotonic()
         if now - self.last_write < self.interval and state.step < state.total:
             return
@@ -151,6 +161,33 @@ class ProgressReporter:
             if stop:
                 state.cancel(i)
 
+
+    def publish(self, state) -> None:
+        """Live events for followers (jobs/events.py): progress at most every EVENT_INTERVAL seconds, and a preview
+        at most every JOB_PREVIEW_INTERVAL seconds of the jobs someone follows with previews."""
+        now = time.monotonic()
+        if now - self.last_event >= EVENT_INTERVAL or state.step == state.total:
+            self.last_event = now
+            eta = self.eta_seconds(state.step, state.total)
+            for i, job in enumerate(self.jobs):
+                if i not in state.canceled:
+                    events.publish_progress(
+                        job.id, attempt=job.attempts, step=state.step, total=state.total, eta_seconds=eta
+                    )
+        if now - self.last_preview < settings.JOB_PREVIEW_INTERVAL or state.step == state.total:
+            return
+        self.last_preview = now
+        wanted = events.previews_wanted([job.id for job in self.jobs])
+        for i, job in enumerate(self.jobs):
+            if job.id in wanted and i not in state.canceled:
+                buffer = io.BytesIO()
+                state.preview(i).save(buffer, format="PNG")
+                events.publish_preview(
+                    job.id, attempt=job.attempts, step=state.step, total=state.total, png=buffer.getvalue()
+                )
+
+
+EVENT_INTERVAL = 0.1  # seconds between a job's progress events (every step of a fast model would flood followers)
 
 # The job's img2img, variation and hires fields (generator.limits.FIELDS), passed on as GenerationRequest fields.
 MODE_FIELDS = (

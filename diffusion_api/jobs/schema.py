@@ -33,6 +33,14 @@ IDEMPOTENCY_KEY = OpenApiParameter(
     required=False,
     description="a retry with the same key and body returns the same job; the same key with another body is 422",
 )
+PREFER_WAIT = OpenApiParameter(
+    "Prefer",
+    str,
+    OpenApiParameter.HEADER,
+    required=False,
+    description="`wait` or `wait=N` (RFC 7240): answer when the job ends (200) or after N seconds (202), "
+    "N at most JOB_MAX_WAIT_SECONDS (60 by default)",
+)
 CREATE_EXAMPLE = OpenApiExample(
     "a job",
     value={

@@ -14,7 +14,7 @@ from django.db import IntegrityError, models, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from diffusion_api.jobs import catalog, cost, inputs, selectors
+from diffusion_api.jobs import catalog, cost, events, inputs, selectors
 from diffusion_api.jobs.models import (
     INPUT_FIELDS,
     PARAMETER_FIELDS,
@@ -394,7 +394,10 @@ def job_claim(*, job_id: UUID, worker: str) -> Job | None:
         worker=token,
         lease_expires_at=now + timedelta(seconds=settings.JOB_LEASE_SECONDS),
     )
-    return Job.objects.get(id=job_id) if claimed else None
+    if not claimed:
+        return None
+    events.announce(job_id)
+    return Job.objects.get(id=job_id)
 
 
 def job_claim_next(*, worker: str) -> Job | None:
@@ -492,6 +495,7 @@ def job_requeue_alone(*, job_id: UUID, worker: str) -> bool:
         )
         if requeued:
             transaction.on_commit(lambda: publish_job(job_id=job_id))
+            events.announce(job_id)
     return bool(requeued)
 
 
@@ -606,7 +610,9 @@ def job_cancel(*, job: Job) -> Job:
 
 
 def _job_ended(job_id: UUID) -> bool:
-    """After a job's last transition: schedule its webhook, if it has one, once the transaction commits."""
+    """After a job's last transition: tell its followers, and schedule its webhook if it has one, once the
+    transaction commits."""
+    events.announce(job_id)
     url = Job.objects.filter(id=job_id).values_list("webhook_url", flat=True).first()
     if url:
         delivery, created = WebhookDelivery.objects.get_or_create(job_id=job_id, defaults={"url": url})
@@ -688,6 +694,7 @@ def job_sweep() -> SweepReport:
             ):
                 report.requeued_alone.append(job.id)
                 publish_job(job_id=job.id)
+                events.announce(job.id)
         elif job.attempts >= settings.JOB_MAX_ATTEMPTS:
             error = (
                 f"the worker running this job was lost {job.attempts} times (last: {job.worker}); "
@@ -701,6 +708,7 @@ def job_sweep() -> SweepReport:
         ):
             report.requeued.append(job.id)
             publish_job(job_id=job.id)
+            events.announce(job.id)
 
     in_broker = queued_job_ids()  # None when the broker cannot be inspected: then re-publish by age alone
     stale = list(

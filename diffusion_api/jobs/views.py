@@ -1,12 +1,16 @@
 """Thin views: parse, call a service or selector, shape the answer."""
 
+import asyncio
 import hashlib
 import json
 
+from adrf.views import APIView as AsyncAPIView
+from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.core.exceptions import ValidationError as DjangoValidationError
+from django.core.serializers.json import DjangoJSONEncoder
 from django.db import connection
-from django.http import Http404, HttpResponse
+from django.http import Http404, HttpResponse, StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view, inline_serializer
 from rest_framework import serializers, status
@@ -15,15 +19,15 @@ from rest_framework.exceptions import ValidationError
 from rest_framework.pagination import PageNumberPagination
 from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.permissions import AllowAny
-from rest_framework.renderers import JSONRenderer
+from rest_framework.renderers import BaseRenderer, JSONRenderer
 from rest_framework.response import Response
 from rest_framework.reverse import reverse
 from rest_framework.views import APIView
 
 from diffusion_api.accounts import services as accounts
 from diffusion_api.celery import app as celery_app
-from diffusion_api.jobs import catalog, schema, selectors, services
-from diffusion_api.jobs.models import JobStatus
+from diffusion_api.jobs import catalog, events, schema, selectors, services
+from diffusion_api.jobs.models import TERMINAL_STATUSES, JobStatus
 from diffusion_api.jobs.parsers import SafeJSONParser
 from diffusion_api.jobs.serializers import (
     JobCreateSerializer,
@@ -47,7 +51,9 @@ def _detail(request, job, code=status.HTTP_200_OK, headers=None) -> Response:
     return Response(JobDetailSerializer(job, context=context).data, status=code, headers=headers)
 
 
-class JobListCreateView(APIView):
+class JobListCreateView(AsyncAPIView):
+    """Async handlers (adrf) so that `Prefer: wait` holds no thread; the work itself runs in Django's thread."""
+
     throttle_scope = "job_create"
 
     @extend_schema(
@@ -64,7 +70,10 @@ class JobListCreateView(APIView):
             404: schema.detail("no such page"),
         },
     )
-    def get(self, request):
+    async def get(self, request):
+        return await sync_to_async(self.list_jobs)(request)
+
+    def list_jobs(self, request):
         wanted = request.query_params.get("status")
         if wanted is not None and wanted not in JobStatus.values:
             raise ValidationError({"status": [f"must be one of {', '.join(JobStatus.values)}."]})
@@ -77,10 +86,14 @@ class JobListCreateView(APIView):
 
     @extend_schema(
         summary="Create a job; it is queued once stored",
+        description="With `Prefer: wait` (or `wait=N`, N ≤ JOB_MAX_WAIT_SECONDS) the answer waits until the job "
+        "ends (200 with the finished job) or N seconds pass (202 with the job as it stands); "
+        "`Preference-Applied` says the wait granted.",
         request=JobCreateSerializer,
-        parameters=[schema.IDEMPOTENCY_KEY],
+        parameters=[schema.IDEMPOTENCY_KEY, schema.PREFER_WAIT],
         examples=[schema.CREATE_EXAMPLE, schema.IMG2IMG_EXAMPLE, schema.INPAINT_EXAMPLE],
         responses={
+            200: JobDetailSerializer,
             202: JobDetailSerializer,
             400: schema.BAD_REQUEST,
             401: schema.detail("no token"),
@@ -91,7 +104,25 @@ class JobListCreateView(APIView):
             503: schema.detail("the queue is full; see Retry-After"),
         },
     )
-    def post(self, request):
+    async def post(self, request):
+        wait = _prefer_wait(request)
+        response = await sync_to_async(self.create_job)(request)
+        if wait is None or response.status_code != status.HTTP_202_ACCEPTED:
+            return response
+        job_id = response.data["id"]
+        if response.data["status"] not in TERMINAL_STATUSES:
+            await events.wait_for_end(job_id, wait)
+        job = await sync_to_async(selectors.job_get)(user=request.user, job_id=job_id)
+        waited = await sync_to_async(_detail)(
+            request, job, code=status.HTTP_200_OK if job.is_terminal else status.HTTP_202_ACCEPTED
+        )
+        for header in ("Location", "Idempotent-Replayed"):
+            if header in response:
+                waited[header] = response[header]
+        waited["Preference-Applied"] = f"wait={wait}"
+        return waited
+
+    def create_job(self, request):
         if _body_bytes(request) > settings.JOB_MAX_BODY_BYTES and not _carries_images(request.data):
             # The middleware let the body through up to JOB_MAX_IMAGE_BODY_BYTES; only images may use that room.
             return _too_large(request, settings.JOB_MAX_BODY_BYTES, "without init_image or mask")
@@ -126,6 +157,25 @@ class JobListCreateView(APIView):
         return [FailOpenScopedRateThrottle()] if self.request.method == "POST" else []
 
 
+def _prefer_wait(request) -> int | None:
+    """Seconds the client asks to wait for the job (RFC 7240 `Prefer: wait=N`, or `wait` alone for the most),
+    within JOB_MAX_WAIT_SECONDS; None without a wait preference."""
+    for preference in request.headers.get("Prefer", "").split(","):
+        name, _, value = preference.strip().partition("=")
+        if name.strip().lower() != "wait":
+            continue
+        if not value.strip():
+            return settings.JOB_MAX_WAIT_SECONDS
+        try:
+            seconds = int(value.strip().strip('"'))
+        except ValueError:
+            raise ValidationError({"Prefer": ["wait=N takes a whole number of seconds."]}) from None
+        if seconds < 0:
+            raise ValidationError({"Prefer": ["wait=N takes a whole number of seconds."]})
+        return min(seconds, settings.JOB_MAX_WAIT_SECONDS)
+    return None
+
+
 def _body_bytes(request) -> int:
     try:
         return int(request.META.get("CONTENT_LENGTH") or 0)
@@ -155,6 +205,81 @@ class JobDetailView(APIView):
     )
     def get(self, request, job_id):
         return _detail(request, _get_job_or_404(request, job_id))
+
+
+class EventStreamRenderer(BaseRenderer):
+    """Lets a client that accepts only text/event-stream (a browser's EventSource) reach the events route."""
+
+    media_type = "text/event-stream"
+    format = "sse"
+
+    def render(self, data, accepted_media_type=None, renderer_context=None):
+        return json.dumps(data).encode() if data is not None else b""
+
+
+class JobEventsView(AsyncAPIView):
+    renderer_classes = [JSONRenderer, EventStreamRenderer]
+
+    @extend_schema(
+        summary="Server-Sent Events of a job: snapshot, queue position, progress, previews, the final job",
+        description="Events: `snapshot` on connect, `queued` (queue position) while waiting, `progress` (step, total, "
+        "percent, eta_seconds), `preview` with `?previews=1` (a small PNG in `png_base64`, at most every "
+        "JOB_PREVIEW_INTERVAL seconds; needs Redis), and `end` with the job as GET jobs/{id}/ shows it; then the "
+        "stream closes. Each event has an `id`: reconnecting with `Last-Event-ID` skips a snapshot the client "
+        "already has. A comment line every 15 s keeps proxies from closing an idle stream.",
+        parameters=[OpenApiParameter("previews", bool, required=False)],
+        responses={
+            (200, "text/event-stream"): OpenApiTypes.STR,
+            401: schema.detail("no token"),
+            404: schema.detail("no such job"),
+        },
+    )
+    async def get(self, request, job_id):
+        await sync_to_async(_get_job_or_404)(request, job_id)
+        previews = request.query_params.get("previews", "").lower() in ("1", "true", "yes")
+        last_event_id = request.headers.get("Last-Event-ID")
+        response = StreamingHttpResponse(
+            _event_stream(request, job_id, previews=previews, last_event_id=last_event_id),
+            content_type="text/event-stream",
+        )
+        response["Cache-Control"] = "no-cache"
+        response["X-Accel-Buffering"] = "no"  # nginx: pass each event on at once
+        return response
+
+
+KEEPALIVE_SECONDS = 15.0
+
+
+async def _event_stream(request, job_id, *, previews: bool, last_event_id: str | None):
+    """SSE frames of events.follow, with a keep-alive comment when nothing happened for KEEPALIVE_SECONDS."""
+    queue: asyncio.Queue = asyncio.Queue()
+
+    async def pump() -> None:
+        try:
+            async for event in events.follow(job_id, previews=previews, last_event_id=last_event_id):
+                await queue.put(event)
+        finally:
+            await queue.put(None)
+
+    task = asyncio.get_running_loop().create_task(pump())
+    try:
+        yield "retry: 2000\n\n"
+        while True:
+            try:
+                event = await asyncio.wait_for(queue.get(), KEEPALIVE_SECONDS)
+            except TimeoutError:
+                yield ": keep-alive\n\n"
+                continue
+            if event is None:
+                return
+            data = event.data
+            if event.type == "end":
+                job = await sync_to_async(selectors.job_get)(user=request.user, job_id=job_id)
+                detail = await sync_to_async(_detail)(request, job)
+                data = {**data, "job": detail.data}
+            yield f"id: {event.id}\nevent: {event.type}\ndata: {json.dumps(data, cls=DjangoJSONEncoder)}\n\n"
+    finally:
+        task.cancel()
 
 
 class JobCancelView(APIView):

@@ -239,6 +239,11 @@ JOB_RETRY_AFTER = env_int("JOB_RETRY_AFTER", 30)  # seconds, in Retry-After of t
 # Throttles (JOB_CREATE_RATE per user on POST jobs/; TOKEN_RATE per client and TOKEN_USERNAME_RATE per username on
 # POST auth/token/): REST_FRAMEWORK.
 JOB_PROGRESS_INTERVAL = env_float("JOB_PROGRESS_INTERVAL", 0.25)  # seconds between progress writes
+# Seconds between a job's previews (GET jobs/{id}/events?previews=1, OpenAI partial images, A1111 current_image);
+# made only while someone asks for them, and only with Redis.
+JOB_PREVIEW_INTERVAL = env_float("JOB_PREVIEW_INTERVAL", 1.0)
+# Prefer: wait=N on create holds the answer until the job ends, at most this many seconds.
+JOB_MAX_WAIT_SECONDS = env_int("JOB_MAX_WAIT_SECONDS", 60)
 # Cost admission: a job whose estimated run time (the model's measured seconds per step and megapixel-row on the
 # workers × megapixels × rows × steps) is over JOB_COST_HEADROOM × JOB_SOFT_TIME_LIMIT is a 400 saying what fits.
 # JOB_STEP_SECONDS_PER_MEGAPIXEL is the estimate before the workers have measured a model (a prior worth one

@@ -44,6 +44,7 @@ def service(tmp_path_factory, tiny_model_dir, e2e_database, e2e_redis):
         "GENERATOR_DEVICE": "cpu",
         "JOB_MAX_STEPS": "1000",
         "JOB_PROGRESS_INTERVAL": "0.1",
+        "JOB_PREVIEW_INTERVAL": "0.05",
         "WORKER_HEARTBEAT_SECONDS": "2",
         "WEBHOOK_ALLOW_PRIVATE": "true",  # the test's receiver listens on loopback
         "WEBHOOK_SECRET": "e2e-webhook-secret",
