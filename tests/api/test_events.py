@@ -64,8 +64,9 @@ def test_last_event_id_skips_a_snapshot_the_client_already_has(alice, published,
     job = a_job(alice)
 
     async def resume() -> tuple[list, list]:
-        async for snapshot in events.follow(job.id):
-            break
+        follower = events.follow(job.id)
+        snapshot = await anext(follower)
+        await follower.aclose()
         resumed = []
 
         async def follow_again():
