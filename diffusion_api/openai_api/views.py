@@ -30,7 +30,7 @@ from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from diffusion_api.accounts.authentication import BearerTokenAuthentication, HashedTokenAuthentication
+from diffusion_api.accounts.authentication import BearerTokenAuthentication
 from diffusion_api.jobs import catalog, events, services
 from diffusion_api.jobs.models import Job, JobImage, JobProtocol, JobStatus
 from diffusion_api.jobs.parsers import SafeJSONParser
@@ -43,9 +43,10 @@ OWNED_BY = "diffusion-api"
 
 
 class OpenAIMixin:
-    """Bearer tokens (and the native `Token`), and OpenAI's error envelope for every refusal."""
+    """OpenAI's protocol: the service's tokens as `Authorization: Bearer <token>` (the native API keeps `Token
+    <key>`), and OpenAI's error envelope for every refusal."""
 
-    authentication_classes = [BearerTokenAuthentication, HashedTokenAuthentication]
+    authentication_classes = [BearerTokenAuthentication]
 
     def get_exception_handler(self):
         return errors.handle
