@@ -338,6 +338,9 @@ def _due(data: dict, sent: int, parsed: mapping.Request) -> bool:
 
 
 def _sse(event: str, data: dict) -> str:
+    """One event; its data names its type too, as OpenAI's do (the client reads the type from the data)."""
+    if event != "error":
+        data = {"type": event, **data}
     return f"event: {event}\ndata: {json.dumps(data)}\n\n"
 
 

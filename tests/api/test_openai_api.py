@@ -400,6 +400,7 @@ def test_a_stream_sends_partial_images_spread_over_the_steps_then_the_images(cli
     assert base64.b64decode(sent[0][1]["b64_json"]) == png(8, 8)
     assert Image.open(io.BytesIO(base64.b64decode(sent[2][1]["b64_json"]))).size == (32, 32)
     assert sent[2][1]["size"] == "32x32" and sent[2][1]["output_format"] == "png"
+    assert all(data["type"] == kind for kind, data in sent)  # the client reads the type from the data
 
 
 def test_a_stream_without_previews_still_sends_the_images(client, follow):
