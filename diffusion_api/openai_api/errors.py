@@ -59,7 +59,7 @@ def handle(exc, context) -> Response:
     """The /v1/ views' exception handler: every error, expected or not, in the envelope."""
     if isinstance(exc, OpenAIError):
         return Response(exc.body, status=exc.status_code, headers=exc.headers)
-    response = exception_handler(exc, context)  # DRF's: Http404 → NotFound, headers such as Retry-After
+    response = exception_handler(exc, context)  # DRF's: its status codes, and headers such as Retry-After
     if response is None:
         logger.exception("unexpected error in an OpenAI route", exc_info=exc)
         return Response(
@@ -67,11 +67,8 @@ def handle(exc, context) -> Response:
             status=status.HTTP_500_INTERNAL_SERVER_ERROR,
         )
     type_, code = next(((t, c) for cls, (t, c) in _DRF.items() if isinstance(exc, cls)), (INVALID_REQUEST, None))
-    if isinstance(exc, exceptions.APIException):
-        detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
-    else:
-        detail = "Not found."
-    response.data = envelope(detail, type=type_, code=code)
+    detail = response.data.get("detail", response.data) if isinstance(response.data, dict) else response.data
+    response.data = envelope(str(detail), type=type_, code=code)
     return response
 
 

@@ -70,7 +70,7 @@ def parse(route: str, data, files=None) -> Request:
         data = {name: _from_form(name, value) for name, value in data.items()}
     data = {name: value for name, value in data.items() if value is not None}  # null = OpenAI's default
     allowed = {*OWN[route], *EXTRA[route], *IGNORED, *ONLY}
-    for name in data:
+    for name in [*data, *(files or {})]:
         if name not in allowed and name not in FILES[route]:
             raise OpenAIError(f"Unknown parameter: '{name}'.", param=name, code="unknown_parameter")
     for name, choices in {**IGNORED, **ONLY}.items():

@@ -356,7 +356,9 @@ def test_a_variation_is_img2img_of_the_image_at_the_documented_strength(client, 
     assert (job.prompt, job.guidance_scale, job.num_images) == (settings.OPENAI_VARIATION_PROMPT, 1.0, 2)
     assert all("url" in d for d in response.json()["data"])
     refused = client.post("/v1/images/variations", {"image": upload(png()), "prompt": "x"}, format="multipart")
-    assert_refused(refused, "prompt")  # OpenAI's variations take no prompt
+    assert_refused(refused, "prompt")  # OpenAI's variations take no prompt ...
+    masked = {"image": upload(png()), "mask": upload(png(mode="RGBA"))}
+    assert_refused(client.post("/v1/images/variations", masked, format="multipart"), "mask")  # ... nor mask
 
 
 def sse(response) -> list[tuple[str, dict]]:
