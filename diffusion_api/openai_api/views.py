@@ -72,7 +72,9 @@ class ImagesView(OpenAIMixin, AsyncAPIView):
         if parsed.stream:
             stream = _stream(job, parsed, self.event_prefix, _wait_seconds(request))
             return StreamingHttpResponse(
-                stream, content_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+                stream,
+                content_type="text/event-stream",
+                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
         ended = await events.wait_for_end(job.id, _wait_seconds(request))
         job, images = await sync_to_async(_outcome)(job.id)
