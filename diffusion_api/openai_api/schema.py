@@ -141,7 +141,7 @@ Model = inline_serializer(
     },
 )
 ModelList = inline_serializer(
-    "OpenAIModelList", {"object": serializers.ChoiceField(["list"]), "data": Model.__class__(many=True)}
+    "OpenAIModelList", {"object": serializers.ChoiceField(["list"]), "data": serializers.ListField(child=Model)}
 )
 IDEMPOTENCY_KEY = OpenApiParameter(
     "Idempotency-Key",

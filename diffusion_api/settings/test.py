@@ -6,4 +6,3 @@ SECRET_KEY = "test-key"
 DEBUG = False
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}  # throttle counters per test
-OPENAI_WAIT_SECONDS = 1.0  # /v1/ answers wait for their job; in unit tests nothing runs jobs unless a test does

@@ -278,6 +278,7 @@ def test_capacity_and_throttle_refusals_are_429_or_503_with_retry_after(client, 
     assert_refused(response, None, status=503)
     assert response["Retry-After"]
     settings.JOB_MAX_QUEUE_DEPTH = 1000
+    settings.OPENAI_WAIT_SECONDS = 0  # nothing runs the job: a 504 at once
     monkeypatch.setitem(FailOpenScopedRateThrottle.THROTTLE_RATES, "job_create", "1/min")
     cache.clear()  # the counts of the requests above
     assert generate(client, prompt="x").status_code == 504
@@ -338,6 +339,20 @@ def test_an_oversized_image_is_a_400_naming_image(client, published, settings):
     settings.JOB_MAX_IMAGE_BODY_BYTES = 200
     assert assert_refused(edit(client, {"image": upload(png(64, 64))}, prompt="x"), "image")["code"]
     assert Job.objects.count() == 0
+
+
+def test_an_image_declaring_too_many_pixels_is_a_400_naming_image(client, published, settings):
+    settings.UPLOAD_MAX_PIXELS = 100
+    assert "UPLOAD_MAX_PIXELS" in assert_refused(edit(client, {"image": upload(png())}, prompt="x"), "image")["message"]
+
+
+def test_an_unexpected_error_is_a_500_envelope(client, monkeypatch):
+    def broken(**kwargs):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(services, "job_submit", broken)
+    error = assert_refused(generate(client, prompt="x"), None, status=500)
+    assert error["type"] == "server_error" and "a bug" not in error["message"]  # no internals leak
 
 
 def test_edit_form_fields_are_checked_like_json_ones(client, published):
