@@ -5,7 +5,7 @@ serializer and services.job_create judge them. A refusal names OpenAI's paramete
 """
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from django.conf import settings
 from PIL import Image
@@ -56,7 +56,6 @@ class Request:
     response_format: str = "b64_json"
     stream: bool = False
     partial_images: int = 0
-    extra: dict = field(default_factory=dict)
 
 
 def parse(route: str, data, files=None) -> Request:
@@ -114,9 +113,6 @@ def refusal(errors: dict) -> OpenAIError:
     """The first of the native API's field errors, naming OpenAI's parameter."""
     name, messages = next(iter(errors.items()))
     message = messages[0] if isinstance(messages, list) and messages else messages
-    if isinstance(message, dict):  # a nested serializer's errors
-        message = next(iter(message.values()))
-        message = message[0] if isinstance(message, list) else message
     param = PARAM_OF.get(name, name)
     text = str(message)
     if param is not None and param != name:
