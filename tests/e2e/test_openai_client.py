@@ -130,3 +130,17 @@ def test_a_client_that_goes_away_mid_wait_leaves_a_job_that_finishes(service, to
     assert listing["count"] == before + 1
     job = poll(session, listing["results"][0]["url"], lambda j: j["status"] not in ("queued", "running"))
     assert job["status"] == "succeeded" and job["parameters"]["steps"] == 60
+
+
+def test_a_failed_job_is_the_clients_error_and_is_not_retried(client, service, token):
+    """A prompt over the tokenizer's 75 tokens is accepted, and the worker fails the job before any compute."""
+    session = session_for(token)
+    jobs_url = f"{service['base']}/api/v1/jobs/"
+    before = session.get(jobs_url, timeout=10).json()["count"]
+    too_long = "red " * 100
+    with pytest.raises(openai.InternalServerError) as failed:
+        client.images.generate(prompt=too_long, size="32x32", extra_body=FAST)
+    assert "tokens" in failed.value.message and failed.value.code == "job_failed"
+    assert session.get(jobs_url, timeout=10).json()["count"] == before + 1  # x-should-retry: false was obeyed
+    with pytest.raises(openai.APIError, match="tokens"):
+        list(client.images.generate(prompt=too_long, size="32x32", stream=True, extra_body=FAST))
