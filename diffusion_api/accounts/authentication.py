@@ -15,3 +15,9 @@ class HashedTokenAuthentication(TokenAuthentication):
         if not token.user.is_active:
             raise AuthenticationFailed(_("User inactive or deleted."))
         return token.user, token
+
+
+class BearerTokenAuthentication(HashedTokenAuthentication):
+    """`Authorization: Bearer <key>`: the same tokens, as OpenAI's clients send them (the /v1/ routes)."""
+
+    keyword = "Bearer"

@@ -300,3 +300,12 @@ CELERY_TASK_DEFAULT_QUEUE = "jobs"
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 WORKER_HEARTBEAT_SECONDS = env_int("WORKER_HEARTBEAT_SECONDS", 10)
+
+# --- OpenAI's Images API at /v1/ (docs/openai.md).
+OPENAI_WAIT_SECONDS = env_float("OPENAI_WAIT_SECONDS", 600)  # a request waits this long for its job, then a 504
+OPENAI_URL_TTL = env_int("OPENAI_URL_TTL", 3600)  # seconds a `response_format: url` link works
+# A request with the same body from the same user within this many seconds is a retry: it gets the earlier job.
+OPENAI_RETRY_WINDOW = env_float("OPENAI_RETRY_WINDOW", 30)
+# Variations are img2img of the image at this strength, under this prompt, without classifier-free guidance.
+OPENAI_VARIATION_STRENGTH = env_float("OPENAI_VARIATION_STRENGTH", 0.6)
+OPENAI_VARIATION_PROMPT = os.environ.get("OPENAI_VARIATION_PROMPT", "a picture")
