@@ -34,7 +34,7 @@ class LimitedBasicAuthentication(BasicAuthentication):
     www_authenticate_realm = "sdapi"
 
     def authenticate_credentials(self, userid, password, request=None):
-        remembered = cache.get(_remember_key(userid, password)) if _cache_up() else None
+        remembered = _cached(_remember_key(userid, password))
         if remembered is not None:
             user = get_user_model().objects.filter(pk=remembered[0], is_active=True).first()
             if user is not None and user.password == remembered[1]:
@@ -43,7 +43,7 @@ class LimitedBasicAuthentication(BasicAuthentication):
         if request is not None:
             counters.append(f"a1111-basic-fail:ip:{_digest(client_ip(request))}")
         cooloff = int(settings.AXES_COOLOFF_TIME.total_seconds())
-        if any(_count(key) >= settings.AXES_FAILURE_LIMIT for key in counters):
+        if any((_cached(key) or 0) >= settings.AXES_FAILURE_LIMIT for key in counters):
             raise Throttled(wait=cooloff, detail="too many failed logins; try again later")
         try:
             user, _ = super().authenticate_credentials(userid, password, request)
@@ -51,8 +51,10 @@ class LimitedBasicAuthentication(BasicAuthentication):
             for key in counters:
                 _increment(key, cooloff)
             raise AuthenticationFailed("Incorrect username or password") from None
-        if _cache_up():
+        try:
             cache.set(_remember_key(userid, password), (user.pk, user.password), BASIC_REMEMBER_SECONDS)
+        except Exception:  # the cache (Redis) is down: the next request hashes the password again
+            pass
         return user, None
 
 
@@ -65,19 +67,11 @@ def _remember_key(userid: str, password: str) -> str:
     return f"a1111-basic-ok:{mac}"
 
 
-def _cache_up() -> bool:
+def _cached(key: str):
     try:
-        cache.get("a1111-basic-probe")
-        return True
-    except Exception:
-        return False
-
-
-def _count(key: str) -> int:
-    try:
-        return cache.get(key, 0)
-    except Exception:  # the cache (Redis) is down: no count, as the create throttle fails open
-        return 0
+        return cache.get(key)
+    except Exception:  # the cache (Redis) is down: nothing remembered, nothing counted (fail open, as throttles)
+        return None
 
 
 def _increment(key: str, timeout: int) -> None:

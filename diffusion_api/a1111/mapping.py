@@ -151,7 +151,13 @@ TXT2IMG_ONLY_UNSUPPORTED = {
     "hr_cfg",
     "hr_distilled_cfg",
 }
-IMG2IMG_ONLY_UNSUPPORTED = {"initial_noise_multiplier", "latent_mask", "include_init_images", "mask_round", "inpainting_fill"}
+IMG2IMG_ONLY_UNSUPPORTED = {
+    "initial_noise_multiplier",
+    "latent_mask",
+    "include_init_images",
+    "mask_round",
+    "inpainting_fill",
+}
 
 
 class A1111Invalid(Exception):
@@ -240,7 +246,9 @@ def scheduler_for(sampler: str | None, schedule: str | None) -> str:
     key = next((n for n, label in SCHEDULE_TYPES if key in (n, label.lower())), key)
     if key not in schedules:
         offered = ", ".join(dict(SCHEDULE_TYPES)[s] for s in schedules)
-        raise A1111Invalid({"scheduler": [f"sampler {name!r} runs here with schedule type {offered}, not {schedule!r}"]})
+        raise A1111Invalid(
+            {"scheduler": [f"sampler {name!r} runs here with schedule type {offered}, not {schedule!r}"]}
+        )
     return schedules[key]
 
 
@@ -278,12 +286,16 @@ def to_native(data, *, img2img: bool, user_model: str | None) -> dict:
     for name, value in data.items():
         if name in UNSUPPORTED and name in allowed:
             if not any(_off(value, off) for off in UNSUPPORTED[name]):
-                shown = ", ".join("null" if off is None else str(off).lower() if isinstance(off, bool) else repr(off)
-                                  for off in UNSUPPORTED[name])
+                shown = ", ".join(
+                    "null" if off is None else str(off).lower() if isinstance(off, bool) else repr(off)
+                    for off in UNSUPPORTED[name]
+                )
                 errors[name] = [f"not supported by this server; leave it out or send {shown}"]
         elif name not in allowed:
             errors[name] = ["unknown field for this route"]
-    serializer = (Img2ImgRequest if img2img else Txt2ImgRequest)(data={k: v for k, v in data.items() if k not in errors})
+    serializer = (Img2ImgRequest if img2img else Txt2ImgRequest)(
+        data={k: v for k, v in data.items() if k not in errors}
+    )
     if not serializer.is_valid():
         errors.update({name: [str(m) for m in messages] for name, messages in serializer.errors.items()})
     if errors:
@@ -291,8 +303,14 @@ def to_native(data, *, img2img: bool, user_model: str | None) -> dict:
     a = {name: value for name, value in serializer.validated_data.items() if value is not None}
 
     native = {}
-    for name, target in (("prompt", "prompt"), ("negative_prompt", "negative_prompt"), ("steps", "steps"),
-                         ("width", "width"), ("height", "height"), ("cfg_scale", "guidance_scale")):
+    for name, target in (
+        ("prompt", "prompt"),
+        ("negative_prompt", "negative_prompt"),
+        ("steps", "steps"),
+        ("width", "width"),
+        ("height", "height"),
+        ("cfg_scale", "guidance_scale"),
+    ):
         if name in a:
             native[target] = a[name]
     seed = a.get("seed", -1)
@@ -366,10 +384,10 @@ def _hires_fields(a: dict, native: dict) -> dict:
         native["hires_strength"] = a["denoising_strength"]
     for name, same_as in (("hr_prompt", "prompt"), ("hr_negative_prompt", "negative_prompt")):
         if a.get(name) and a[name] != a.get(same_as, ""):
-            errors[name] = [f"a second-pass prompt of its own is not supported; send \"\" or the {same_as}"]
+            errors[name] = [f'a second-pass prompt of its own is not supported; send "" or the {same_as}']
     for name, same_as in (("hr_sampler_name", "sampler_name"), ("hr_scheduler", "scheduler")):
         if a.get(name) and a[name] != a.get(same_as):
-            errors[name] = [f"the second pass runs the first pass's {same_as}; send null, \"\" or the same value"]
+            errors[name] = [f'the second pass runs the first pass\'s {same_as}; send null, "" or the same value']
     return errors
 
 
@@ -529,7 +547,11 @@ def info(job, *, infotexts: list[str], interrupted: bool = False) -> dict:
         "sd_vae_hash": None,
         "seed_resize_from_w": -1,
         "seed_resize_from_h": -1,
-        "denoising_strength": job.strength if job.mode != "txt2img" else job.hires_strength if job.hires_scale > 1 else 0,
+        "denoising_strength": job.strength
+        if job.mode != "txt2img"
+        else job.hires_strength
+        if job.hires_scale > 1
+        else 0,
         "extra_generation_params": {"Schedule type": schedule},
         "index_of_first_image": 0,
         "infotexts": infotexts,

@@ -94,8 +94,11 @@ SdModel = inline_serializer(
 )
 Sampler = inline_serializer(
     "A1111Sampler",
-    {"name": serializers.CharField(), "aliases": serializers.ListField(child=serializers.CharField()),
-     "options": serializers.DictField(child=serializers.CharField())},
+    {
+        "name": serializers.CharField(),
+        "aliases": serializers.ListField(child=serializers.CharField()),
+        "options": serializers.DictField(child=serializers.CharField()),
+    },
 )
 Scheduler = inline_serializer(
     "A1111Scheduler",

@@ -96,7 +96,9 @@ def _answer(job_id, data: dict, *, img2img: bool) -> Response:
         images.append(base64.b64encode(mapping.with_parameters_chunk(bytes(image.png), text)).decode("ascii"))
     if data.get("send_images") is False:
         images = []
-    return Response({"images": images, "parameters": parameters, "info": json.dumps(mapping.info(job, infotexts=texts))})
+    return Response(
+        {"images": images, "parameters": parameters, "info": json.dumps(mapping.info(job, infotexts=texts))}
+    )
 
 
 GENERATION_RESPONSES = {
@@ -243,9 +245,7 @@ class OptionsView(A1111View):
     def get(self, request):
         stored = UserOptions.objects.filter(user=request.user).values_list("options", flat=True).first() or {}
         model = mapping.model_for(stored.get("sd_model_checkpoint")) or settings.DEFAULT_MODEL
-        return Response(
-            {**stored, "sd_model_checkpoint": mapping.model_title(model), "sd_checkpoint_hash": None}
-        )
+        return Response({**stored, "sd_model_checkpoint": mapping.model_title(model), "sd_checkpoint_hash": None})
 
     @extend_schema(
         summary="Store options; sd_model_checkpoint (a model name or title) sets your default model",
@@ -305,8 +305,9 @@ def _list_view(summary: str, item, produce):
     return ListView
 
 
-SamplersView = _list_view("A1111 samplers that map to a scheduler here", schema.Sampler.__class__(many=True),
-                          mapping.sampler_names)
+SamplersView = _list_view(
+    "A1111 samplers that map to a scheduler here", schema.Sampler.__class__(many=True), mapping.sampler_names
+)
 SchedulersView = _list_view(
     "Schedule types (Karras with DPM++ 2M only)",
     schema.Scheduler.__class__(many=True),
@@ -353,6 +354,8 @@ class PngInfoView(A1111View):
             image = inputs.open_checked(inputs.decode_base64(text))[0]
         except inputs.ImageRefused as error:
             raise mapping.A1111Invalid({"image": [str(error)]}) from error
-        items = {key: str(value) for key, value in image.info.items() if isinstance(key, str) and isinstance(value, str)}
+        items = {
+            key: str(value) for key, value in image.info.items() if isinstance(key, str) and isinstance(value, str)
+        }
         info = items.pop("parameters", "")
         return Response({"info": info, "items": items, "parameters": mapping.parse_parameters(info) if info else {}})
