@@ -120,6 +120,15 @@ Upscaler = inline_serializer(
         "scale": serializers.FloatField(),
     },
 )
+Lora = inline_serializer(
+    "A1111Lora",
+    {
+        "name": serializers.CharField(),
+        "alias": serializers.CharField(),
+        "path": serializers.CharField(),
+        "metadata": serializers.DictField(),
+    },
+)
 NameOnly = inline_serializer("A1111Name", {"name": serializers.CharField()})
 Scripts = inline_serializer(
     "A1111Scripts",

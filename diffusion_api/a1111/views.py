@@ -326,7 +326,7 @@ LatentUpscaleModesView = _list_view(
     schema.NameOnly.__class__(many=True),
     lambda: [{"name": name} for name in mapping.LATENT_UPSCALE_MODES],
 )
-LorasView = _list_view("LoRAs (none yet)", OpenApiTypes.OBJECT, list)
+LorasView = _list_view("LoRAs (none until the model registry lands)", schema.Lora.__class__(many=True), list)
 ScriptsView = _list_view("Scripts (none)", schema.Scripts, lambda: {"txt2img": [], "img2img": []})
 
 
