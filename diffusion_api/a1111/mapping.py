@@ -11,7 +11,6 @@ import secrets
 import struct
 import zlib
 
-from django.conf import settings
 from PIL import ImageOps
 from rest_framework import serializers
 
@@ -566,19 +565,21 @@ def info(job, *, infotexts: list[str], interrupted: bool = False) -> dict:
 
 
 def with_parameters_chunk(png: bytes, text: str) -> bytes:
-    """`png` with its `parameters` text chunk(s) replaced by one holding `text`; pixels and other chunks untouched."""
-    signature, position, chunks = png[:8], 8, []
+    """`png` with its `parameters` text chunk(s) replaced by one holding `text`, placed before the image data as
+    A1111 writes it (readers that stop at the first IDAT see it); pixels and other chunks untouched."""
+    position, chunks, placed = 8, [png[:8]], False
     while position < len(png):
         (length,) = struct.unpack(">I", png[position : position + 4])
         kind = png[position + 4 : position + 8]
         end = position + 12 + length
-        body = png[position + 8 : position + 8 + length]
-        if not (kind in (b"tEXt", b"iTXt", b"zTXt") and body.split(b"\0", 1)[0] == b"parameters"):
-            if kind == b"IEND":
-                chunks.append(_chunk(b"iTXt", b"parameters\0\0\0\0\0" + text.encode("utf-8")))
+        keyword = png[position + 8 : position + 8 + length].split(b"\0", 1)[0]
+        if kind == b"IDAT" and not placed:
+            chunks.append(_chunk(b"iTXt", b"parameters\0\0\0\0\0" + text.encode("utf-8")))
+            placed = True
+        if not (kind in (b"tEXt", b"iTXt", b"zTXt") and keyword == b"parameters"):
             chunks.append(png[position:end])
         position = end
-    return signature + b"".join(chunks)
+    return b"".join(chunks)
 
 
 def _chunk(kind: bytes, body: bytes) -> bytes:
@@ -609,7 +610,3 @@ def parse_parameters(text: str) -> dict:
         else:
             result[key] = value
     return result
-
-
-def default_model() -> str:
-    return settings.DEFAULT_MODEL

@@ -8,10 +8,12 @@ import time
 from urllib.parse import urlsplit
 
 import pytest
+import requests
 import webuiapi
 from PIL import Image
 
-from tests.e2e.conftest import ROOT
+from tests.e2e.conftest import ROOT, session_for
+from tests.e2e.test_service import poll
 
 
 def user_with_password(service, username: str, password: str) -> str:
@@ -156,3 +158,13 @@ def test_progress_during_a_job_then_interrupt(service):
     assert result.images == [] and result.info["interrupted"] is True  # the waiting call answers 200, no images
     idle = frank.get_progress()
     assert idle["progress"] == 0 and idle["state"]["job_count"] == 0
+
+
+def test_a_client_that_goes_away_mid_wait_leaves_a_job_that_finishes(service):
+    henry = session_for(service["token"]("henry"))
+    body = {"prompt": "a red circle", "width": 32, "height": 32, "steps": 300, "seed": 2, "sampler_name": "DDIM"}
+    with pytest.raises(requests.exceptions.ReadTimeout):
+        henry.post(f"{service['base']}/sdapi/v1/txt2img", json=body, timeout=(5, 1))  # gives up after 1 s
+    (job,) = henry.get(f"{service['base']}/api/v1/jobs/", timeout=10).json()["results"]
+    job = poll(henry, job["url"], lambda j: j["status"] not in ("queued", "running"))
+    assert job["status"] == "succeeded" and job["parameters"]["steps"] == 300
