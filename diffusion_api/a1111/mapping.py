@@ -296,7 +296,7 @@ def to_native(data, *, img2img: bool, user_model: str | None) -> dict:
         data={k: v for k, v in data.items() if k not in errors}
     )
     if not serializer.is_valid():
-        errors.update({name: [str(m) for m in messages] for name, messages in serializer.errors.items()})
+        errors.update({name: _messages(found) for name, found in serializer.errors.items()})
     if errors:
         raise A1111Invalid(errors)
     a = {name: value for name, value in serializer.validated_data.items() if value is not None}
@@ -458,18 +458,23 @@ A1111_NAME = {
 }
 
 
+def _messages(found) -> list[str]:
+    """DRF's errors of one field, flat: a list, or a nested field's {key or index: [...]}, or one message."""
+    if isinstance(found, dict):
+        return [message for inner in found.values() for message in _messages(inner)]
+    if isinstance(found, list | tuple):
+        return [message for inner in found for message in _messages(inner)]
+    return [str(found)]
+
+
 def a1111_errors(native_errors: dict) -> dict:
     """Native field errors → the same messages under the A1111 field names."""
     errors = {}
-    for name, messages in native_errors.items():
-        if isinstance(messages, dict):  # a nested serializer's errors (init_image: {"base64": [...]})
-            messages = [str(m) for inner in messages.values() for m in (inner if isinstance(inner, list) else [inner])]
-        elif not isinstance(messages, list | tuple):
-            messages = [messages]
-        target = A1111_NAME.get(name, name)
+    for name, found in native_errors.items():
+        messages = _messages(found)
         if name == "num_images":
             messages = [f"batch_size × n_iter: {m}" for m in messages]
-        errors.setdefault(target, []).extend(str(m) for m in messages)
+        errors.setdefault(A1111_NAME.get(name, name), []).extend(messages)
     return errors
 
 

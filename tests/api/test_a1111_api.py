@@ -360,6 +360,11 @@ def test_a_non_image_init_images_entry(alice_client, published, entry):
     assert fields_named(img2img(alice_client, init_images=[entry])) == {"init_images"}
 
 
+def test_an_init_images_entry_that_is_not_a_string(alice_client, published):
+    response = img2img(alice_client, init_images=[5])
+    assert fields_named(response) == {"init_images"} and response.json()["detail"][0]["msg"] == "must be a string."
+
+
 def test_two_init_images_or_none(alice_client, published):
     assert fields_named(img2img(alice_client, init_images=[png_b64(), png_b64()])) == {"init_images"}
     assert fields_named(img2img(alice_client, init_images=[])) == {"init_images"}

@@ -55,7 +55,7 @@ def test_txt2img_answers_images_info_and_parameters(carol):
     assert result.info["infotexts"][0].startswith("a red circle\nNegative prompt: blue\nSteps: 4, Sampler: Euler a")
 
     again = carol.txt2img(prompt="a red circle", negative_prompt="blue", seed=3, sampler_name="Euler a", **SMALL)
-    assert list(again.image.getdata()) == list(result.image.getdata())  # the same seed, the same image
+    assert list(again.image.getdata()) == list(result.image.getdata())  # the result cache: an identical request
 
     read_back = carol.png_info(result.image)
     assert read_back.info == result.info["infotexts"][0]
