@@ -15,7 +15,7 @@ from PIL import Image
 from rest_framework.test import APIClient
 
 from diffusion_api.accounts.services import token_issue
-from diffusion_api.jobs import services
+from diffusion_api.jobs import events, services
 from diffusion_api.jobs.models import Job, JobProtocol, JobStatus
 
 pytestmark = pytest.mark.django_db
@@ -48,6 +48,7 @@ def sent_by_webuiapi(method: str, **kwargs) -> dict:
 
 
 SMALL = {"width": 32, "height": 32, "steps": 2}
+REAL_WAIT = events.wait_for_end
 
 
 @pytest.fixture
@@ -428,6 +429,18 @@ def test_a_job_that_does_not_end_in_time_answers_504_and_goes_on(alice_client, p
     assert response.status_code == 504 and response.json()["error"] == "TimeoutError"
     job = only_job()
     assert str(job.id) in response.json()["detail"] and job.status == JobStatus.QUEUED and waited == [0.5]
+
+
+def test_the_real_wait_answers_a_cached_job_at_once_and_times_out_on_a_queued_one(
+    alice_client, finish_jobs, monkeypatch, settings
+):
+    first = txt2img(alice_client, seed=21)
+    monkeypatch.setattr("diffusion_api.jobs.events.wait_for_end", REAL_WAIT)
+    second = txt2img(alice_client, seed=21)  # the result cache: the job is born succeeded
+    assert second.status_code == 200 and second.json()["images"] == first.json()["images"]
+    assert finish_jobs["waited"] == [600]  # only the first went through the stand-in
+    settings.A1111_WAIT_SECONDS = 0.3
+    assert txt2img(alice_client, seed=22).status_code == 504  # no worker here: it stays queued
 
 
 def test_send_images_false_answers_without_images(alice_client, finish_jobs):
