@@ -2,7 +2,8 @@
 
 - Validation (FastAPI's): 422 `{"detail": [{"loc": ["body", field, …], "msg": …, "type": …}]}`.
 - Everything else (A1111's exception handler): `{"error": <type>, "detail": …, "body": "", "errors": …}` with the
-  status code of the error (401, 404, 413, 429, 500, 503, 504 …); 429 and 503 carry Retry-After.
+  status code of the error (401, 404, 413, 429, 500, 503 …; 202 when a job outlasts the wait); 429 and 503 carry
+  Retry-After.
 """
 
 from django.http import Http404

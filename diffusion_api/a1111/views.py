@@ -15,6 +15,7 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import status
 from rest_framework.response import Response
+from rest_framework.reverse import reverse
 
 from diffusion_api.a1111 import errors, mapping, schema
 from diffusion_api.a1111.authentication import BearerTokenAuthentication, LimitedBasicAuthentication
@@ -109,7 +110,7 @@ GENERATION_RESPONSES = {
     429: schema.error("too many unfinished jobs, or created too fast; see Retry-After"),
     500: schema.error("the job failed (its error is in detail)"),
     503: schema.error("the queue is full; see Retry-After"),
-    504: schema.error("the job did not end within A1111_WAIT_SECONDS; it goes on, see detail for its id"),
+    202: schema.error("the job did not end within A1111_WAIT_SECONDS; it goes on: Location and detail name it"),
 }
 
 
@@ -130,11 +131,9 @@ class GenerationView(A1111View):
             return submitted
         # The job is committed and queued: if the client goes away now, the job still runs to its end.
         if not await events.wait_for_end(submitted.id, settings.A1111_WAIT_SECONDS):
-            detail = (
-                f"job {submitted.id} has not ended after {settings.A1111_WAIT_SECONDS} s; it goes on: "
-                f"GET /api/v1/jobs/{submitted.id}/"
-            )
-            return errors.error(status.HTTP_504_GATEWAY_TIMEOUT, "TimeoutError", detail)
+            url = reverse("jobs:detail", kwargs={"job_id": submitted.id}, request=request)
+            detail = f"job {submitted.id} has not ended after {settings.A1111_WAIT_SECONDS} s; it goes on: GET {url}"
+            return errors.error(status.HTTP_202_ACCEPTED, "TimeoutError", detail, {"Location": url})
         return await sync_to_async(_answer)(submitted.id, data, img2img=self.img2img)
 
 
