@@ -37,7 +37,7 @@ class LimitedBasicAuthentication(BasicAuthentication):
         remembered = _cached(_remember_key(userid, password))
         if remembered is not None:
             user = get_user_model().objects.filter(pk=remembered[0], is_active=True).first()
-            if user is not None and user.password == remembered[1]:
+            if user is not None and _digest(user.password) == remembered[1]:
                 return user, None
         counters = [f"a1111-basic-fail:user:{_digest(userid.casefold())}"]
         if request is not None:
@@ -52,7 +52,7 @@ class LimitedBasicAuthentication(BasicAuthentication):
                 _increment(key, cooloff)
             raise AuthenticationFailed("Incorrect username or password") from None
         try:
-            cache.set(_remember_key(userid, password), (user.pk, user.password), BASIC_REMEMBER_SECONDS)
+            cache.set(_remember_key(userid, password), (user.pk, _digest(user.password)), BASIC_REMEMBER_SECONDS)
         except Exception:  # the cache (Redis) is down: the next request hashes the password again
             pass
         return user, None
