@@ -194,6 +194,8 @@ LOGGING = {
 METRICS_TOKEN = os.environ.get("METRICS_TOKEN", "")  # set: /metrics wants `Authorization: Bearer <token>`
 METRICS_REQUIRE_TOKEN = False  # production: True, so /metrics is not served at all without METRICS_TOKEN
 API_DOCS_PUBLIC = env_bool("API_DOCS_PUBLIC", True)  # /api/schema/ and /api/docs/; production's default is False
+# Seconds a /sdapi/v1/ txt2img or img2img request waits for its job to end before answering 202 (the job goes on).
+A1111_WAIT_SECONDS = env_float("A1111_WAIT_SECONDS", 600)
 
 # --- Models the service offers: MODELS="name=/path,other=/path"; the first is the default.
 # The default is the built-in model trained on shapes64, kept in the repository (models/shapes64; MODEL_CARD.md).
