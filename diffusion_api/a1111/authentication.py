@@ -18,16 +18,9 @@ from django.core.cache import cache
 from rest_framework.authentication import BasicAuthentication
 from rest_framework.exceptions import AuthenticationFailed, Throttled
 
-from diffusion_api.accounts.authentication import HashedTokenAuthentication
 from diffusion_api.jobs.throttling import client_ip
 
 BASIC_REMEMBER_SECONDS = 300
-
-
-class BearerTokenAuthentication(HashedTokenAuthentication):
-    """`Authorization: Bearer <key>`: the same keys as `Token <key>`."""
-
-    keyword = "Bearer"
 
 
 class LimitedBasicAuthentication(BasicAuthentication):

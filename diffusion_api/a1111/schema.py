@@ -1,17 +1,8 @@
 """OpenAPI shapes of the /sdapi/v1/ answers, and the security schemes of its authenticators."""
 
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
-from drf_spectacular.plumbing import build_bearer_security_scheme_object
 from drf_spectacular.utils import OpenApiResponse, inline_serializer
 from rest_framework import serializers
-
-
-class BearerScheme(OpenApiAuthenticationExtension):
-    target_class = "diffusion_api.a1111.authentication.BearerTokenAuthentication"
-    name = "bearerAuth"
-
-    def get_security_definition(self, auto_schema):
-        return build_bearer_security_scheme_object(header_name="Authorization", token_prefix="Bearer")
 
 
 class LimitedBasicScheme(OpenApiAuthenticationExtension):

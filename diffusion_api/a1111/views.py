@@ -18,9 +18,9 @@ from rest_framework.response import Response
 from rest_framework.reverse import reverse
 
 from diffusion_api.a1111 import errors, mapping, schema
-from diffusion_api.a1111.authentication import BearerTokenAuthentication, LimitedBasicAuthentication
+from diffusion_api.a1111.authentication import LimitedBasicAuthentication
 from diffusion_api.a1111.models import UserOptions
-from diffusion_api.accounts.authentication import HashedTokenAuthentication
+from diffusion_api.accounts.authentication import BearerTokenAuthentication, HashedTokenAuthentication
 from diffusion_api.jobs import catalog, events, inputs, services
 from diffusion_api.jobs.models import Job, JobProtocol, JobStatus
 from diffusion_api.jobs.serializers import JobCreateSerializer

@@ -72,3 +72,8 @@ def bob_client(bob):
 @pytest.fixture
 def staff_client(staff):
     return client_for(staff)
+
+
+def without_events(callbacks: list) -> list:
+    """On-commit callbacks other than the job-event announcements (jobs/events.announce) every transition makes."""
+    return [callback for callback in callbacks if not callback.__qualname__.startswith("announce.")]
