@@ -1,6 +1,8 @@
 """End to end with the real A1111 client, webuiapi, against /sdapi/v1/ of a live ASGI gunicorn API and a real worker
 on PostgreSQL and Redis, running the tiny model."""
 
+import base64
+import io
 import subprocess
 import sys
 import threading
@@ -151,6 +153,11 @@ def test_progress_during_a_job_then_interrupt(service):
         assert 0 < seen["progress"] < 1 and seen["state"]["job_count"] == 1
         assert seen["state"]["sampling_steps"] >= 900 and seen["eta_relative"] > 0
         assert client(service, token=service["token"]("grace")).get_progress()["state"]["job_count"] == 0
+        # A progress read asks the worker for previews (every JOB_PREVIEW_INTERVAL = 0.05 s here): the next reads
+        # carry the current image.
+        while time.monotonic() < deadline and not (current := frank.get_progress()["current_image"]):
+            time.sleep(0.1)
+        assert Image.open(io.BytesIO(base64.b64decode(current))).format == "PNG"
         frank.interrupt()
     finally:
         thread.join(timeout=120)
