@@ -58,7 +58,8 @@ def percentile(values: list[float], q: float) -> float:
 class Service:
     """A fresh database, the API under gunicorn and one worker, with the given extra environment."""
 
-    def __init__(self, model_dir: Path, extra_env: dict | None = None):
+    def __init__(self, model_dir: Path, extra_env: dict | None = None, server: str = "asgi"):
+        self.server = server
         self.db_name = f"bench_{uuid.uuid4().hex[:8]}"
         self.var = Path(tempfile.mkdtemp(prefix="bench-var-"))
         self.env = {
@@ -84,7 +85,7 @@ class Service:
         redis.Redis.from_url(REDIS).flushdb()
         env = {**os.environ, **self.env}
         subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True)
-        self.api = start_api(PORT, env=self.env, log=self.var / "api.log", gunicorn=True)
+        self.api = start_api(PORT, env=self.env, log=self.var / "api.log", gunicorn=True, server=self.server)
         self.worker = start_worker(env=self.env, log=self.var / "worker.log")
         wait_healthy(BASE, timeout=300)
         token = subprocess.run(
@@ -145,27 +146,33 @@ def measure_latency(model_dir: Path, jobs: int) -> dict:
     return {"jobs": jobs, "p50_ms": 1000 * percentile(latencies, 50), "p99_ms": 1000 * percentile(latencies, 99)}
 
 
-def measure_polling(model_dir: Path) -> list[dict]:
+def measure_polling(model_dir: Path, servers: tuple[str, ...] = ("wsgi", "asgi")) -> list[dict]:
+    """wrk on one job's status route, for each server kind in turn (same run, same machine: comparable)."""
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is missing: apt-get install wrk")
     results = []
-    with Service(model_dir) as service:
-        session = requests.Session()
-        job = service.wait(session, service.submit(session, steps=2), finished)
-        for connections in (100, 200):
-            command = [
-                "wrk",
-                "-t2",
-                f"-c{connections}",
-                "-d10s",
-                "--latency",
-                "-H",
-                f"Authorization: {service.headers['Authorization']}",
-                job["url"],
-            ]
-            out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
-            results.append({"connections": connections, **parse_wrk(out)})
+    for server in servers:
+        with Service(model_dir, server=server) as service:
+            session = requests.Session()
+            job = service.wait(session, service.submit(session, steps=2), finished)
+            for connections in (100, 200):
+                results.append({"server": server, "connections": connections, **run_wrk(service, job, connections)})
+                print(f"  {results[-1]}", flush=True)
     return results
+
+
+def run_wrk(service: Service, job: dict, connections: int, seconds: int = 10) -> dict:
+    command = [
+        "wrk",
+        "-t2",
+        f"-c{connections}",
+        f"-d{seconds}s",
+        "--latency",
+        "-H",
+        f"Authorization: {service.headers['Authorization']}",
+        job["url"],
+    ]
+    return parse_wrk(subprocess.run(command, capture_output=True, text=True, check=True).stdout)
 
 
 def parse_wrk(out: str) -> dict:
@@ -265,7 +272,8 @@ def main() -> int:
         results["polling"] = measure_polling(tiny)
         for row in results["polling"]:
             print(
-                f"GET job, {row['connections']} connections: p50 {row['p50_ms']:.1f} ms, p99 {row['p99_ms']:.1f} ms,"
+                f"GET job ({row['server']}), {row['connections']} connections: p50 {row['p50_ms']:.1f} ms, "
+                f"p99 {row['p99_ms']:.1f} ms,"
                 f" {row['requests_per_s']:.0f} req/s, non-2xx {row['non_2xx']}",
                 flush=True,
             )

@@ -9,4 +9,5 @@ import os
 from django.core.asgi import get_asgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "diffusion_api.settings.production")
+os.environ.setdefault("DB_POOL", "true")  # PostgreSQL connections from a pool: see DATABASES in settings/base.py
 application = get_asgi_application()

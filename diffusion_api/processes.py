@@ -13,15 +13,20 @@ import requests
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def start_api(port: int, env: dict | None = None, log: Path | None = None, gunicorn: bool = False) -> subprocess.Popen:
+def start_api(
+    port: int, env: dict | None = None, log: Path | None = None, gunicorn: bool = False, server: str = "asgi"
+) -> subprocess.Popen:
+    """The API: Django's development server, or gunicorn as deployed (`server`: "asgi", uvicorn workers, the
+    default; "wsgi", gunicorn's sync workers, kept for comparing the two in benchmarks/bench_service.py)."""
     if gunicorn:
+        app = ["diffusion_api.asgi:application", "--worker-class", "uvicorn_worker.UvicornWorker"]
+        if server == "wsgi":
+            app = ["diffusion_api.wsgi:application"]
         command = [
             sys.executable,
             "-m",
             "gunicorn",
-            "diffusion_api.asgi:application",
-            "--worker-class",
-            "uvicorn_worker.UvicornWorker",
+            *app,
             "--bind",
             f"127.0.0.1:{port}",
             "--workers",

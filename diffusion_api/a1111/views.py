@@ -236,6 +236,21 @@ class SkipView(CancelView):
         return super().post(request)
 
 
+def _storable(value) -> bool:
+    """Whether PostgreSQL's jsonb takes `value`: it refuses the NUL character, and UTF-8 refuses lone surrogates."""
+    if isinstance(value, dict):
+        return all(_storable(key) and _storable(item) for key, item in value.items())
+    if isinstance(value, list):
+        return all(_storable(item) for item in value)
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return False
+        return "\x00" not in value
+    return True
+
+
 class OptionsView(A1111View):
     @extend_schema(
         summary="Your options: sd_model_checkpoint (your default model) and whatever else you stored",
@@ -263,6 +278,8 @@ class OptionsView(A1111View):
         if not isinstance(data, dict):
             raise mapping.A1111Invalid({"": ["the body must be a JSON object"]})
         data = {key: value for key, value in data.items() if key != "sd_checkpoint_hash"}
+        if not _storable(data):
+            raise mapping.A1111Invalid({"": ["options must not contain NUL characters or unpaired surrogates"]})
         if "sd_model_checkpoint" in data:
             model = mapping.model_for(data["sd_model_checkpoint"])
             if model is None:

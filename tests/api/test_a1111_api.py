@@ -597,6 +597,14 @@ def test_options_refuse_an_unknown_model(alice_client):
     assert fields_named(response) == {"sd_model_checkpoint"}
 
 
+@pytest.mark.parametrize("body", ['{"note": "a\\u0000b"}', '{"a\\u0000": 1}', '{"nested": [{"x": "\\ud800"}]}'])
+def test_options_refuse_what_the_database_cannot_store(alice_client, body):
+    # PostgreSQL's jsonb refuses NUL; UTF-8 refuses a lone surrogate (the fuzzer found the first as a 500).
+    response = alice_client.post("/sdapi/v1/options", body, content_type="application/json")
+    assert response.status_code == 422
+    assert alice_client.get("/sdapi/v1/options").json().keys() == {"sd_model_checkpoint", "sd_checkpoint_hash"}
+
+
 # --- lists and png-info
 
 

@@ -1,4 +1,4 @@
-"""`make serve`'s script as `make serve` runs it: gunicorn, a worker and the sweeper on embedded defaults
+"""`make serve`'s script as `make serve` runs it: gunicorn (ASGI), a worker and the sweeper on embedded defaults
 (no DATABASE_URL, no REDIS_URL, no DJANGO_SETTINGS_MODULE: SQLite and the file broker in a fresh VAR_DIR)."""
 
 import os
@@ -64,8 +64,10 @@ def test_serve_runs_gunicorn_a_worker_and_the_sweeper_on_embedded_defaults(serve
     assert job["status"] == "succeeded", job
     assert alice.get(job["images"][0]["url"], timeout=10).headers["Content-Type"] == "image/png"
 
-    # gunicorn, not runserver, and its static files (whitenoise): the admin's login page and stylesheet.
-    assert "gunicorn" in requests.get(f"{base}/api/v1/health/", timeout=10).headers.get("Server", "")
+    # gunicorn with uvicorn's ASGI workers, not runserver, and its static files (whitenoise): the admin's login page
+    # and stylesheet.
+    assert requests.get(f"{base}/api/v1/health/", timeout=10).headers.get("Server") == "uvicorn"
+    assert "Using worker: uvicorn_worker.UvicornWorker" in served["log"].read_text()
     login = requests.get(f"{base}/admin/login/", timeout=10)
     assert login.status_code == 200 and "/static/admin/css/" in login.text
     css = requests.get(f"{base}/static/admin/css/base.css", timeout=10)
