@@ -1,10 +1,10 @@
 """`make serve`: the service as it is deployed, on this machine, until Ctrl-C.
 
 Like docker-compose.yml: migrate once, then the API under gunicorn with uvicorn (ASGI) workers, one Celery worker
-(jobs and webhooks queues) and the sweeper. On embedded defaults (a SQLite file and the file broker under VAR_DIR) unless DATABASE_URL and
-REDIS_URL say otherwise. Settings: DJANGO_SETTINGS_MODULE if set, else the local ones, so a fresh clone needs no
-secrets (compose runs the production ones, which want SECRET_KEY); gunicorn serves the admin's and the API docs'
-static files through whitenoise either way.
+(jobs and webhooks queues) and the sweeper. On embedded defaults (a SQLite file and the file broker under VAR_DIR)
+unless DATABASE_URL and REDIS_URL say otherwise. Settings: DJANGO_SETTINGS_MODULE if set, else the local ones, so a
+fresh clone needs no secrets (compose runs the production ones, which want SECRET_KEY); gunicorn serves the admin's
+and the API docs' static files through whitenoise either way.
 """
 
 import os
@@ -27,8 +27,8 @@ def main() -> int:
     worker = start_worker(env=env)
     sweeper = start_sweeper(env=env)
     print(
-        f"API (gunicorn, ASGI) on http://127.0.0.1:{PORT}/api/v1/ (admin: /admin/, docs: /api/docs/), one worker and the "
-        f"sweeper, settings {SETTINGS}; get a token: python manage.py issue_token USERNAME; Ctrl-C stops all three",
+        f"API (gunicorn, ASGI) on http://127.0.0.1:{PORT}/api/v1/ (admin: /admin/, docs: /api/docs/), one worker and "
+        f"the sweeper, settings {SETTINGS}; get a token: python manage.py issue_token USERNAME; Ctrl-C stops all three",
         flush=True,
     )
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
