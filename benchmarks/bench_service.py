@@ -6,7 +6,12 @@ What is measured (each part is a flag; `--all` runs every one):
   job, then polls it every 5 ms until `progress.step >= 1`; p50 and p99 over `--latency-jobs` jobs.
   The figure includes the broker hop, the claim, prompt encoding and one UNet step of the tiny model.
 * `--polling`: GET jobs/{id}/ under load from `wrk` (Debian package) with 100 and 200 connections
-  for 10 s each; wrk's p50 and p99 and requests per second.
+  for 10 s each; wrk's p50 and p99 and requests per second. Once under gunicorn's sync workers (WSGI) and once
+  under its uvicorn workers (ASGI, as deployed), alternating `--repeat` times; the medians.
+* `--streams N`: N Server-Sent Event streams (raw sockets, this process) following `--stream-jobs` jobs of
+  `--stream-steps` steps at 64 × 64 as they run one after another; how long after the worker's step each progress
+  event arrives (p50, p99; the worker stamps `at`), and the status route under `wrk` with 10 connections with and
+  without the streams open.
 * `--throughput`: jobs per minute with 1, 4 and 16 concurrent clients, each submitting a job and
   polling it every `--poll-interval` seconds to the end, over and over for `--seconds`; once with
   WORKER_BATCH_SIZE=1 (no batching) and once with WORKER_BATCH_SIZE=4, each on a fresh service.
@@ -26,7 +31,9 @@ import argparse
 import json
 import os
 import re
+import resource
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -46,6 +53,8 @@ from diffusion_api.processes import start_api, start_worker, stop, wait_healthy 
 ADMIN_DB = os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres")
 REDIS = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/12")
 PORT = 8123
+STREAM_DEADLINE = float(os.environ.get("BENCH_STREAM_DEADLINE", 300))  # s for all streams to end, once connected
+CONNECTIONS = tuple(int(n) for n in os.environ.get("BENCH_CONNECTIONS", "100,200").split(","))
 BASE = f"http://127.0.0.1:{PORT}"
 SD15_DIR = ROOT / "var" / "bench-models"
 
@@ -80,6 +89,9 @@ class Service:
         }
 
     def __enter__(self) -> Service:
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", PORT)) == 0:
+                raise SystemExit(f"port {PORT} is taken, perhaps by a service a killed run left: stop it first")
         with psycopg.connect(ADMIN_DB, autocommit=True) as conn:
             conn.execute(f'CREATE DATABASE "{self.db_name}"')
         redis.Redis.from_url(REDIS).flushdb()
@@ -146,25 +158,35 @@ def measure_latency(model_dir: Path, jobs: int) -> dict:
     return {"jobs": jobs, "p50_ms": 1000 * percentile(latencies, 50), "p99_ms": 1000 * percentile(latencies, 99)}
 
 
-def measure_polling(model_dir: Path, servers: tuple[str, ...] = ("wsgi", "asgi")) -> list[dict]:
-    """wrk on one job's status route, for each server kind in turn (same run, same machine: comparable)."""
+def measure_polling(model_dir: Path, repeat: int = 3, servers: tuple[str, ...] = ("wsgi", "asgi")) -> list[dict]:
+    """wrk on one job's status route under each server kind, alternating kinds `repeat` times (same run, same
+    machine: comparable); the medians of the runs."""
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is missing: apt-get install wrk")
-    results = []
-    for server in servers:
-        with Service(model_dir, server=server) as service:
-            session = requests.Session()
-            job = service.wait(session, service.submit(session, steps=2), finished)
-            for connections in (100, 200):
-                results.append({"server": server, "connections": connections, **run_wrk(service, job, connections)})
-                print(f"  {results[-1]}", flush=True)
-    return results
+    runs: dict[tuple[str, int], list[dict]] = {}
+    for _ in range(repeat):
+        for server in servers:
+            with Service(model_dir, server=server) as service:
+                session = requests.Session()
+                job = service.wait(session, service.submit(session, steps=2), finished)
+                for connections in CONNECTIONS:
+                    runs.setdefault((server, connections), []).append(run_wrk(service, job, connections))
+                    print(f"  {server} {connections}: {runs[server, connections][-1]}", flush=True)
+    return [
+        {
+            "server": server,
+            "connections": connections,
+            "runs": len(rows),
+            **{key: percentile([row[key] for row in rows], 50) for key in rows[0]},
+        }
+        for (server, connections), rows in runs.items()
+    ]
 
 
 def run_wrk(service: Service, job: dict, connections: int, seconds: int = 10) -> dict:
     command = [
         "wrk",
-        "-t2",
+        f"-t{min(2, connections)}",
         f"-c{connections}",
         f"-d{seconds}s",
         "--latency",
@@ -172,16 +194,31 @@ def run_wrk(service: Service, job: dict, connections: int, seconds: int = 10) ->
         f"Authorization: {service.headers['Authorization']}",
         job["url"],
     ]
-    return parse_wrk(subprocess.run(command, capture_output=True, text=True, check=True).stdout)
+    cpu_before = tree_cpu_seconds(service.api.pid)
+    result = parse_wrk(subprocess.run(command, capture_output=True, text=True, check=True).stdout)
+    served = result["requests_per_s"] * seconds
+    result["api_cpu_ms_per_request"] = round(1000 * (tree_cpu_seconds(service.api.pid) - cpu_before) / served, 2)
+    return result
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) of a process and its children, from /proc: the API's cost, apart from wrk's."""
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+    return own + sum(tree_cpu_seconds(int(child)) for child in out.split())
 
 
 def parse_wrk(out: str) -> dict:
     def ms(text: str) -> float:
-        value, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", text).groups()
-        return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+        found = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text)
+        if found is None:
+            raise ValueError(f"wrk's output has no latency where expected:\n{out}")
+        value, unit = found.groups()
+        return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[unit]
 
-    p50 = re.search(r"50%\s+(\S+)", out).group(1)
-    p99 = re.search(r"99%\s+(\S+)", out).group(1)
+    p50 = re.search(r"^\s+50%\s+(\S+)", out, re.MULTILINE).group(1)  # not the "62.50%" of a Stdev column
+    p99 = re.search(r"^\s+99%\s+(\S+)", out, re.MULTILINE).group(1)
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     return {
@@ -231,6 +268,90 @@ def run_client(service: Service, steps: int, deadline: float, done: list[float],
             done.append(time.monotonic())
 
 
+def measure_streams(model_dir: Path, streams: int, jobs: int, steps: int, size: int) -> dict:
+    """`streams` event streams spread over `jobs` jobs that run one after another; each progress event's delay
+    (arrival here minus the worker's `at`, one clock) and the status route under wrk with and without the streams."""
+    import asyncio
+
+    resource.setrlimit(resource.RLIMIT_NOFILE, (4 * streams + 256, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+    with Service(model_dir, {"JOB_MAX_STEPS": str(max(150, steps))}) as service:
+        session = requests.Session()
+        done = service.wait(session, service.submit(session, steps=2), finished)  # warm: the model loads here
+        quiet = run_wrk(service, done, 10, seconds=5)
+        followed = [service.submit(session, steps=steps, width=size, height=size, cache=False) for _ in range(jobs)]
+        paths = [urlparse(job["url"]).path + "events" for job in followed]
+        try:
+            result = asyncio.run(_follow_all(service, paths, streams, done))
+        except SystemExit:
+            states = [session.get(job["url"], headers=service.headers, timeout=10).json()["status"] for job in followed]
+            print(f"the followed jobs are now: {', '.join(states)}", flush=True)
+            raise
+        result["status_quiet"] = quiet
+    return {"streams": streams, "jobs": jobs, "steps": steps, "size": size, **result}
+
+
+async def _follow_all(service: Service, paths: list[str], streams: int, done: dict) -> dict:
+    import asyncio
+
+    delays: list[float] = []
+    ends: list[str] = []
+    connected = asyncio.Semaphore(0)
+    clients = [
+        asyncio.create_task(_follow(paths[i % len(paths)], service.headers, delays, ends, connected))
+        for i in range(streams)
+    ]
+    for _ in range(streams):
+        await asyncio.wait_for(connected.acquire(), timeout=120)
+    # All streams open, jobs running: the status route under that load.
+    busy = await asyncio.to_thread(run_wrk, service, done, 10, 5)
+    finished_in_time, late = await asyncio.wait(clients, timeout=STREAM_DEADLINE)
+    if late:
+        got = ends.count("end")
+        raise SystemExit(f"{len(late)} of {streams} streams did not end within {STREAM_DEADLINE} s ({got} got `end`)")
+    for client in finished_in_time:
+        client.result()  # a client's error, if any
+    return {
+        "events": len(delays),
+        "delay_p50_ms": 1000 * percentile(delays, 50),
+        "delay_p99_ms": 1000 * percentile(delays, 99),
+        "streams_ended": ends.count("end"),
+        "status_with_streams": busy,
+    }
+
+
+async def _follow(path: str, headers: dict, delays: list[float], ends: list[str], connected) -> None:
+    """One event stream over a raw socket (HTTP/1.1, chunked): light enough that 500 fit in this process."""
+    import asyncio
+
+    reader, writer = await asyncio.open_connection("127.0.0.1", PORT)
+    auth = "".join(f"{key}: {value}\r\n" for key, value in headers.items())
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}Accept: text/event-stream\r\n\r\n".encode())
+    await writer.drain()
+    status = await reader.readline()
+    if b" 200 " not in status:
+        raise RuntimeError(f"{path}: {status!r}")
+    while (await reader.readline()) not in (b"\r\n", b""):
+        pass
+    connected.release()
+    buffer = b""
+    while True:
+        size = int((await reader.readline()).strip() or b"0", 16)
+        if size == 0:
+            break
+        buffer += await reader.readexactly(size + 2)
+        buffer = buffer[:-2] if buffer.endswith(b"\r\n") else buffer
+        *events, buffer = buffer.split(b"\n\n")
+        for event in events:
+            fields = dict(line.split(": ", 1) for line in event.decode().splitlines() if ": " in line)
+            if fields.get("event") == "progress":
+                at = json.loads(fields["data"]).get("at")
+                if at is not None:
+                    delays.append(time.time() - at)
+            elif fields.get("event") == "end":
+                ends.append("end")
+    writer.close()
+
+
 def measure_memory(model_dir: Path, label: str, size: int) -> dict:
     with Service(model_dir) as service:
         session = requests.Session()
@@ -249,8 +370,13 @@ def main() -> int:
     parser.add_argument("--latency", action="store_true")
     parser.add_argument("--polling", action="store_true")
     parser.add_argument("--throughput", action="store_true")
+    parser.add_argument("--streams", type=int, default=0, help="this many event streams (the issue asks for 500)")
+    parser.add_argument("--stream-jobs", type=int, default=4, help="--streams: jobs the streams follow")
+    parser.add_argument("--stream-steps", type=int, default=150, help="--streams: steps of each followed job")
     parser.add_argument("--memory", action="store_true")
     parser.add_argument("--latency-jobs", type=int, default=30)
+    parser.add_argument("--repeat", type=int, default=3, help="--polling: runs of each server kind, alternating")
+    parser.add_argument("--servers", default="wsgi,asgi", help="--polling: server kinds, of wsgi and asgi")
     parser.add_argument("--seconds", type=float, default=60, help="length of each throughput measurement")
     parser.add_argument("--steps", type=int, default=10, help="denoising steps of each throughput job")
     parser.add_argument("--poll-interval", type=float, default=0.5, help="seconds between a client's polls")
@@ -269,12 +395,29 @@ def main() -> int:
             flush=True,
         )
     if args.all or args.polling:
-        results["polling"] = measure_polling(tiny)
+        results["polling"] = measure_polling(tiny, args.repeat, tuple(args.servers.split(",")))
         for row in results["polling"]:
             print(
-                f"GET job ({row['server']}), {row['connections']} connections: p50 {row['p50_ms']:.1f} ms, "
+                f"GET job ({row['server']}, median of {row['runs']}), {row['connections']} connections: "
+                f"p50 {row['p50_ms']:.1f} ms, "
                 f"p99 {row['p99_ms']:.1f} ms,"
                 f" {row['requests_per_s']:.0f} req/s, non-2xx {row['non_2xx']}",
+                flush=True,
+            )
+    if args.all or args.streams:
+        streams = args.streams or 500
+        results["streams"] = row = measure_streams(tiny, streams, args.stream_jobs, args.stream_steps, 64)
+        print(
+            f"{row['streams']} event streams over {row['jobs']} jobs: {row['events']} progress events, delay after the "
+            f"worker's step p50 {row['delay_p50_ms']:.1f} ms, p99 {row['delay_p99_ms']:.1f} ms; "
+            f"{row['streams_ended']} streams got their end event",
+            flush=True,
+        )
+        for label, key in (("without", "status_quiet"), ("with", "status_with_streams")):
+            wrk = row[key]
+            print(
+                f"GET job, 10 connections, {label} the streams: p50 {wrk['p50_ms']:.1f} ms, "
+                f"p99 {wrk['p99_ms']:.1f} ms, {wrk['requests_per_s']:.0f} req/s",
                 flush=True,
             )
     if args.all or args.throughput:

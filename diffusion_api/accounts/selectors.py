@@ -2,7 +2,8 @@
 
 from diffusion_api.accounts.models import ApiToken
 from diffusion_api.accounts.services import token_digest
+from diffusion_api.jobs.selectors import one_or_none
 
 
 def token_for_key(*, key: str) -> ApiToken | None:
-    return ApiToken.objects.select_related("user").filter(digest=token_digest(key)).first()
+    return one_or_none(ApiToken.objects.select_related("user").filter(digest=token_digest(key)))

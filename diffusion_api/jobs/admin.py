@@ -59,8 +59,8 @@ class UploadAdmin(admin.ModelAdmin):
 
 @admin.register(Job)
 class JobAdmin(admin.ModelAdmin):
-    list_display = ("short_id", "owner", "status", "prompt", "thumbnails", "review_status", "created_at")
-    list_filter = ("status", "review_status", "model", "scheduler")
+    list_display = ("short_id", "owner", "status", "protocol", "prompt", "thumbnails", "review_status", "created_at")
+    list_filter = ("status", "protocol", "review_status", "model", "scheduler")
     search_fields = ("prompt", "owner__username")
     list_select_related = ("owner",)
     list_per_page = 25
@@ -75,6 +75,7 @@ class JobAdmin(admin.ModelAdmin):
                     "id",
                     "owner",
                     "status",
+                    "protocol",
                     "error",
                     "attempts",
                     "worker",

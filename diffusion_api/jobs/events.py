@@ -37,6 +37,7 @@ logger = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.5  # embedded defaults: how often a follower reads the job
 QUEUE_POSITION_SECONDS = 2.0  # how often a follower of a queued job reads its queue position again
+SILENCE_SECONDS = 10.0  # a follower of a running job that hears nothing this long reads the job (a lost message)
 PREVIEWS_WANTED_SECONDS = 30  # a follower asking for previews renews its wish this often (the key's lifetime)
 PREVIEW_KEEP_SECONDS = 600  # the latest preview stays readable (A1111's progress route) this long
 PAUSE_AFTER_FAILURE = 5.0  # seconds without publishing after Redis failed, so steps never wait on a dead server
@@ -96,7 +97,9 @@ def publish(job_id: UUID, message: dict) -> None:
 
 
 def publish_progress(job_id: UUID, *, attempt: int, step: int, total: int, eta_seconds: float | None) -> None:
-    publish(job_id, {"type": "progress", "attempt": attempt, "step": step, "total": total, "eta_seconds": eta_seconds})
+    # `at`: the worker's clock (Unix seconds) when the step ended; a follower on a synchronised clock sees its delay.
+    message = {"type": "progress", "attempt": attempt, "step": step, "total": total, "eta_seconds": eta_seconds}
+    publish(job_id, {**message, "at": round(time.time(), 4)})
 
 
 def announce(job_id: UUID) -> None:
@@ -148,6 +151,10 @@ class _Hub:
         self.client = aioredis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=2)
         self.pubsub = self.client.pubsub()
         self.ready = asyncio.Event()
+        # One (un)subscribe at a time: redis-py's PubSub opens its connection on the first command, and two first
+        # commands at once each opened one, so a channel subscribed on the dropped one never heard a message (500
+        # followers arriving together lost most jobs' events; benchmarks/bench_service.py --streams found it).
+        self.lock = asyncio.Lock()
         self.task = asyncio.get_running_loop().create_task(self._read())
 
     async def add(self, job_id) -> asyncio.Queue:
@@ -156,10 +163,12 @@ class _Hub:
         first = channel not in self.queues
         self.queues.setdefault(channel, set()).add(queue)
         if first:
-            try:
-                await self.pubsub.subscribe(channel)
-            except (redis.RedisError, OSError):
-                pass  # the reader reconnects, subscribes every channel again and tells each queue to resync
+            async with self.lock:
+                try:
+                    if channel in self.queues:  # still followed once the lock came round
+                        await self.pubsub.subscribe(channel)
+                except (redis.RedisError, OSError):
+                    pass  # the reader reconnects, subscribes every channel again and tells each queue to resync
         self.ready.set()
         return queue
 
@@ -169,10 +178,12 @@ class _Hub:
         followers.discard(queue)
         if not followers:
             self.queues.pop(channel, None)
-            try:
-                await self.pubsub.unsubscribe(channel)
-            except (redis.RedisError, OSError):
-                pass
+            async with self.lock:
+                try:
+                    if channel not in self.queues:  # not followed again meanwhile
+                        await self.pubsub.unsubscribe(channel)
+                except (redis.RedisError, OSError):
+                    pass
 
     async def _read(self) -> None:
         while True:
@@ -189,9 +200,10 @@ class _Hub:
                 logger.warning("job events subscriber lost Redis (%s); reconnecting", error)
                 await asyncio.sleep(1)
                 try:
-                    await self.pubsub.reset()
-                    if self.queues:
-                        await self.pubsub.subscribe(*self.queues)
+                    async with self.lock:
+                        await self.pubsub.reset()
+                        if self.queues:
+                            await self.pubsub.subscribe(*self.queues)
                 except (redis.RedisError, OSError):
                     continue
                 for followers in self.queues.values():
@@ -271,14 +283,12 @@ async def follow(job_id: UUID, *, previews: bool = False, last_event_id: str | N
         while True:
             queued = state["status"] == JobStatus.QUEUED
             try:
-                message = await asyncio.wait_for(queue.get(), QUEUE_POSITION_SECONDS if queued else 10.0)
+                message = await asyncio.wait_for(queue.get(), QUEUE_POSITION_SECONDS if queued else SILENCE_SECONDS)
             except TimeoutError:
-                message = _RESYNC if queued else None
+                message = _RESYNC  # queued: its position may have moved; running: a message may have been lost
             if previews and asyncio.get_running_loop().time() - renewed > PREVIEWS_WANTED_SECONDS / 2:
                 await sync_to_async(want_previews)(job_id)
                 renewed = asyncio.get_running_loop().time()
-            if message is None:
-                continue
             if message is _RESYNC or message["type"] == "status":
                 fresh = await _snapshot(job_id)
                 if fresh is None:
@@ -302,6 +312,7 @@ async def follow(job_id: UUID, *, previews: bool = False, last_event_id: str | N
                     "total": message["total"],
                     "percent": round(100.0 * message["step"] / message["total"], 1) if message["total"] else 0.0,
                     "eta_seconds": message["eta_seconds"],
+                    "at": message.get("at"),
                 }
                 yield Event("progress", _event_id(message["attempt"], message["step"], "running"), data)
             elif message["type"] == "preview" and previews:

@@ -54,9 +54,9 @@ class JobMode(models.TextChoices):
 class JobProtocol(models.TextChoices):
     """Which API created the job: the native one, OpenAI's Images API (/v1/) or A1111's (/sdapi/v1/)."""
 
-    NATIVE = "native"
-    OPENAI = "openai"
-    A1111 = "a1111"
+    NATIVE = "native", "native API"
+    OPENAI = "openai", "OpenAI Images API"
+    A1111 = "a1111", "A1111 API"
 
 
 class ReviewStatus(models.TextChoices):

@@ -24,8 +24,15 @@ def job_visible_to(*, user) -> QuerySet[Job]:
     return Job.objects.all() if user.is_staff else Job.objects.filter(owner=user)
 
 
+def one_or_none(queryset: QuerySet):
+    """The one row a unique lookup finds, or None. Cheaper than `.first()`, which orders the rows (by the model's
+    ordering or the key): compiling that ORDER BY was a measurable part of a status read (BENCHMARKS.md)."""
+    rows = list(queryset.order_by()[:1])
+    return rows[0] if rows else None
+
+
 def job_get(*, user, job_id: UUID) -> Job | None:
-    return job_visible_to(user=user).filter(id=job_id).first()
+    return one_or_none(job_visible_to(user=user).filter(id=job_id))
 
 
 def job_queue_position(*, job: Job) -> int | None:
@@ -44,7 +51,7 @@ def job_images(*, job: Job) -> QuerySet[JobImage]:
 
 
 def job_image(*, job: Job, index: int) -> JobImage | None:
-    return job.images.filter(index=index).first()
+    return one_or_none(job.images.filter(index=index))
 
 
 def workers_alive() -> QuerySet[WorkerHeartbeat]:

@@ -223,10 +223,11 @@ class JobEventsView(AsyncAPIView):
     @extend_schema(
         summary="Server-Sent Events of a job: snapshot, queue position, progress, previews, the final job",
         description="Events: `snapshot` on connect, `queued` (queue position) while waiting, `progress` (step, total, "
-        "percent, eta_seconds), `preview` with `?previews=1` (a small PNG in `png_base64`, at most every "
-        "JOB_PREVIEW_INTERVAL seconds; needs Redis), and `end` with the job as GET jobs/{id}/ shows it; then the "
-        "stream closes. Each event has an `id`: reconnecting with `Last-Event-ID` skips a snapshot the client "
-        "already has. A comment line every 15 s keeps proxies from closing an idle stream.",
+        "percent, eta_seconds, and `at`: the worker's clock, Unix seconds, when it published), `preview` with "
+        "`?previews=1` (a small PNG in `png_base64`, at most every JOB_PREVIEW_INTERVAL seconds; needs Redis), and "
+        "`end` with the job as GET jobs/{id}/ shows it; then the stream closes. Each event has an `id`: reconnecting "
+        "with `Last-Event-ID` skips a snapshot the client already has. A comment line every 15 s keeps proxies from "
+        "closing an idle stream.",
         parameters=[OpenApiParameter("previews", bool, required=False)],
         responses={
             (200, "text/event-stream"): OpenApiTypes.STR,

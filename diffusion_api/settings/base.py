@@ -57,7 +57,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
-    "whitenoise.middleware.WhiteNoiseMiddleware",  # static files (admin, API docs) straight from gunicorn
+    "diffusion_api.jobs.middleware.StaticFilesMiddleware",  # whitenoise: static files (admin, API docs) from gunicorn
     "diffusion_api.jobs.middleware.BodySizeLimitMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -105,17 +105,6 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # Two processes (API and worker) write to one file: wait for the lock instead of failing.
     DATABASES["default"]["OPTIONS"] = {"timeout": 20, "transaction_mode": "IMMEDIATE"}
     DATABASES["default"]["CONN_MAX_AGE"] = 0
-elif env_bool("DB_POOL", False):
-    # The ASGI API (asgi.py turns this on): each request runs its database work in a thread of its own, so Django's
-    # per-thread persistent connections would be opened and closed per request; a process-wide pool keeps them.
-    # Not in Celery workers, whose prefork children must not inherit a parent's pool threads.
-    DATABASES["default"]["CONN_MAX_AGE"] = 0  # the pool, not Django, keeps connections (checked before use:
-    # Django passes the pool CONN_HEALTH_CHECKS's check, so the API survives a database restart)
-    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
-        "min_size": 1,
-        "max_size": env_int("DB_POOL_MAX_SIZE", 8),
-        "timeout": env_float("DB_POOL_TIMEOUT", 10.0),
-    }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 LANGUAGE_CODE = "en-us"

@@ -8,7 +8,7 @@ import pytest
 from asgiref.sync import async_to_sync, sync_to_async
 
 from diffusion_api.jobs import events, services
-from diffusion_api.jobs.models import Job
+from diffusion_api.jobs.models import Job, JobStatus
 from tests.api.conftest import client_for
 
 
@@ -205,3 +205,37 @@ def test_the_hub_fans_redis_messages_out_to_followers(alice, published, settings
     assert with_previews[1].data["eta_seconds"] == 0.5 and with_previews[2].data["step"] == 3
     assert [e.type for e in without] == ["snapshot", "progress", "end"]
     assert events.latest_preview(job.id) == b"png"
+
+
+@pytest.mark.servers
+def test_followers_of_many_jobs_arriving_at_once_all_hear_their_job(alice, published, settings):
+    # 500 followers arriving together once lost most jobs' events: concurrent first subscribes opened two
+    # connections, and channels subscribed on the dropped one heard nothing.
+    settings.REDIS_URL = os.environ.get("REDIS_URL") or pytest.fail("REDIS_URL is required for this test")
+    jobs = [a_job(alice) for _ in range(6)]
+    for job in jobs:
+        services.job_claim(job_id=job.id, worker="w")
+    events._client = None
+
+    async def followers():
+        subscribed = asyncio.Semaphore(0)
+
+        async def one(job_id):
+            kinds = []
+            async for event in events.follow(job_id):
+                kinds.append(event.type)
+                if event.type == "snapshot":
+                    subscribed.release()
+            return kinds
+
+        tasks = [asyncio.create_task(one(jobs[i % len(jobs)].id)) for i in range(60)]  # all at once, on a new hub
+        for _ in tasks:
+            await subscribed.acquire()
+        for job in jobs:
+            await sync_to_async(events.publish_progress)(job.id, attempt=1, step=1, total=4, eta_seconds=None)
+        await sync_to_async(Job.objects.filter(id__in=[job.id for job in jobs]).update)(status=JobStatus.SUCCEEDED)
+        for job in jobs:
+            await sync_to_async(events.publish)(job.id, {"type": "status"})
+        return await asyncio.wait_for(asyncio.gather(*tasks), 5)  # under SILENCE_SECONDS: by message, not resync
+
+    assert async_to_sync(followers)() == [["snapshot", "progress", "end"]] * 60

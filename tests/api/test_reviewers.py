@@ -51,3 +51,13 @@ def test_a_reviewer_cannot_delete_jobs_or_manage_users(reviewer_client, job):
     rita = get_user_model().objects.get(username="rita")
     assert rita.is_staff and not rita.is_superuser
     assert rita.get_all_permissions() == {"jobs.view_job", "jobs.change_job", "jobs.view_jobimage"}
+
+
+def test_the_admin_shows_and_filters_jobs_by_the_protocol_that_made_them(reviewer_client, alice, published):
+    native = services.job_create(owner=alice, prompt="a red circle", steps=2)
+    openai = services.job_create(owner=alice, prompt="a blue square", steps=2, protocol="openai")
+    page = reviewer_client.get(JOBS_ADMIN, {"protocol__exact": "openai"})
+    assert page.status_code == 200
+    assert [job.id for job in page.context["cl"].result_list] == [openai.id]
+    assert b'<td class="field-protocol">OpenAI Images API</td>' in page.content
+    assert native.id not in [job.id for job in page.context["cl"].result_list]

@@ -93,3 +93,14 @@ def test_bench_service_latency_on_postgres_and_redis():
         pytest.fail("DATABASE_URL and REDIS_URL must name the real servers (make test sets them)")
     out = run_benchmark("benchmarks.bench_service", "--latency", "--latency-jobs", "2")
     assert re.search(r"POST → first step, idle: p50 \d+ ms, p99 \d+ ms \(2 jobs\)", out), out
+
+
+@pytest.mark.servers
+def test_bench_service_event_streams_on_postgres_and_redis():
+    # Tiny: 20 streams on 2 short jobs. Every stream must see progress and its end event.
+    if not os.environ.get("DATABASE_URL") or not os.environ.get("REDIS_URL"):
+        pytest.fail("DATABASE_URL and REDIS_URL must name the real servers (make test sets them)")
+    out = run_benchmark("benchmarks.bench_service", "--streams", "20", "--stream-jobs", "2", "--stream-steps", "40")
+    found = re.search(r"20 event streams over 2 jobs: (\d+) progress events, .* p99 [\d.]+ ms; (\d+) streams got", out)
+    assert found and int(found.group(1)) >= 20 and int(found.group(2)) == 20, out
+    assert re.search(r"GET job, 10 connections, with the streams: p50 [\d.]+ ms", out), out

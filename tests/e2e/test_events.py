@@ -6,6 +6,7 @@ import json
 import threading
 import time
 
+import pytest
 import requests
 from PIL import Image
 
@@ -107,6 +108,31 @@ def test_a_dropped_stream_leaves_the_job_running_to_the_end(service):
     assert done["status"] == "succeeded"
 
 
+@pytest.mark.parametrize(
+    "path, body",
+    [
+        ("/api/v1/jobs/", {"prompt": "a dropped wait", "steps": 200, "width": 32, "height": 32}),
+        ("/v1/images/generations", {"prompt": "a dropped openai wait", "size": "32x32", "steps": 200}),
+    ],
+)
+def test_a_client_that_drops_a_wait_leaves_its_job_running_to_the_end(service, path, body):
+    base = service["base"]
+    token = service["token"]("alice")
+    alice = session_for(token)
+    scheme = "Bearer" if path.startswith("/v1/") else "Token"
+    with pytest.raises(requests.ReadTimeout):  # the client gives up mid-wait
+        requests.post(
+            f"{base}{path}",
+            json=body,
+            headers={"Authorization": f"{scheme} {token}", "Prefer": "wait=30"},
+            timeout=(5, 0.5),
+        )
+    listed = alice.get(f"{base}/api/v1/jobs/", timeout=10).json()["results"]
+    job = next(job for job in listed if job["prompt"] == body["prompt"])
+    done = poll(alice, job["url"], lambda j: j["status"] not in ("queued", "running"))
+    assert done["status"] == "succeeded" and done["images"][0]["png_base64"]
+
+
 def test_prefer_wait_returns_the_finished_job(service):
     base = service["base"]
     alice = session_for(service["token"]("alice"))
@@ -139,24 +165,37 @@ def test_prefer_wait_gives_up_after_n_seconds_with_a_202(service):
 
 
 def test_many_waiting_clients_hold_no_thread(service):
-    """More simultaneous waits than any thread pool the server has: all answer, and a plain read stays quick."""
+    """More simultaneous waits than any thread pool the server has: all answer, and a plain read stays quick.
+
+    Streams and `Prefer: wait` both: a wait runs inside its view, so a middleware chain that ran async views in
+    Django's thread would hold that thread, and every other request of the process, for the whole wait."""
     base = service["base"]
     alice = session_for(service["token"]("alice"))
     blocker = submit(alice, base, prompt="a long job ahead", steps=600)
-    answers = []
+    answers, waited = [], []
 
     def wait_on_blocker() -> None:
         with alice.get(f"{blocker['url']}events", stream=True, timeout=60) as response:
             answers.append([kind for _, kind, _ in sse_events(response)][-1])
 
+    def wait_on_a_new_job() -> None:
+        response = alice.post(
+            f"{base}/api/v1/jobs/", json={"prompt": "behind it", "steps": 2}, headers={"Prefer": "wait=8"}, timeout=30
+        )
+        waited.append(response.status_code)
+
     watchers = [threading.Thread(target=wait_on_blocker) for _ in range(64)]
+    watchers += [threading.Thread(target=wait_on_a_new_job) for _ in range(6)]  # 3 per API process
     for watcher in watchers:
         watcher.start()
-    time.sleep(1.0)
-    started = time.monotonic()
-    assert alice.get(blocker["url"], timeout=10).status_code == 200
-    assert time.monotonic() - started < 2.0
+    time.sleep(1.5)
+    for _ in range(3):
+        started = time.monotonic()
+        assert alice.get(blocker["url"], timeout=10).status_code == 200
+        assert time.monotonic() - started < 2.0
+    assert waited == []  # the waits are still waiting: the reads did not queue behind them
     alice.post(f"{blocker['url']}cancel/", timeout=10)
     for watcher in watchers:
         watcher.join(timeout=60)
     assert answers == ["end"] * 64
+    assert len(waited) == 6 and set(waited) <= {200, 202}, waited
