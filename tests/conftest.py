@@ -5,8 +5,8 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-# Tiers (`make test` runs them all; `make test-unit` deselects servers, browser and slow). A folder's tier is set
-# here, once; a single slow test elsewhere carries `@pytest.mark.slow` itself.
+# Tiers (`make test` runs them all; `make test-unit` deselects servers, browser, slow and fuzz). A folder's tier is
+# set here, once; a single slow or fuzzing test elsewhere carries `@pytest.mark.slow` or `@pytest.mark.fuzz` itself.
 FOLDER_MARKS = {
     "e2e": "servers",  # a real API process and worker on PostgreSQL and Redis
     "faults": "servers",  # kills and restarts real processes and servers

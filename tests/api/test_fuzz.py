@@ -49,6 +49,7 @@ def token(django_user_model, db, monkeypatch, tiny_model_dir, settings, keep_tes
     return token_issue(user=user)
 
 
+@pytest.mark.fuzz
 @schema.parametrize()
 @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
 def test_api_matches_its_schema(case, token):

@@ -456,6 +456,7 @@ def fuzz_token(django_user_model, db, keep_test_connection, worker, follow):  # 
     return token_issue(user=django_user_model.objects.create_user("fuzzer", password="fuzz-pw"))
 
 
+@pytest.mark.fuzz
 @schema.parametrize()
 @hypothesis_settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck))
 def test_the_v1_routes_match_their_schema_under_fuzzing(case, fuzz_token):
