@@ -28,6 +28,7 @@ Usage
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import re
@@ -271,8 +272,6 @@ def run_client(service: Service, steps: int, deadline: float, done: list[float],
 def measure_streams(model_dir: Path, streams: int, jobs: int, steps: int, size: int) -> dict:
     """`streams` event streams spread over `jobs` jobs that run one after another; each progress event's delay
     (arrival here minus the worker's `at`, one clock) and the status route under wrk with and without the streams."""
-    import asyncio
-
     resource.setrlimit(resource.RLIMIT_NOFILE, (4 * streams + 256, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
     with Service(model_dir, {"JOB_MAX_STEPS": str(max(150, steps))}) as service:
         session = requests.Session()
@@ -291,8 +290,6 @@ def measure_streams(model_dir: Path, streams: int, jobs: int, steps: int, size: 
 
 
 async def _follow_all(service: Service, paths: list[str], streams: int, done: dict) -> dict:
-    import asyncio
-
     delays: list[float] = []
     ends: list[str] = []
     connected = asyncio.Semaphore(0)
@@ -321,8 +318,6 @@ async def _follow_all(service: Service, paths: list[str], streams: int, done: di
 
 async def _follow(path: str, headers: dict, delays: list[float], ends: list[str], connected) -> None:
     """One event stream over a raw socket (HTTP/1.1, chunked): light enough that 500 fit in this process."""
-    import asyncio
-
     reader, writer = await asyncio.open_connection("127.0.0.1", PORT)
     auth = "".join(f"{key}: {value}\r\n" for key, value in headers.items())
     writer.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}Accept: text/event-stream\r\n\r\n".encode())

@@ -20,14 +20,14 @@ django.setup(set_prefix=False)
 class APIHandler(ASGIHandler):
     """Django's ASGI handler, made as cheap as a sync worker for synchronous views.
 
-    Two changes, each measured on the job status route (BENCHMARKS.md, "Status reads, WSGI against ASGI"):
+    Two changes, each measured on the job status route (BENCHMARKS.md, "Status reads under ASGI, and event streams"):
 
     * No thread per request. Django wraps each request in a `ThreadSensitiveContext`, which gives its synchronous code
       a new thread, and with it a new database connection; a hundred clients meant a hundred threads contending for
       the GIL. Without the context, asgiref runs all synchronous code of the process in one long-lived thread, which
       keeps one persistent connection (CONN_MAX_AGE).
     * One hand-over per request. Through the async middleware chain every Django middleware hands each of its hooks
-      to that thread and back (about 15 hand-overs of 30-70 us a request). A request for a synchronous view instead
+      to that thread and back (about 15 hand-overs a request). A request for a synchronous view instead
       runs the synchronous chain, as WSGI does, in one hand-over. Requests for async views (events, waiting creates,
       the OpenAI and A1111 routes) take the async chain and never occupy the thread while they wait.
     """

@@ -2,7 +2,7 @@
 
 from diffusion_api.accounts.models import ApiToken
 from diffusion_api.accounts.services import token_digest
-from diffusion_api.jobs.selectors import one_or_none
+from diffusion_api.queries import one_or_none
 
 
 def token_for_key(*, key: str) -> ApiToken | None:

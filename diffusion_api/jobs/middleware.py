@@ -16,8 +16,8 @@ IMAGE_BODY_PATHS = ("/api/v1/uploads/", "/api/v1/jobs/")
 
 
 class _BothModes:
-    """A middleware that runs sync or async, following `get_response`; subclasses write `_refuse(request)` (a response
-    that ends the request, or None) and may override `_respond`."""
+    """A middleware that runs sync or async, following `get_response`. Subclasses write `_answer(request)`: a response
+    that ends the request here, or None to pass it on."""
 
     sync_capable = True
     async_capable = True
@@ -31,35 +31,32 @@ class _BothModes:
     def __call__(self, request):
         if self.async_mode:
             return self._acall(request)
-        return self._refuse(request) or self.get_response(request)
+        return self._answer(request) or self.get_response(request)
 
     async def _acall(self, request):
-        return self._refuse(request) or await self.get_response(request)
+        return self._answer(request) or await self.get_response(request)
 
-    def _refuse(self, request):
+    def _answer(self, request):
         return None
 
 
-class StaticFilesMiddleware(WhiteNoiseMiddleware):
+class StaticFilesMiddleware(_BothModes, WhiteNoiseMiddleware):
     """WhiteNoise (static files for the admin and the API docs), able to run async: under ASGI a request for anything
     but a static file passes straight on, and only a static file is served from a thread."""
 
-    sync_capable = True
-    async_capable = True
-
     def __init__(self, get_response):
-        super().__init__(get_response)
-        self.async_mode = iscoroutinefunction(get_response)
-        if self.async_mode:
-            markcoroutinefunction(self)
+        WhiteNoiseMiddleware.__init__(self, get_response)
+        _BothModes.__init__(self, get_response)
 
-    def __call__(self, request):
-        if self.async_mode:
-            return self._acall(request)
-        return super().__call__(request)
+    def _static_file(self, request):
+        return self.find_file(request.path_info) if self.autorefresh else self.files.get(request.path_info)
+
+    def _answer(self, request):
+        static_file = self._static_file(request)
+        return None if static_file is None else self.serve(static_file, request)
 
     async def _acall(self, request):
-        static_file = self.find_file(request.path_info) if self.autorefresh else self.files.get(request.path_info)
+        static_file = self._static_file(request)
         if static_file is not None:
             return await sync_to_async(self.serve)(static_file, request)
         return await self.get_response(request)
@@ -69,7 +66,7 @@ class BodySizeLimitMiddleware(_BothModes):
     """Refuse API request bodies over JOB_MAX_BODY_BYTES (JOB_MAX_IMAGE_BODY_BYTES on the routes that take images)
     with a 413 before anything reads them."""
 
-    def _refuse(self, request):
+    def _answer(self, request):
         if not request.path.startswith("/api/"):
             return None
         try:

@@ -9,6 +9,7 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from diffusion_api.jobs.models import Job, JobImage, JobStatus, ModelStepCost, WorkerHeartbeat
+from diffusion_api.queries import one_or_none
 
 
 def job_list(*, user, status: str | None = None) -> QuerySet[Job]:
@@ -22,13 +23,6 @@ def job_list(*, user, status: str | None = None) -> QuerySet[Job]:
 def job_visible_to(*, user) -> QuerySet[Job]:
     """Staff see every job; anyone else only their own."""
     return Job.objects.all() if user.is_staff else Job.objects.filter(owner=user)
-
-
-def one_or_none(queryset: QuerySet):
-    """The one row a unique lookup finds, or None. Cheaper than `.first()`, which orders the rows (by the model's
-    ordering or the key): compiling that ORDER BY was a measurable part of a status read (BENCHMARKS.md)."""
-    rows = list(queryset.order_by()[:1])
-    return rows[0] if rows else None
 
 
 def job_get(*, user, job_id: UUID) -> Job | None:
