@@ -12,6 +12,11 @@ What is measured (each part is a flag; `--all` runs every one):
   `--stream-steps` steps at 64 × 64 as they run one after another; how long after the worker's step each progress
   event arrives (p50, p99; the worker stamps `at`), and the status route under `wrk` with 10 connections with and
   without the streams open.
+* `--profile`: where a status read's time goes: `py-spy` samples the API's processes while `wrk` polls one job
+  with 100 connections; each function's share of the samples it appears in (inclusive), the top ones.
+* `--open-loop N`: N clients, each polling one job's status once a second on a fixed schedule (an open-loop load:
+  a late answer does not delay the next request, and each latency counts from when the request was due), over 20
+  jobs (10 finished, 10 queued or running); p50, p99 and the worst latency.
 * `--throughput`: jobs per minute with 1, 4 and 16 concurrent clients, each submitting a job and
   polling it every `--poll-interval` seconds to the end, over and over for `--seconds`; once with
   WORKER_BATCH_SIZE=1 (no batching) and once with WORKER_BATCH_SIZE=4, each on a fresh service.
@@ -69,7 +74,9 @@ class Service:
     """A fresh database, the API under gunicorn and one worker, with the given extra environment."""
 
     def __init__(self, model_dir: Path, extra_env: dict | None = None, server: str = "asgi"):
-        self.server = server
+        # "asgi-direct": ASGI with every status read through Django (no kept answers, jobs.status_reads)
+        self.server = server.removesuffix("-direct")
+        extra_env = {**(extra_env or {}), **({"STATUS_READ_CACHE_MB": "0"} if server.endswith("-direct") else {})}
         self.db_name = f"bench_{uuid.uuid4().hex[:8]}"
         self.var = Path(tempfile.mkdtemp(prefix="bench-var-"))
         self.env = {
@@ -230,6 +237,117 @@ def parse_wrk(out: str) -> dict:
     }
 
 
+def measure_profile(model_dir: Path, seconds: int = 10, top: int = 25) -> list[dict]:
+    """py-spy (pip) on each API worker process while wrk polls a finished job; the functions most samples are in."""
+    spy = shutil.which("py-spy", path=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}")
+    if spy is None:
+        raise SystemExit("py-spy is missing: pip install -r requirements-dev.txt")
+    with Service(model_dir) as service:
+        session = requests.Session()
+        job = service.wait(session, service.submit(session, steps=2), finished)
+        run_wrk(service, job, 100, seconds=3)  # warm: connections, caches
+        out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(service.api.pid)], capture_output=True, text=True)
+        folded = [service.var / f"profile-{pid}.txt" for pid in out.stdout.split()]
+        spies = [
+            subprocess.Popen(
+                [spy, "record", "--format", "raw", "--rate", "200", "--duration", str(seconds), "--nonblocking"]
+                + ["--pid", path.stem.split("-")[1], "--output", str(path)],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            for path in folded
+        ]
+        run_wrk(service, job, 100, seconds=seconds)
+        for spy in spies:
+            spy.wait(timeout=60)
+        return profile_shares([line for path in folded if path.exists() for line in path.read_text().splitlines()], top)
+
+
+def profile_shares(lines: list[str], top: int) -> list[dict]:
+    """Inclusive shares from py-spy's folded stacks ("frame;frame;frame count"): for each function (name and file),
+    the fraction of all samples whose stack holds it. Only the project's, Django's, DRF's, psycopg's, asgiref's and
+    uvicorn's functions are listed; the event loop and interpreter frames are in every stack and say nothing."""
+    total = 0
+    seen: dict[str, int] = {}
+    wanted = ("diffusion_api/", "django/", "rest_framework/", "psycopg/", "asgiref/", "uvicorn/", "whitenoise/")
+    for line in lines:
+        stack, _, count = line.rpartition(" ")
+        samples = int(count)
+        total += samples
+        names = set()
+        for frame in stack.split(";"):
+            function, _, where = frame.partition(" (")
+            path = where.split(":")[0]
+            for root in wanted:
+                if root in path:
+                    names.add(f"{function} ({root}{path.split(root, 1)[1]})")
+                    break
+        for name in names:
+            seen[name] = seen.get(name, 0) + samples
+    ranked = sorted(seen.items(), key=lambda item: -item[1])[:top]
+    return [{"function": name, "share": round(count / total, 3)} for name, count in ranked] if total else []
+
+
+def measure_open_loop(model_dir: Path, clients: int, seconds: float, servers: tuple[str, ...]) -> list[dict]:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (2 * clients + 256, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+    rows = []
+    for server in servers:
+        with Service(model_dir, {"JOB_MAX_STEPS": "150"}, server=server) as service:
+            session = requests.Session()
+            jobs = [service.submit(session, steps=2, seed=seed) for seed in range(10)]
+            jobs = [service.wait(session, job, finished) for job in jobs]
+            jobs += [service.submit(session, steps=150, width=256, height=256, seed=seed) for seed in range(10)]
+            paths = [urlparse(job["url"]).path for job in jobs]
+            result = asyncio.run(_open_loop(paths, service.headers, clients, seconds))
+            states = [session.get(job["url"], headers=service.headers, timeout=10).json()["status"] for job in jobs]
+            rows.append({"server": server, "clients": clients, "seconds": seconds, **result, "jobs_at_end": states})
+    return rows
+
+
+async def _open_loop(paths: list[str], headers: dict, clients: int, seconds: float) -> dict:
+    latencies: list[float] = []
+    errors: list[str] = []
+    start = time.monotonic() + 1.0
+    await asyncio.gather(
+        *(
+            _poll_on_schedule(paths[i % len(paths)], headers, start + i / clients, start + seconds, latencies, errors)
+            for i in range(clients)
+        )
+    )
+    return {
+        "requests": len(latencies) + len(errors),
+        "errors": len(errors),
+        "first_error": errors[0] if errors else None,
+        "p50_ms": round(1000 * percentile(latencies, 50), 2),
+        "p99_ms": round(1000 * percentile(latencies, 99), 2),
+        "max_ms": round(1000 * max(latencies), 2),
+    }
+
+
+async def _poll_on_schedule(path, headers, first: float, end: float, latencies: list, errors: list) -> None:
+    """GET `path` once a second from `first` until `end` on one kept-alive connection; each latency from when the
+    request was due, so a slow answer counts against the ones that had to wait behind it."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", PORT)
+    request = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{PORT}\r\n"
+    request += "".join(f"{name}: {value}\r\n" for name, value in headers.items()) + "\r\n"
+    due = first
+    try:
+        while due < end:
+            await asyncio.sleep(max(0.0, due - time.monotonic()))
+            writer.write(request.encode())
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = int(re.search(rb"content-length: (\d+)", head, re.IGNORECASE).group(1))
+            await reader.readexactly(length)
+            status = head.split(b" ", 2)[1]
+            if status == b"200":
+                latencies.append(time.monotonic() - due)
+            else:
+                errors.append(status.decode())
+            due += 1.0
+    finally:
+        writer.close()
+
+
 def measure_throughput(model_dir: Path, seconds: float, steps: int, poll: float) -> list[dict]:
     results = []
     for batch in (1, 4):
@@ -365,13 +483,20 @@ def main() -> int:
     parser.add_argument("--latency", action="store_true")
     parser.add_argument("--polling", action="store_true")
     parser.add_argument("--throughput", action="store_true")
+    parser.add_argument("--profile", action="store_true")
     parser.add_argument("--streams", type=int, default=0, help="this many event streams (the issue asks for 500)")
     parser.add_argument("--stream-jobs", type=int, default=4, help="--streams: jobs the streams follow")
     parser.add_argument("--stream-steps", type=int, default=150, help="--streams: steps of each followed job")
     parser.add_argument("--memory", action="store_true")
     parser.add_argument("--latency-jobs", type=int, default=30)
     parser.add_argument("--repeat", type=int, default=3, help="--polling: runs of each server kind, alternating")
-    parser.add_argument("--servers", default="wsgi,asgi", help="--polling: server kinds, of wsgi and asgi")
+    parser.add_argument(
+        "--servers",
+        default="wsgi,asgi",
+        help="--polling, --open-loop: server kinds, of wsgi, asgi and asgi-direct (ASGI without kept status answers)",
+    )
+    parser.add_argument("--open-loop", type=int, default=0, help="this many clients each polling once a second")
+    parser.add_argument("--open-loop-seconds", type=float, default=30)
     parser.add_argument("--seconds", type=float, default=60, help="length of each throughput measurement")
     parser.add_argument("--steps", type=int, default=10, help="denoising steps of each throughput job")
     parser.add_argument("--poll-interval", type=float, default=0.5, help="seconds between a client's polls")
@@ -381,6 +506,7 @@ def main() -> int:
     from generator import TinyModelConfig, make_tiny_model
 
     tiny = make_tiny_model(Path(tempfile.mkdtemp(prefix="bench-tiny-")) / "tiny", TinyModelConfig(sample_size=32))
+    servers = tuple(args.servers.split(","))
     results: dict = {"machine": {"cpus": os.cpu_count(), "load_start": os.getloadavg()}}
     if args.all or args.latency:
         results["latency"] = measure_latency(tiny, args.latency_jobs)
@@ -390,7 +516,7 @@ def main() -> int:
             flush=True,
         )
     if args.all or args.polling:
-        results["polling"] = measure_polling(tiny, args.repeat, tuple(args.servers.split(",")))
+        results["polling"] = measure_polling(tiny, args.repeat, servers)
         for row in results["polling"]:
             print(
                 f"GET job ({row['server']}, median of {row['runs']}), {row['connections']} connections: "
@@ -399,6 +525,21 @@ def main() -> int:
                 f" {row['requests_per_s']:.0f} req/s, non-2xx {row['non_2xx']}",
                 flush=True,
             )
+    if args.open_loop:
+        results["open_loop"] = measure_open_loop(tiny, args.open_loop, args.open_loop_seconds, servers)
+        for row in results["open_loop"]:
+            print(
+                f"GET job ({row['server']}), {row['clients']} clients once a second for {row['seconds']:.0f} s: "
+                f"p50 {row['p50_ms']:.1f} ms, p99 {row['p99_ms']:.1f} ms, worst {row['max_ms']:.1f} ms, "
+                f"{row['requests']} requests, {row['errors']} errors; jobs at the end: "
+                f"{', '.join(sorted(set(row['jobs_at_end'])))}",
+                flush=True,
+            )
+    if args.profile:
+        results["profile"] = measure_profile(tiny)
+        print("| share of samples | function |\n|---|---|")
+        for row in results["profile"]:
+            print(f"| {100 * row['share']:.0f}% | `{row['function']}` |", flush=True)
     if args.all or args.streams:
         streams = args.streams or 500
         results["streams"] = row = measure_streams(tiny, streams, args.stream_jobs, args.stream_steps, 64)

@@ -16,6 +16,8 @@ from django.urls import Resolver404, resolve
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "diffusion_api.settings.production")
 django.setup(set_prefix=False)
 
+from diffusion_api.jobs.status_reads import status_reads  # noqa: E402 (needs the apps loaded)
+
 
 class APIHandler(ASGIHandler):
     """Django's ASGI handler, made as cheap as a sync worker for synchronous views.
@@ -30,6 +32,9 @@ class APIHandler(ASGIHandler):
       to that thread and back (about 15 hand-overs a request). A request for a synchronous view instead
       runs the synchronous chain, as WSGI does, in one hand-over. Requests for async views (events, waiting creates,
       the OpenAI and A1111 routes) take the async chain and never occupy the thread while they wait.
+
+    And a job's status read whose job has not changed since Django last answered it is answered again from that
+    answer, after one query (jobs.status_reads).
     """
 
     def __init__(self):
@@ -37,11 +42,15 @@ class APIHandler(ASGIHandler):
         sync_handler = BaseHandler()
         sync_handler.load_middleware(is_async=False)
         self._sync_response = sync_to_async(sync_handler.get_response, thread_sensitive=True)
+        self.status_reads = status_reads()
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await super().__call__(scope, receive, send)  # Django refuses it with its own message
-        await self.handle(scope, receive, send)
+        if self.status_reads is not None:
+            await self.status_reads(scope, receive, send, self.handle)
+        else:
+            await self.handle(scope, receive, send)
 
     async def get_response_async(self, request):
         if _view_is_async(request.path_info):

@@ -246,6 +246,9 @@ JOB_PROGRESS_INTERVAL = env_float("JOB_PROGRESS_INTERVAL", 0.25)  # seconds betw
 JOB_PREVIEW_INTERVAL = env_float("JOB_PREVIEW_INTERVAL", 1.0)
 # Prefer: wait=N on create holds the answer until the job ends, at most this many seconds.
 JOB_MAX_WAIT_SECONDS = env_int("JOB_MAX_WAIT_SECONDS", 60)
+# Status reads of unchanged jobs are answered again from Django's last answer after one query (jobs.status_reads),
+# under ASGI with PostgreSQL; at most this many MB of answers per API process. 0: every read goes through Django.
+STATUS_READ_CACHE_MB = env_int("STATUS_READ_CACHE_MB", 32)
 # Cost admission: a job whose estimated run time (the model's measured seconds per step and megapixel-row on the
 # workers × megapixels × rows × steps) is over JOB_COST_HEADROOM × JOB_SOFT_TIME_LIMIT is a 400 saying what fits.
 # JOB_STEP_SECONDS_PER_MEGAPIXEL is the estimate before the workers have measured a model (a prior worth one
