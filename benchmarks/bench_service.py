@@ -71,9 +71,11 @@ def percentile(values: list[float], q: float) -> float:
 
 
 class Service:
-    """A fresh database, the API under gunicorn and one worker, with the given extra environment."""
+    """A fresh database, the API under gunicorn and `workers` workers (one process each), with the given extra
+    environment."""
 
-    def __init__(self, model_dir: Path, extra_env: dict | None = None, server: str = "asgi"):
+    def __init__(self, model_dir: Path, extra_env: dict | None = None, server: str = "asgi", workers: int = 1):
+        self.worker_count = workers
         # "asgi-direct": ASGI with every status read through Django (no kept answers, jobs.status_reads)
         self.server = server.removesuffix("-direct")
         extra_env = {**(extra_env or {}), **({"STATUS_READ_CACHE_MB": "0"} if server.endswith("-direct") else {})}
@@ -106,7 +108,11 @@ class Service:
         env = {**os.environ, **self.env}
         subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True)
         self.api = start_api(PORT, env=self.env, log=self.var / "api.log", gunicorn=True, server=self.server)
-        self.worker = start_worker(env=self.env, log=self.var / "worker.log")
+        self.workers = [
+            start_worker(env=self.env, log=self.var / f"worker{i}.log", name=f"worker{i}")
+            for i in range(self.worker_count)
+        ]
+        self.worker = self.workers[0]
         wait_healthy(BASE, timeout=300)
         token = subprocess.run(
             [sys.executable, "manage.py", "issue_token", "bench"],
@@ -120,7 +126,7 @@ class Service:
         return self
 
     def __exit__(self, *exc) -> None:
-        stop(self.api, self.worker)
+        stop(self.api, *self.workers)
         with psycopg.connect(ADMIN_DB, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{self.db_name}" WITH (FORCE)')
         shutil.rmtree(self.var, ignore_errors=True)
@@ -153,17 +159,62 @@ def finished(job: dict) -> bool:
 
 
 def measure_latency(model_dir: Path, jobs: int) -> dict:
+    """POST → the worker's first step, and its parts, from one clock (this machine's): the client's send and answer,
+    the job row's `created_at` (the request, parsed and checked), `published_at` (stored, committed and handed to the
+    broker) and `started_at` (the claim), and the worker's progress events for steps 1 and 2 (Redis, their `at`).
+    Jobs of 2 steps: the second step's event is never held back, so step 2 − step 1 is one step, and the encode is
+    what remains between the claim and step 1. `seen` is when this client's polls (every 5 ms) saw step 1."""
     with Service(model_dir) as service:
         session = requests.Session()
         service.wait(session, service.submit(session, steps=2), finished)  # warm: the model loads here
-        latencies = []
+        steps_at: dict[tuple[str, int], float] = {}
+        listener = redis.Redis.from_url(REDIS).pubsub()
+        listener.psubscribe("job-events:*")
+        listener.get_message(timeout=1)  # the subscription's confirmation
+
+        def listen() -> None:
+            for message in listener.listen():
+                if message["type"] == "pmessage":
+                    event = json.loads(message["data"])
+                    if event.get("type") == "progress":
+                        steps_at[message["channel"].decode().split(":", 1)[1], event["step"]] = event["at"]
+
+        threading.Thread(target=listen, daemon=True).start()
+        rows = []
         for _ in range(jobs):
-            started = time.perf_counter()
+            sent = time.time()
             job = service.submit(session, steps=2)
+            answered = time.time()
             service.wait(session, job, lambda j: j["progress"]["step"] >= 1 or finished(j), interval=0.005)
-            latencies.append(time.perf_counter() - started)
+            seen = time.time()
             service.wait(session, job, finished)
-    return {"jobs": jobs, "p50_ms": 1000 * percentile(latencies, 50), "p99_ms": 1000 * percentile(latencies, 99)}
+            rows.append({"id": job["id"], "sent": sent, "answered": answered, "seen": seen})
+        time.sleep(0.5)
+        listener.punsubscribe()
+        with psycopg.connect(service.env["DATABASE_URL"]) as db:
+            for row in rows:
+                created, published, started = db.execute(
+                    "SELECT created_at, published_at, started_at FROM jobs_job WHERE id = %s", (row["id"],)
+                ).fetchone()
+                step1, step2 = steps_at.get((row["id"], 1)), steps_at.get((row["id"], 2))
+                if step1 is None or step2 is None:
+                    raise SystemExit(f"job {row['id']}: no progress events for steps 1 and 2 on Redis")
+                row.update(
+                    parsed=created.timestamp() - row["sent"],
+                    stored=published.timestamp() - created.timestamp(),
+                    broker_and_claim=started.timestamp() - published.timestamp(),
+                    encode=(step1 - started.timestamp()) - (step2 - step1),
+                    step=step2 - step1,
+                    first_step=step1 - row["sent"],
+                    answer=row["answered"] - row["sent"],
+                    seen_by_polls=row["seen"] - row["sent"],
+                )
+    parts = ("first_step", "answer", "parsed", "stored", "broker_and_claim", "encode", "step", "seen_by_polls")
+    return {
+        "jobs": jobs,
+        **{f"{part}_p50_ms": round(1000 * percentile([r[part] for r in rows], 50), 1) for part in parts},
+        **{f"{part}_p99_ms": round(1000 * percentile([r[part] for r in rows], 99), 1) for part in parts},
+    }
 
 
 def measure_polling(model_dir: Path, repeat: int = 3, servers: tuple[str, ...] = ("wsgi", "asgi")) -> list[dict]:
@@ -509,12 +560,13 @@ def main() -> int:
     servers = tuple(args.servers.split(","))
     results: dict = {"machine": {"cpus": os.cpu_count(), "load_start": os.getloadavg()}}
     if args.all or args.latency:
-        results["latency"] = measure_latency(tiny, args.latency_jobs)
+        results["latency"] = row = measure_latency(tiny, args.latency_jobs)
         print(
-            f"POST → first step, idle: p50 {results['latency']['p50_ms']:.0f} ms, "
-            f"p99 {results['latency']['p99_ms']:.0f} ms ({args.latency_jobs} jobs)",
-            flush=True,
+            f"POST → the worker's first step, idle ({args.latency_jobs} jobs):\n"
+            "| part | p50 ms | p99 ms |\n|---|---|---|"
         )
+        for part in ("first_step", "answer", "parsed", "stored", "broker_and_claim", "encode", "step", "seen_by_polls"):
+            print(f"| {part} | {row[part + '_p50_ms']} | {row[part + '_p99_ms']} |", flush=True)
     if args.all or args.polling:
         results["polling"] = measure_polling(tiny, args.repeat, servers)
         for row in results["polling"]:

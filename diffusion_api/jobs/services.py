@@ -11,7 +11,7 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, models, transaction
-from django.db.models import F
+from django.db.models import Count, F, Q
 from django.utils import timezone
 
 from diffusion_api.jobs import catalog, cost, events, inputs, selectors
@@ -126,7 +126,11 @@ def job_submit(*, owner, idempotency_key: str | None = None, request_fingerprint
 
 
 def _check_capacity(owner) -> None:
-    active = Job.objects.filter(owner=owner, status__in=[JobStatus.QUEUED, JobStatus.RUNNING]).count()
+    # Both counts in one query: this is on the way from a POST to the worker's first step.
+    counts = Job.objects.filter(status__in=[JobStatus.QUEUED, JobStatus.RUNNING]).aggregate(
+        active=Count("id", filter=Q(owner=owner)), depth=Count("id", filter=Q(status=JobStatus.QUEUED))
+    )
+    active, depth = counts["active"], counts["depth"]
     if active >= settings.JOB_MAX_ACTIVE_PER_USER:
         raise CapacityExceeded(
             f"you have {active} unfinished jobs; at most {settings.JOB_MAX_ACTIVE_PER_USER} may be queued or "
@@ -134,7 +138,6 @@ def _check_capacity(owner) -> None:
             retry_after=settings.JOB_RETRY_AFTER,
             whole_service=False,
         )
-    depth = Job.objects.filter(status=JobStatus.QUEUED).count()
     if depth >= settings.JOB_MAX_QUEUE_DEPTH:
         raise CapacityExceeded(
             f"the queue is full ({depth} jobs waiting); try again later",
@@ -436,10 +439,13 @@ def job_claim_batch(*, job: Job, worker: str, limit: int) -> list[Job]:
         .exclude(id=job.id)
         .values_list("id", "owner_id", "num_images", "guidance_scale")[: 4 * limit]
     )
+    candidates = list(candidates)
+    if not candidates:
+        return []  # the usual case on an idle service: no cost estimate needed
     rate = selectors.model_step_rate(model=job.model)
     images, guided = job.num_images, cost.is_guided(job.guidance_scale)
     mates = []
-    for candidate, _owner, num_images, guidance_scale in _owners_in_turn(list(candidates)):
+    for candidate, _owner, num_images, guidance_scale in _owners_in_turn(candidates):
         if len(mates) == limit:
             break
         with_mate = cost.unet_rows(num_images=images + num_images, guided=guided or cost.is_guided(guidance_scale))
@@ -535,11 +541,11 @@ def job_renew_lease(*, job_id: UUID, worker: str) -> bool:
 
 def job_report_progress(*, job_id: UUID, worker: str, step: int, total: int) -> bool:
     """Store progress of a running job; return True when the job should stop (canceled, or no longer ours)."""
-    Job.objects.filter(id=job_id, status=JobStatus.RUNNING, worker=worker).update(
+    # One statement: a job that is still this claim's and not asked to cancel takes the step; otherwise, stop.
+    written = Job.objects.filter(id=job_id, status=JobStatus.RUNNING, worker=worker, cancel_requested=False).update(
         progress_step=step, progress_total=total
     )
-    row = Job.objects.filter(id=job_id).values_list("status", "worker", "cancel_requested").first()
-    return row is None or row[0] != JobStatus.RUNNING or row[1] != worker or row[2]
+    return not written
 
 
 class Outcome(models.TextChoices):

@@ -92,7 +92,36 @@ def test_bench_service_latency_on_postgres_and_redis():
     if not os.environ.get("DATABASE_URL") or not os.environ.get("REDIS_URL"):
         pytest.fail("DATABASE_URL and REDIS_URL must name the real servers (make test sets them)")
     out = run_benchmark("benchmarks.bench_service", "--latency", "--latency-jobs", "2")
-    assert re.search(r"POST → first step, idle: p50 \d+ ms, p99 \d+ ms \(2 jobs\)", out), out
+    assert "POST → the worker's first step, idle (2 jobs)" in out, out
+    # Every part was measured: the progress events of both steps reached Redis, and the job row has its times.
+    for part in ("first_step", "answer", "parsed", "broker_and_claim", "encode", "step", "seen_by_polls"):
+        assert re.search(rf"^\| {part} \| -?[\d.]+ \| -?[\d.]+ \|$", out, re.MULTILINE), (part, out)
+
+
+@pytest.mark.servers
+def test_bench_service_open_loop_and_profile_on_postgres_and_redis():
+    if not os.environ.get("DATABASE_URL") or not os.environ.get("REDIS_URL"):
+        pytest.fail("DATABASE_URL and REDIS_URL must name the real servers (make test sets them)")
+    out = run_benchmark(
+        "benchmarks.bench_service", "--open-loop", "20", "--open-loop-seconds", "3", "--servers", "asgi", "--profile"
+    )
+    # 20 clients × 3 s, every answer a 200 (an error would be counted apart).
+    found = re.search(r"GET job \(asgi\), 20 clients once a second for 3 s: .* (\d+) requests, (\d+) errors", out)
+    assert found and int(found.group(1)) == 60 and found.group(2) == "0", out
+    # The profile sampled the API while wrk read a finished job: its reads went through the kept answers.
+    kept = r"^\| \d+% \| `StatusReads.__call__ \(diffusion_api/jobs/status_reads.py\)` \|$"
+    assert re.search(kept, out, re.MULTILINE), out
+
+
+@pytest.mark.servers
+def test_bench_load_runs_locust_against_two_workers():
+    if not os.environ.get("DATABASE_URL") or not os.environ.get("REDIS_URL"):
+        pytest.fail("DATABASE_URL and REDIS_URL must name the real servers (make test sets them)")
+    out = run_benchmark("benchmarks.bench_load", "--users", "4", "--seconds", "15", "--steps", "4")
+    row = json.loads(next(line for line in out.splitlines() if line.startswith("{")))
+    assert row["jobs_per_min"] > 0 and row["error_rate"] == 0, row
+    assert {"POST /api/v1/jobs/", "job succeeded"} <= set(row["routes"]), row
+    assert set(row["cpu_per_second"]) == {"api", "worker0", "worker1", "locust"}, row
 
 
 @pytest.mark.servers
