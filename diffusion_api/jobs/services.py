@@ -541,11 +541,12 @@ def job_renew_lease(*, job_id: UUID, worker: str) -> bool:
 
 def job_report_progress(*, job_id: UUID, worker: str, step: int, total: int) -> bool:
     """Store progress of a running job; return True when the job should stop (canceled, or no longer ours)."""
-    # One statement: a job that is still this claim's and not asked to cancel takes the step; otherwise, stop.
-    written = Job.objects.filter(id=job_id, status=JobStatus.RUNNING, worker=worker, cancel_requested=False).update(
-        progress_step=step, progress_total=total
-    )
-    return not written
+    # One statement in the usual case: a job that is still this claim's and not asked to cancel takes the step.
+    ours = Job.objects.filter(id=job_id, status=JobStatus.RUNNING, worker=worker)
+    if ours.filter(cancel_requested=False).update(progress_step=step, progress_total=total):
+        return False
+    ours.update(progress_step=step, progress_total=total)  # asked to cancel: it still shows where it stopped
+    return True
 
 
 class Outcome(models.TextChoices):
