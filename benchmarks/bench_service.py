@@ -2,9 +2,9 @@
 
 What is measured (each part is a flag; `--all` runs every one):
 
-* `--latency`: POST → the worker's first denoising step, on an idle service. One client submits a
-  job, then polls it every 5 ms until `progress.step >= 1`; p50 and p99 over `--latency-jobs` jobs.
-  The figure includes the broker hop, the claim, prompt encoding and one UNet step of the tiny model.
+* `--latency`: POST → the worker's first denoising step (its progress event's `at`), on an idle service, and the
+  parts of that time (the request, the broker and the claim, the prompt's encoding, the step); p50 and p99 over
+  `--latency-jobs` jobs of 2 steps. Also when the client, polling every 5 ms, saw the step.
 * `--polling`: GET jobs/{id}/ under load from `wrk` (Debian package) with 100 and 200 connections
   for 10 s each; wrk's p50 and p99 and requests per second. Once under gunicorn's sync workers (WSGI) and once
   under its uvicorn workers (ASGI, as deployed), alternating `--repeat` times; the medians.
@@ -12,8 +12,9 @@ What is measured (each part is a flag; `--all` runs every one):
   `--stream-steps` steps at 64 × 64 as they run one after another; how long after the worker's step each progress
   event arrives (p50, p99; the worker stamps `at`), and the status route under `wrk` with 10 connections with and
   without the streams open.
-* `--profile`: where a status read's time goes: `py-spy` samples the API's processes while `wrk` polls one job
-  with 100 connections; each function's share of the samples it appears in (inclusive), the top ones.
+* `--profile`: where a status read's time goes: `py-spy` samples the API's processes (`--profile-server`, asgi or
+  asgi-direct) while `wrk` polls one job with 100 connections; each function's share of the samples it appears in
+  (inclusive), the top ones.
 * `--open-loop N`: N clients, each polling one job's status once a second on a fixed schedule (an open-loop load:
   a late answer does not delay the next request, and each latency counts from when the request was due), over 20
   jobs (10 finished, 10 queued or running); p50, p99 and the worst latency.
@@ -288,12 +289,12 @@ def parse_wrk(out: str) -> dict:
     }
 
 
-def measure_profile(model_dir: Path, seconds: int = 10, top: int = 25) -> list[dict]:
+def measure_profile(model_dir: Path, server: str = "asgi", seconds: int = 10, top: int = 25) -> list[dict]:
     """py-spy (pip) on each API worker process while wrk polls a finished job; the functions most samples are in."""
     spy = shutil.which("py-spy", path=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}")
     if spy is None:
         raise SystemExit("py-spy is missing: pip install -r requirements-dev.txt")
-    with Service(model_dir) as service:
+    with Service(model_dir, server=server) as service:
         session = requests.Session()
         job = service.wait(session, service.submit(session, steps=2), finished)
         run_wrk(service, job, 100, seconds=3)  # warm: connections, caches
@@ -535,6 +536,7 @@ def main() -> int:
     parser.add_argument("--polling", action="store_true")
     parser.add_argument("--throughput", action="store_true")
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--profile-server", default="asgi", help="--profile: the server kind profiled")
     parser.add_argument("--streams", type=int, default=0, help="this many event streams (the issue asks for 500)")
     parser.add_argument("--stream-jobs", type=int, default=4, help="--streams: jobs the streams follow")
     parser.add_argument("--stream-steps", type=int, default=150, help="--streams: steps of each followed job")
@@ -588,7 +590,7 @@ def main() -> int:
                 flush=True,
             )
     if args.profile:
-        results["profile"] = measure_profile(tiny)
+        results["profile"] = measure_profile(tiny, args.profile_server)
         print("| share of samples | function |\n|---|---|")
         for row in results["profile"]:
             print(f"| {100 * row['share']:.0f}% | `{row['function']}` |", flush=True)
