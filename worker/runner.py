@@ -15,7 +15,7 @@ from django.conf import settings
 from django.db import connection
 from PIL import Image
 
-from diffusion_api.jobs import cost, events, services
+from diffusion_api.jobs import cost, events, services, store
 from diffusion_api.jobs.models import Job
 from diffusion_api.jobs.services import Outcome
 from generator import GenerationRequest, LoadedModel, generate, load_model, make_tiny_model, resolve_request
@@ -261,10 +261,12 @@ def _run(jobs: list[Job], lease: LeaseKeeper, outcomes: dict) -> None:
     model = get_model(jobs[0].model)
     runnable, requests = [], []
     for job in jobs:
-        try:  # a bad request the API could not see (e.g. too many prompt tokens, a lost input file) fails alone
+        # A bad request the API could not see (e.g. too many prompt tokens, a lost input file), or an input the
+        # object store did not give within its timeouts and tries, fails alone, with the reason.
+        try:
             requests.append(resolve_request(model, request_for(job)))
             runnable.append(job)
-        except (ValueError, OSError) as error:
+        except (ValueError, *store.STORE_ERRORS) as error:
             outcomes[job.id] = record(job, Outcome.FAILED, lease, error=str(error))
     if not runnable:
         return

@@ -21,7 +21,7 @@ from diffusion_api.a1111 import errors, mapping, schema
 from diffusion_api.a1111.authentication import LimitedBasicAuthentication
 from diffusion_api.a1111.models import UserOptions
 from diffusion_api.accounts.authentication import BearerTokenAuthentication, HashedTokenAuthentication
-from diffusion_api.jobs import catalog, events, inputs, services
+from diffusion_api.jobs import catalog, events, inputs, selectors, services, store
 from diffusion_api.jobs.models import Job, JobProtocol, JobStatus
 from diffusion_api.jobs.serializers import JobCreateSerializer
 from diffusion_api.jobs.throttling import FailOpenScopedRateThrottle
@@ -76,6 +76,8 @@ def _submit(user, data, *, img2img: bool):
     except services.CapacityExceeded as error:
         code = status.HTTP_503_SERVICE_UNAVAILABLE if error.whole_service else status.HTTP_429_TOO_MANY_REQUESTS
         return errors.error(code, "HTTPException", str(error), {"Retry-After": str(error.retry_after)})
+    except store.StoreUnavailable as error:  # the init image or mask could not be stored: nothing was queued
+        return _store_down(error)
     return submission.job
 
 
@@ -94,12 +96,24 @@ def _answer(job_id, data: dict, *, img2img: bool) -> Response:
     for image in job.images.order_by("index"):
         text = mapping.infotext(job, image.index)
         texts.append(text)
-        images.append(base64.b64encode(mapping.with_parameters_chunk(bytes(image.png), text)).decode("ascii"))
+        try:
+            png = selectors.image_png(image=image)
+        except selectors.ImageExpired as error:
+            return errors.error(status.HTTP_410_GONE, "HTTPException", str(error))
+        except store.StoreUnavailable as error:
+            return _store_down(error)
+        images.append(base64.b64encode(mapping.with_parameters_chunk(png, text)).decode("ascii"))
     if data.get("send_images") is False:
         images = []
     return Response(
         {"images": images, "parameters": parameters, "info": json.dumps(mapping.info(job, infotexts=texts))}
     )
+
+
+def _store_down(error: store.StoreUnavailable) -> Response:
+    detail = f"the object store does not answer: {error}"
+    headers = {"Retry-After": str(settings.JOB_RETRY_AFTER)}
+    return errors.error(status.HTTP_503_SERVICE_UNAVAILABLE, "HTTPException", detail, headers)
 
 
 GENERATION_RESPONSES = {
@@ -108,8 +122,9 @@ GENERATION_RESPONSES = {
     413: schema.error("request body too large"),
     422: schema.INVALID,
     429: schema.error("too many unfinished jobs, or created too fast; see Retry-After"),
+    410: schema.error("the job's images expired (JOB_RESULT_RETENTION_SECONDS) before the answer"),
     500: schema.error("the job failed (its error is in detail)"),
-    503: schema.error("the queue is full; see Retry-After"),
+    503: schema.error("the queue is full, or the object store does not answer; see Retry-After"),
     202: schema.error("the job did not end within A1111_WAIT_SECONDS; it goes on: Location and detail name it"),
 }
 

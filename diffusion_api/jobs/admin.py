@@ -6,17 +6,31 @@ from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
 from django.utils.html import format_html, format_html_join
 
-from diffusion_api.jobs import services
-from diffusion_api.jobs.models import PARAMETER_FIELDS, Job, JobImage, ReviewStatus, Upload
+from diffusion_api.jobs import selectors, services, store
+from diffusion_api.jobs.models import PARAMETER_FIELDS, ImageState, Job, JobImage, ReviewStatus, Upload
 
 
-def _data_uri(image: JobImage) -> str:
-    return "data:image/png;base64," + base64.b64encode(bytes(image.png)).decode("ascii")
+def _src(image: JobImage) -> str | None:
+    """Where the page loads the image from: a presigned link for an image in the object store (the browser fetches
+    it, this process reads nothing), the bytes inline otherwise; None when they are gone (expired) or the store
+    does not answer, so the page still opens and says why (_missing)."""
+    if image.state == ImageState.STORED and store.is_object_store():
+        return store.signed_url(image.file.name)
+    try:
+        return "data:image/png;base64," + base64.b64encode(selectors.image_png(image=image)).decode("ascii")
+    except (selectors.ImageExpired, store.StoreUnavailable):
+        return None
+
+
+def _missing(image: JobImage) -> str:
+    return "expired" if image.state == ImageState.EXPIRED else "the object store does not answer"
 
 
 class JobImageInline(admin.TabularInline):
     model = JobImage
-    fields = ("index", "seed", "width", "height", "picture")
+    # Where the bytes are (stored, held in the database until the store takes them, expired) and the store's last
+    # refusal: what an operator looks at during and after an outage.
+    fields = ("index", "seed", "width", "height", "state", "store_error", "picture")
     readonly_fields = fields
     extra = 0
     can_delete = False
@@ -26,9 +40,12 @@ class JobImageInline(admin.TabularInline):
 
     @admin.display(description="image")
     def picture(self, image: JobImage) -> str:
+        uri = _src(image)
+        if uri is None:
+            return _missing(image)
         return format_html(
             '<img class="job-image" src="{}" width="{}" height="{}" alt="image {}">',
-            _data_uri(image),
+            uri,
             max(image.width, 256),
             max(image.height, 256),
             image.index,
@@ -39,10 +56,9 @@ def _input_preview(file, alt: str) -> str:
     if not file:
         return "—"
     try:
-        with file.open("rb") as opened:
-            data = opened.read()
-    except OSError:  # the storage lost it: say so rather than break the page
-        return f"missing from storage: {file.name}"
+        data = store.read(file.name)
+    except store.StoreUnavailable as error:  # lost, or the store is down: say so rather than break the page
+        return f"not readable from storage: {file.name} ({error})"
     uri = "data:image/png;base64," + base64.b64encode(data).decode("ascii")
     return format_html('<img class="job-input" src="{}" width="256" alt="{}">', uri, alt)
 
@@ -121,10 +137,11 @@ class JobAdmin(admin.ModelAdmin):
 
     @admin.display(description="images")
     def thumbnails(self, job: Job) -> str:
+        shown = [(uri, image.index) for image in job.images.all() if (uri := _src(image)) is not None]
         return format_html_join(
             "",
             '<img class="job-thumbnail" src="{}" width="48" height="48" alt="thumbnail {}" style="margin:1px">',
-            ((_data_uri(image), image.index) for image in job.images.all()),
+            shown,
         )
 
     @admin.action(description="Cancel selected jobs")
@@ -146,6 +163,8 @@ class JobAdmin(admin.ModelAdmin):
                 new.append(services.job_retry(job=job))
             except ValidationError as error:  # e.g. it no longer fits the time limit (services._check_cost)
                 refused.append(f"{job.id}: {'; '.join(error.messages)}")
+            except store.StoreUnavailable as error:  # its input image could not be read or written
+                refused.append(f"{job.id}: {error}")
         self.message_user(request, f"Queued {len(new)} new jobs.", messages.SUCCESS)
         if refused:
             self.message_user(request, "Not retried: " + " | ".join(refused), messages.WARNING)

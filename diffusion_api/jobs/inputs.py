@@ -13,10 +13,9 @@ import io
 import re
 
 from django.conf import settings
-from django.core.files.base import ContentFile
-from django.core.files.storage import default_storage
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from diffusion_api.jobs import store
 from generator.torch_free import images
 
 FORMATS = ("PNG", "JPEG", "WEBP")
@@ -91,12 +90,10 @@ def store_png(data: bytes, *, folder: str) -> tuple[str, str]:
     """Store PNG bytes under their SHA-256 through Django's storage API: (storage name, sha256).
 
     Content-addressed: the same bytes stored twice are one file, so the write is skipped when it exists.
+    store.StoreUnavailable when the store does not take them: the request is refused (503), nothing is queued.
     """
     digest = hashlib.sha256(data).hexdigest()
-    name = f"{folder}/{digest[:2]}/{digest}.png"
-    if not default_storage.exists(name):
-        name = default_storage.save(name, ContentFile(data))
-    return name, digest
+    return store.save(f"{folder}/{digest[:2]}/{digest}.png", data), digest
 
 
 def mask_from(image: Image.Image) -> Image.Image:

@@ -121,6 +121,9 @@ class Job(models.Model):
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+    # Set when the job ends, JOB_RESULT_RETENTION_SECONDS after (null: kept for ever); past it the sweeper deletes
+    # the images' bytes and keeps their records (services.image_expiry_sweep).
+    expires_at = models.DateTimeField(null=True, blank=True, db_index=True)
 
     # Review by staff in the admin.
     review_status = models.CharField(max_length=16, choices=ReviewStatus.choices, default=ReviewStatus.UNREVIEWED)
@@ -168,17 +171,39 @@ class Job(models.Model):
         return round(100.0 * self.progress_step / self.progress_total, 1) if self.progress_total else 0.0
 
 
+class ImageState(models.TextChoices):
+    """Where an image's bytes are (docs/storage.md)."""
+
+    STORED = "stored"  # in Django's storage, under `file`: the file system or an S3-compatible store
+    HELD = "held"  # in the database (`png`) until the store takes them: the store failed when the job ended
+    EXPIRED = "expired"  # deleted after the job's retention; the record stays
+
+
 class JobImage(models.Model):
     job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="images")
     index = models.PositiveSmallIntegerField()
     seed = models.BigIntegerField()
     width = models.PositiveIntegerField()
     height = models.PositiveIntegerField()
-    png = models.BinaryField()  # in the database, so every server and worker sees the same result
+    state = models.CharField(max_length=8, choices=ImageState.choices, default=ImageState.HELD)
+    file = models.FileField(max_length=200, blank=True, default="")  # images/<job id>/<index>-<sha256[:16]>.png
+    # The bytes while they are held: a job whose store is down still ends with its images, and the sweeper moves
+    # them to the store when it answers again (services.image_store_sweep). Null once stored or expired.
+    png = models.BinaryField(null=True, blank=True)
+    sha256 = models.CharField(max_length=64, blank=True, default="")  # of the PNG's bytes
+    size = models.PositiveIntegerField(default=0)  # bytes
+    # The store's refusals of a held image: how many, the last one, and when the sweeper tries again (backoff).
+    store_attempts = models.PositiveIntegerField(default=0)
+    store_error = models.TextField(blank=True, default="")
+    store_after = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["job", "index"]
         constraints = [models.UniqueConstraint(fields=["job", "index"], name="one_image_per_job_index")]
+        indexes = [
+            # The sweeper's and health's reads of held images, without scanning every image ever made.
+            models.Index(fields=["store_after"], condition=models.Q(state="held"), name="jobimage_held"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.job_id} #{self.index}"

@@ -132,6 +132,7 @@ DETAIL_EXAMPLE = OpenApiExample(
         "error": "",
         "attempts": 1,
         "cancel_requested": False,
+        "expires_at": "2026-11-29T03:00:05Z",
         "images": [
             {
                 "index": 0,
@@ -140,6 +141,7 @@ DETAIL_EXAMPLE = OpenApiExample(
                 "height": 64,
                 "url": "http://localhost:8000/api/v1/jobs/0b52cf7a-cc61-418b-86ab-8421bbea6e0f/images/0.png",
                 "png_base64": "iVBORw0KGgoAAAANSUhEUgAA…",
+                "expired": False,
             }
         ],
     },
@@ -201,6 +203,17 @@ HealthAnswer = inline_serializer(
         "status": serializers.ChoiceField(["ok", "degraded", "down"]),
         "database": inline_serializer("DatabaseCheck", _check),
         "broker": inline_serializer("BrokerCheck", {**_check, "transport": serializers.CharField(required=False)}),
+        "storage": inline_serializer(
+            "StorageCheck",
+            {
+                **_check,
+                "backend": serializers.ChoiceField(["filesystem", "s3"]),
+                "bucket": serializers.CharField(required=False),
+                "held_images": serializers.IntegerField(
+                    required=False, help_text="images whose bytes wait in the database for the store to take them"
+                ),
+            },
+        ),
         "workers": inline_serializer(
             "WorkersCheck",
             {

@@ -8,7 +8,8 @@ from django.db.models import Count, F, OuterRef, QuerySet, Subquery
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from diffusion_api.jobs.models import Job, JobImage, JobStatus, ModelStepCost, WorkerHeartbeat
+from diffusion_api.jobs import store
+from diffusion_api.jobs.models import ImageState, Job, JobImage, JobStatus, ModelStepCost, WorkerHeartbeat
 from diffusion_api.queries import one_or_none
 
 
@@ -46,6 +47,28 @@ def job_images(*, job: Job) -> QuerySet[JobImage]:
 
 def job_image(*, job: Job, index: int) -> JobImage | None:
     return one_or_none(job.images.filter(index=index))
+
+
+class ImageExpired(Exception):
+    """The image's bytes were deleted after its job's retention (JOB_RESULT_RETENTION_SECONDS); its record stays."""
+
+
+def image_png(*, image: JobImage) -> bytes:
+    """An image's PNG wherever it is: in the database while held, in the store after.
+
+    ImageExpired once retention deleted it; store.StoreUnavailable when the store does not give it now.
+    """
+    if image.state == ImageState.EXPIRED:
+        when = f" at {image.job.expires_at.isoformat()}" if image.job.expires_at else ""
+        raise ImageExpired(f"image {image.index} of job {image.job_id} expired{when}; only its record stays")
+    if image.state == ImageState.HELD:
+        return bytes(image.png)
+    return store.read(image.file.name)
+
+
+def images_held_count() -> int:
+    """Images whose bytes wait in the database for the store (health)."""
+    return JobImage.objects.filter(state=ImageState.HELD).count()
 
 
 def workers_alive() -> QuerySet[WorkerHeartbeat]:

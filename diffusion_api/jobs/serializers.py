@@ -8,8 +8,8 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 from rest_framework.reverse import reverse
 
-from diffusion_api.jobs import inputs, services
-from diffusion_api.jobs.models import PARAMETER_FIELDS, Job, JobImage, JobStatus, Upload
+from diffusion_api.jobs import inputs, selectors, services, store
+from diffusion_api.jobs.models import PARAMETER_FIELDS, ImageState, Job, JobImage, JobStatus, Upload
 from diffusion_api.jobs.webhooks import WebhookRefused, check_webhook_url
 from generator.torch_free import limits
 
@@ -270,19 +270,36 @@ class TimingsSerializer(FieldsBuiltOnce, serializers.ModelSerializer):
 
 
 class ImageSerializer(FieldsBuiltOnce, serializers.ModelSerializer):
-    url = serializers.SerializerMethodField()
-    png_base64 = serializers.SerializerMethodField()
+    url = serializers.SerializerMethodField(
+        help_text="the PNG: a presigned link straight to the object store, valid for IMAGE_URL_EXPIRES_SECONDS "
+        "(403 after, or once altered), when the store is S3; otherwise this API's image route"
+    )
+    png_base64 = serializers.SerializerMethodField(
+        help_text="null once the image has expired (`expired`), or while the object store does not answer"
+    )
+    expired = serializers.SerializerMethodField(
+        help_text="true once the job's retention deleted the bytes (see the job's expires_at); the record stays"
+    )
 
     class Meta:
         model = JobImage
-        fields = ["index", "seed", "width", "height", "url", "png_base64"]
+        fields = ["index", "seed", "width", "height", "url", "png_base64", "expired"]
 
     def get_url(self, image: JobImage) -> str:
+        if image.state == ImageState.STORED and store.is_object_store():
+            return store.signed_url(image.file.name)
         kwargs = {"job_id": image.job_id, "index": image.index}
         return reverse("jobs:image", kwargs=kwargs, request=self.context.get("request"))
 
-    def get_png_base64(self, image: JobImage) -> str:
-        return base64.b64encode(bytes(image.png)).decode("ascii")
+    def get_png_base64(self, image: JobImage) -> str | None:
+        # An outage shows as null here, not as a failed answer: the status, the other fields and the url still serve.
+        try:
+            return base64.b64encode(selectors.image_png(image=image)).decode("ascii")
+        except (selectors.ImageExpired, store.StoreUnavailable):
+            return None
+
+    def get_expired(self, image: JobImage) -> bool:
+        return image.state == ImageState.EXPIRED
 
 
 class JobSummarySerializer(FieldsBuiltOnce, serializers.ModelSerializer):
@@ -290,6 +307,11 @@ class JobSummarySerializer(FieldsBuiltOnce, serializers.ModelSerializer):
 
     url = serializers.SerializerMethodField()
     progress = ProgressSerializer(source="*", read_only=True)
+    expires_at = serializers.DateTimeField(
+        read_only=True,
+        allow_null=True,
+        help_text="when the images' bytes are deleted (JOB_RESULT_RETENTION_SECONDS after the job ended); null: kept",
+    )
 
     class Meta:
         model = Job
@@ -305,6 +327,7 @@ class JobSummarySerializer(FieldsBuiltOnce, serializers.ModelSerializer):
             "progress",
             "created_at",
             "finished_at",
+            "expires_at",
         ]
 
     def get_url(self, job: Job) -> str:
@@ -335,6 +358,7 @@ class JobDetailSerializer(JobSummarySerializer):
             "attempts",
             "cancel_requested",
             "cached_from",
+            "expires_at",
             "images",
         ]
 

@@ -1,5 +1,6 @@
 """Every write to jobs. Each state change is a guarded UPDATE: a job only moves forward."""
 
+import hashlib
 import logging
 import secrets
 from collections import Counter
@@ -14,10 +15,12 @@ from django.db import IntegrityError, models, transaction
 from django.db.models import Count, F, Q
 from django.utils import timezone
 
-from diffusion_api.jobs import catalog, cost, events, inputs, selectors
+from diffusion_api.jobs import catalog, cost, events, inputs, selectors, store
 from diffusion_api.jobs.models import (
     INPUT_FIELDS,
     PARAMETER_FIELDS,
+    TERMINAL_STATUSES,
+    ImageState,
     Job,
     JobImage,
     JobMode,
@@ -89,14 +92,88 @@ def upload_create(*, owner, data: bytes) -> Upload:
 def upload_sweep() -> int:
     """Delete expired uploads, and their files where no live upload shares the content; the number deleted.
 
-    Jobs keep their own fitted copies of their inputs, so deleting an upload never takes a job's input away.
+    Jobs keep their own fitted copies of their inputs, so deleting an upload never takes a job's input away. The
+    file goes first: while the store refuses, the upload stays, and the next sweep tries again.
     """
-    expired = list(Upload.objects.filter(expires_at__lt=timezone.now()))
-    for upload in expired:
+    deleted = 0
+    for upload in Upload.objects.filter(expires_at__lt=timezone.now()):
+        if not Upload.objects.filter(file=upload.file.name).exclude(id=upload.id).exists():
+            try:
+                store.delete(upload.file.name)
+            except store.StoreUnavailable as error:
+                logger.warning("expired uploads wait for the store to delete them: %s", error)
+                break
         upload.delete()
-        if not Upload.objects.filter(file=upload.file.name).exists():
-            upload.file.storage.delete(upload.file.name)
-    return len(expired)
+        deleted += 1
+    return deleted
+
+
+def image_store_sweep(*, limit: int = 100) -> int:
+    """Move held images (the store refused them when their job ended) to the store; the number moved.
+
+    Due images go oldest first. The first refusal ends the round: the store is down, and trying the rest would
+    only wait on it again; each refused image waits longer before its next try (_note_store_refusal). Held bytes
+    stay in the database until the store has them, however long that takes, so an outage never loses an image.
+    """
+    now = timezone.now()
+    due = (
+        JobImage.objects.filter(state=ImageState.HELD)
+        .filter(models.Q(store_after__isnull=True) | models.Q(store_after__lte=now))
+        .order_by(F("store_after").asc(nulls_first=True), "id")[:limit]
+    )
+    moved = 0
+    for image in due:
+        data = bytes(image.png)
+        digest = image.sha256 or hashlib.sha256(data).hexdigest()
+        held = JobImage.objects.filter(id=image.id, state=ImageState.HELD)
+        try:
+            name = store.save(store.image_name(job_id=image.job_id, index=image.index, sha256=digest), data)
+        except store.StoreUnavailable as error:
+            _note_store_refusal(image, error, now=now)
+            held.update(
+                store_attempts=image.store_attempts, store_error=image.store_error, store_after=image.store_after
+            )
+            logger.warning("images wait for the store (try %d of image %s): %s", image.store_attempts, image.id, error)
+            break
+        stored = dict(file=name, png=None, sha256=digest, size=len(data), store_error="", store_after=None)
+        if held.update(state=ImageState.STORED, **stored):
+            moved += 1
+        else:  # retention expired it meanwhile: what was just written is nobody's
+            try:
+                store.delete(name)
+            except store.StoreUnavailable:
+                logger.warning("could not delete %s, written for an image that expired meanwhile", name)
+    if moved:
+        logger.info("moved %d held images to the store", moved)
+    return moved
+
+
+def image_expiry_sweep(*, limit: int = 500) -> int:
+    """Delete the bytes of images whose job ended and passed its `expires_at`; the number of images expired.
+
+    The records stay, marked expired (the API answers 410 Gone for them). Only ended jobs: `expires_at` is set when
+    a job ends, and the status is checked here as well, so the images of a job that has not ended are never
+    touched. A delete the store refuses ends the round; the image is tried again at the next sweep.
+    """
+    due = (
+        JobImage.objects.filter(job__status__in=TERMINAL_STATUSES, job__expires_at__lte=timezone.now())
+        .exclude(state=ImageState.EXPIRED)
+        .only("id", "state", "file")[:limit]
+    )
+    expired = 0
+    for image in due:
+        if image.state == ImageState.STORED:
+            try:
+                store.delete(image.file.name)
+            except store.StoreUnavailable as error:
+                logger.warning("expired images wait for the store to delete them: %s", error)
+                break
+        # Guarded by the state it was read in: a held image the store took meanwhile is deleted at the next sweep.
+        if JobImage.objects.filter(id=image.id, state=image.state).update(state=ImageState.EXPIRED, file="", png=None):
+            expired += 1
+    if expired:
+        logger.info("deleted the bytes of %d expired images", expired)
+    return expired
 
 
 @dataclass
@@ -239,16 +316,22 @@ def job_create(
         "init_image_sha256": stored_inputs["init_image_sha256"],
         "mask_sha256": stored_inputs["mask_sha256"],
     }
-    source = None
+    source, pngs = None, []
     if cache and seed_given:
         # Only the owner's own jobs: a hit on someone else's would tell this user that they asked for it (an
-        # instant success, and `cached_from` naming their job).
+        # instant success, and `cached_from` naming their job). Never one whose images retention deleted.
         source = (
-            Job.objects.filter(owner=owner, status=JobStatus.SUCCEEDED, **resolved).order_by("-finished_at").first()
+            Job.objects.filter(owner=owner, status=JobStatus.SUCCEEDED, **resolved)
+            .exclude(images__state=ImageState.EXPIRED)
+            .order_by("-finished_at")
+            .first()
         )
-    if source is not None:
+        if source is not None:
+            pngs = _cached_pngs(source)
+    if source is not None and pngs is not None:
         return _job_from_cache(
             source,
+            pngs,
             owner=owner,
             retry_of=retry_of,
             idempotency_key=idempotency_key,
@@ -337,8 +420,7 @@ def _open_input(owner, source: ImageInput, field_name: str):
             raise ValidationError(
                 {field_name: f"upload {upload.id} expired at {upload.expires_at.isoformat()} (UPLOAD_RETENTION)"}
             )
-        with upload.file.open("rb") as file:
-            data = file.read()
+        data = store.read(upload.file.name)  # store.StoreUnavailable: the request is refused (503), nothing queued
     else:
         data = source.data
     try:
@@ -358,7 +440,24 @@ def _check_cost(model: str, **request) -> None:
         raise ValidationError({"non_field_errors": [message]})
 
 
-def _job_from_cache(source: Job, *, owner, **fields) -> Job:
+def _cached_pngs(source: Job) -> list[dict] | None:
+    """The source job's images with their bytes, to copy; None when the store cannot give them now (the job then
+    runs the model instead of waiting on the store)."""
+    images = list(source.images.order_by("index"))
+    try:
+        pngs = [selectors.image_png(image=image) for image in images]
+    except (store.StoreUnavailable, selectors.ImageExpired) as error:
+        logger.warning("the result cache cannot read job %s's images: %s", source.id, error)
+        return None
+    return [
+        {"index": i.index, "seed": i.seed, "width": i.width, "height": i.height, "png": png}
+        for i, png in zip(images, pngs, strict=True)
+    ]
+
+
+def _job_from_cache(source: Job, images: list[dict], *, owner, **fields) -> Job:
+    """A new succeeded job with its own copy of the source's images: each job's bytes are its own, so retention
+    deletes them with their job alone."""
     now = timezone.now()
     copied = {name: getattr(source, name) for name in (*PARAMETER_FIELDS, *INPUT_FIELDS, "model_version")}
     job = Job.objects.create(
@@ -367,15 +466,12 @@ def _job_from_cache(source: Job, *, owner, **fields) -> Job:
         progress_step=source.steps,
         progress_total=source.steps,
         started_at=now,
-        finished_at=now,
         cached_from=source,
+        **_ending(now),
         **copied,
         **fields,
     )
-    JobImage.objects.bulk_create(
-        JobImage(job=job, index=i.index, seed=i.seed, width=i.width, height=i.height, png=i.png)
-        for i in source.images.all()
-    )
+    JobImage.objects.bulk_create(_image_rows(job.id, images))
     _job_ended(job.id)
     logger.info("job served from the cache of %s", source.id, extra={"job_id": str(job.id)})
     return job
@@ -488,7 +584,7 @@ def job_requeue_alone(*, job_id: UUID, worker: str) -> bool:
     running = Job.objects.filter(id=job_id, status=JobStatus.RUNNING, worker=worker)
     now = timezone.now()
     with transaction.atomic():
-        if running.filter(cancel_requested=True).update(status=JobStatus.CANCELED, finished_at=now):
+        if running.filter(cancel_requested=True).update(status=JobStatus.CANCELED, **_ending(now)):
             return _job_ended(job_id)
         requeued = running.update(
             status=JobStatus.QUEUED,
@@ -560,25 +656,81 @@ class Outcome(models.TextChoices):
 def job_record_outcome(*, job_id: UUID, worker: str, outcome: str, images: list[dict] = (), error: str = "") -> bool:
     """The one place a worker's attempt ends the job; False (nothing written) if the job is no longer its claim.
 
-    succeeded: the images are stored and the job ends in one transaction. failed: the job ends with `error`.
-    canceled: only when cancel was asked for (the worker stopped between steps).
+    succeeded: the images go to the store (or are held in the database when it does not take them) and the job
+    ends with them in one transaction. failed: the job ends with `error`. canceled: only when cancel was asked
+    for (the worker stopped between steps).
     """
+    if outcome not in Outcome.values:
+        raise ValueError(f"unknown outcome {outcome!r}")
     running = Job.objects.filter(id=job_id, status=JobStatus.RUNNING, worker=worker)
+    rows = []
+    if outcome == Outcome.SUCCEEDED:
+        if not running.exists():
+            return False  # a superseded attempt writes nothing to the store either
+        # Before the transaction: a slow store must not keep the job's row locked. Should the claim be lost while
+        # the store writes, what was written stays: the next attempt's same bytes have the same names, and deleting
+        # them could take its images away.
+        rows = _image_rows(job_id, images)
     now = timezone.now()
     with transaction.atomic():
         if outcome == Outcome.SUCCEEDED:
-            ended = running.update(status=JobStatus.SUCCEEDED, finished_at=now, progress_step=F("progress_total"))
+            ended = running.update(status=JobStatus.SUCCEEDED, progress_step=F("progress_total"), **_ending(now))
             if ended:
-                JobImage.objects.bulk_create(JobImage(job_id=job_id, **image) for image in images)
+                JobImage.objects.bulk_create(rows)
         elif outcome == Outcome.FAILED:
-            ended = running.update(status=JobStatus.FAILED, error=error[:10_000], finished_at=now)
-        elif outcome == Outcome.CANCELED:
-            ended = running.filter(cancel_requested=True).update(status=JobStatus.CANCELED, finished_at=now)
+            ended = running.update(status=JobStatus.FAILED, error=error[:10_000], **_ending(now))
         else:
-            raise ValueError(f"unknown outcome {outcome!r}")
-        if not ended:
-            return False
-        return _job_ended(job_id)
+            ended = running.filter(cancel_requested=True).update(status=JobStatus.CANCELED, **_ending(now))
+        if ended:
+            _job_ended(job_id)
+    return bool(ended)
+
+
+def _ending(now) -> dict:
+    """The fields every move to a final status sets: when it ended, and when its images expire (or null)."""
+    retention = settings.JOB_RESULT_RETENTION_SECONDS
+    return {"finished_at": now, "expires_at": now + timedelta(seconds=retention) if retention > 0 else None}
+
+
+def _image_rows(job_id: UUID, images: list[dict]) -> list[JobImage]:
+    """Unsaved JobImage rows for a job's new images, each PNG written to the store first.
+
+    What the store does not take (down, slow, refusing) is held in the database instead, and the job ends all the
+    same; the sweeper moves held bytes to the store later (image_store_sweep). No image is lost either way.
+    """
+    rows = []
+    for image in images:
+        data = bytes(image["png"])
+        digest = hashlib.sha256(data).hexdigest()
+        row = JobImage(
+            job_id=job_id,
+            index=image["index"],
+            seed=image["seed"],
+            width=image["width"],
+            height=image["height"],
+            sha256=digest,
+            size=len(data),
+        )
+        try:
+            row.file = store.save(store.image_name(job_id=job_id, index=row.index, sha256=digest), data)
+            row.state = ImageState.STORED
+        except store.StoreUnavailable as error:
+            row.png, row.state = data, ImageState.HELD
+            _note_store_refusal(row, error, now=timezone.now())
+            logger.warning("image %d held in the database: %s", row.index, error, extra={"job_id": str(job_id)})
+        rows.append(row)
+    return rows
+
+
+def _note_store_refusal(image: JobImage, error: Exception, *, now) -> None:
+    """Count a refusal of a held image and set its next try: 15, 30, 60 … s later, at most STORAGE_RETRY_MAX_SECONDS."""
+    image.store_attempts += 1
+    image.store_error = str(error)[:2000]
+    backoff = min(STORE_RETRY_FIRST_SECONDS * 2 ** (image.store_attempts - 1), settings.STORAGE_RETRY_MAX_SECONDS)
+    image.store_after = now + timedelta(seconds=backoff)
+
+
+STORE_RETRY_FIRST_SECONDS = 15
 
 
 def job_succeed(*, job_id: UUID, worker: str, images: list[dict]) -> bool:
@@ -604,7 +756,7 @@ def job_cancel(*, job: Job) -> Job:
     """A queued job ends at once; a running one is asked to stop at its next step."""
     now = timezone.now()
     if Job.objects.filter(id=job.id, status=JobStatus.QUEUED).update(
-        status=JobStatus.CANCELED, cancel_requested=True, finished_at=now
+        status=JobStatus.CANCELED, cancel_requested=True, **_ending(now)
     ):
         _job_ended(job.id)
         job.refresh_from_db()
@@ -644,8 +796,7 @@ def _stored_input(file) -> ImageInput | None:
     """A job's stored input (already at its size: fitting it again changes nothing) as the input of a new job."""
     if not file:
         return None
-    with file.open("rb") as opened:
-        return ImageInput(data=opened.read())
+    return ImageInput(data=store.read(file.name))
 
 
 def job_review(*, job: Job, reviewer, verdict: str) -> Job:
@@ -684,7 +835,7 @@ def job_sweep() -> SweepReport:
     per_process = Counter(_process_of(job.worker) for job in lost)
     for job in lost:
         expired = Job.objects.filter(id=job.id, status=JobStatus.RUNNING, lease_expires_at__lt=now)
-        if expired.filter(cancel_requested=True).update(status=JobStatus.CANCELED, finished_at=now):
+        if expired.filter(cancel_requested=True).update(status=JobStatus.CANCELED, **_ending(now)):
             report.canceled.append(job.id)
             _job_ended(job.id)
         elif per_process[_process_of(job.worker)] > 1:
@@ -707,7 +858,7 @@ def job_sweep() -> SweepReport:
                 f"the worker running this job was lost {job.attempts} times (last: {job.worker}); "
                 f"giving up after JOB_MAX_ATTEMPTS={settings.JOB_MAX_ATTEMPTS}"
             )
-            if expired.update(status=JobStatus.FAILED, error=error, finished_at=now):
+            if expired.update(status=JobStatus.FAILED, error=error, **_ending(now)):
                 report.failed.append(job.id)
                 _job_ended(job.id)
         elif expired.update(

@@ -9,7 +9,9 @@ and a copy of the answer Django gave last time:
   staff) and returns an MD5 of the job's row and of its images' rows, computed by PostgreSQL. It runs on every read:
   a revoked token or a changed job is seen at once.
 * The answer Django gave is kept per (job, user, row digest, queue position, host, scheme, Accept). Every field of
-  the status is a function of those: it has no clock in it.
+  the status is a function of those: it has no clock in it. Two exceptions are handled apart: presigned image links
+  (S3) expire, so an answer is given again for at most half their life (and a minute); and an image the store could
+  not read, or that expired, is null in `png_base64`, so such an answer is not kept.
 * The queue position is the fair order's (selectors.jobs_queued_fairly), read for the whole queue at most every
   QUEUE_ORDER_SECONDS per process, so a position shown can lag the queue by that long.
 * Anything else (no entry yet, another route, a query string, a body, an error) goes to Django, whose 200 answers
@@ -51,6 +53,8 @@ class StatusReads:
 
     def __init__(self, max_bytes: int):
         self.max_bytes = max_bytes
+        # An answer may carry presigned image links (S3): it is given again only while they have most of their life.
+        self.entry_seconds = min(ENTRY_SECONDS, settings.IMAGE_URL_EXPIRES_SECONDS / 2)
         self.entries: OrderedDict[tuple, tuple[float, list, bytes]] = OrderedDict()
         self.bytes = 0
         self.hits = 0
@@ -68,7 +72,7 @@ class StatusReads:
         key = await self._key(scope)
         if key is not None:
             entry = self.entries.get(key)
-            if entry is not None and time.monotonic() - entry[0] < ENTRY_SECONDS:
+            if entry is not None and time.monotonic() - entry[0] < self.entry_seconds:
                 self.entries.move_to_end(key)
                 self.hits += 1
                 await send({"type": "http.response.start", "status": 200, "headers": entry[1]})
@@ -132,6 +136,8 @@ class StatusReads:
         headers = [(bytes(name), bytes(value)) for name, value in headers]
         if any(name.lower() == b"set-cookie" for name, _ in headers) or len(body) > self.max_bytes:
             return
+        if b'"png_base64":null' in body:
+            return  # expired, or the store did not answer: the bytes may come back without any row changing
         if key[3] == "queued":
             # Kept under the position Django showed: it read the queue later than our copy of the order was.
             key = (*key[:4], json.loads(body).get("queue_position"), *key[5:])

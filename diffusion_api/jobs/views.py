@@ -26,7 +26,7 @@ from rest_framework.views import APIView
 
 from diffusion_api.accounts import services as accounts
 from diffusion_api.celery import app as celery_app
-from diffusion_api.jobs import catalog, events, schema, selectors, services
+from diffusion_api.jobs import catalog, events, schema, selectors, services, store
 from diffusion_api.jobs.models import TERMINAL_STATUSES, JobStatus
 from diffusion_api.jobs.parsers import SafeJSONParser
 from diffusion_api.jobs.serializers import (
@@ -101,7 +101,7 @@ class JobListCreateView(AsyncAPIView):
             413: schema.detail("request body too large"),
             422: schema.detail("Idempotency-Key reused with another body"),
             429: schema.detail("too many unfinished jobs, or created too fast; see Retry-After"),
-            503: schema.detail("the queue is full; see Retry-After"),
+            503: schema.detail("the queue is full, or the object store does not take an input image; see Retry-After"),
         },
     )
     async def post(self, request):
@@ -147,6 +147,8 @@ class JobListCreateView(AsyncAPIView):
         except services.CapacityExceeded as error:
             code = status.HTTP_503_SERVICE_UNAVAILABLE if error.whole_service else status.HTTP_429_TOO_MANY_REQUESTS
             return Response({"detail": str(error)}, status=code, headers={"Retry-After": str(error.retry_after)})
+        except store.StoreUnavailable as error:  # an init image or mask could not be stored
+            return _store_down(error)
         job = submission.job
         headers = {"Location": reverse("jobs:detail", kwargs={"job_id": job.id}, request=request)}
         if submission.replayed:
@@ -174,6 +176,14 @@ def _prefer_wait(request) -> int | None:
             raise ValidationError({"Prefer": ["wait=N takes a whole number of seconds."]})
         return min(seconds, settings.JOB_MAX_WAIT_SECONDS)
     return None
+
+
+def _store_down(error: store.StoreUnavailable) -> Response:
+    return Response(
+        {"detail": f"the object store does not answer: {error}"},
+        status=status.HTTP_503_SERVICE_UNAVAILABLE,
+        headers={"Retry-After": str(settings.JOB_RETRY_AFTER)},
+    )
 
 
 def _body_bytes(request) -> int:
@@ -311,6 +321,8 @@ class JobImageView(APIView):
             (200, "image/png"): OpenApiTypes.BINARY,
             401: schema.detail("no token"),
             404: schema.detail("no such job or image"),
+            410: schema.detail("the image expired: its job's retention deleted the bytes (the record stays)"),
+            503: schema.detail("the object store does not answer; see Retry-After"),
         },
     )
     def get(self, request, job_id, index):
@@ -318,7 +330,13 @@ class JobImageView(APIView):
         image = selectors.job_image(job=job, index=index) if job.status == JobStatus.SUCCEEDED else None
         if image is None:
             raise Http404("no such image")
-        response = HttpResponse(bytes(image.png), content_type="image/png")
+        try:
+            png = selectors.image_png(image=image)
+        except selectors.ImageExpired as error:
+            return Response({"detail": str(error)}, status=status.HTTP_410_GONE)
+        except store.StoreUnavailable as error:
+            return _store_down(error)
+        response = HttpResponse(png, content_type="image/png")
         response["Content-Disposition"] = f'inline; filename="{job.id}-{index}.png"'
         return response
 
@@ -332,6 +350,7 @@ class JobInputView(APIView):
             (200, "image/png"): OpenApiTypes.BINARY,
             401: schema.detail("no token"),
             404: schema.detail("no such job or input"),
+            503: schema.detail("the object store does not answer; see Retry-After"),
         },
     )
     def get(self, request, job_id, name):
@@ -339,8 +358,10 @@ class JobInputView(APIView):
         stored = job.init_image if name == "init_image" else job.mask_image if name == "mask" else None
         if not stored:
             raise Http404("no such input")
-        with stored.open("rb") as file:
-            response = HttpResponse(file.read(), content_type="image/png")
+        try:
+            response = HttpResponse(store.read(stored.name), content_type="image/png")
+        except store.StoreUnavailable as error:
+            return _store_down(error)
         response["Content-Disposition"] = f'inline; filename="{job.id}-{name}.png"'
         return response
 
@@ -360,6 +381,7 @@ class UploadCreateView(APIView):
             401: schema.detail("no token"),
             413: schema.detail("request body too large"),
             415: schema.detail("the body is not multipart/form-data"),
+            503: schema.detail("the object store does not answer; see Retry-After"),
         },
     )
     def post(self, request):
@@ -372,6 +394,8 @@ class UploadCreateView(APIView):
             upload = services.upload_create(owner=request.user, data=file.read())
         except DjangoValidationError as error:
             raise ValidationError(error.message_dict) from error
+        except store.StoreUnavailable as error:
+            return _store_down(error)
         return Response(UploadSerializer(upload).data, status=status.HTTP_201_CREATED)
 
 
@@ -429,22 +453,29 @@ class SchedulersView(APIView):
 
 
 class HealthView(APIView):
-    """Database, broker and workers, each on its own; 503 when the database or broker is down."""
+    """Database, broker, object store and workers, each on its own; 503 when the database or broker is down.
+
+    A store that does not answer makes the service degraded, not down: jobs still end, their images held in the
+    database until the store takes them.
+    """
 
     authentication_classes = []
     permission_classes = [AllowAny]
 
     @extend_schema(
-        summary="Database, broker and workers, each on its own",
+        summary="Database, broker, object store and workers, each on its own",
         auth=[],
         responses={200: schema.HealthAnswer, 503: schema.HealthAnswer},
     )
     def get(self, request):
-        checks = {"database": _check_database(), "broker": _check_broker()}
+        checks = {"database": _check_database(), "broker": _check_broker(), "storage": store.check()}
+        if checks["database"]["ok"]:
+            checks["storage"]["held_images"] = selectors.images_held_count()
         checks["workers"] = _check_workers() if checks["database"]["ok"] else {"ok": False, "detail": "database down"}
         healthy = checks["database"]["ok"] and checks["broker"]["ok"]
+        whole = healthy and checks["workers"]["ok"] and checks["storage"]["ok"]
         return Response(
-            {"status": "ok" if healthy and checks["workers"]["ok"] else "degraded" if healthy else "down", **checks},
+            {"status": "ok" if whole else "degraded" if healthy else "down", **checks},
             status=status.HTTP_200_OK if healthy else status.HTTP_503_SERVICE_UNAVAILABLE,
         )
 

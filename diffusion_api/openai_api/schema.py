@@ -46,8 +46,9 @@ IMAGE_ERRORS = {
     415: error("wrong content type"),
     422: error("Idempotency-Key reused with another body"),
     429: error("too many unfinished jobs, or requests too fast; see Retry-After"),
+    410: error("the job's images expired before the answer (a retry that found an old job)"),
     500: error("the job failed or was canceled (`x-should-retry: false`)"),
-    503: error("the queue is full; see Retry-After"),
+    503: error("the queue is full (see Retry-After), or the object store does not answer"),
     504: error("the job did not end in time; it goes on, and the message names it (GET /api/v1/jobs/{id}/)"),
 }
 

@@ -31,7 +31,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from diffusion_api.accounts.authentication import BearerTokenAuthentication
-from diffusion_api.jobs import catalog, events, services
+from diffusion_api.jobs import catalog, events, selectors, services, store
 from diffusion_api.jobs.models import Job, JobImage, JobProtocol, JobStatus
 from diffusion_api.jobs.parsers import SafeJSONParser
 from diffusion_api.jobs.throttling import FailOpenScopedRateThrottle
@@ -82,7 +82,7 @@ class ImagesView(OpenAIMixin, AsyncAPIView):
             raise _timeout(job)
         if job.status != JobStatus.SUCCEEDED:
             raise _failure(job)
-        return Response(_images_answer(request, job, images, parsed.response_format))
+        return Response(await sync_to_async(_images_answer)(request, job, images, parsed.response_format))
 
     def _body(self, request) -> tuple[dict, dict | None]:
         if _body_bytes(request) > settings.JOB_MAX_BODY_BYTES:
@@ -247,6 +247,8 @@ def _submit(user, parsed: mapping.Request, *, key: str | None, fingerprint: str,
             code="queue_full" if full else "rate_limit_exceeded",
             headers={"Retry-After": str(error.retry_after)},
         ) from error
+    except store.StoreUnavailable as error:  # the input image could not be stored: nothing was queued
+        raise _store_down(error) from error
 
 
 def _outcome(job_id) -> tuple[Job, list[JobImage]]:
@@ -281,8 +283,29 @@ def _images_answer(request, job: Job, images: list[JobImage], response_format: s
     if response_format == "url":
         data = [{"url": _signed_url(request, job.id, image.index)} for image in images]
     else:
-        data = [{"b64_json": base64.b64encode(bytes(image.png)).decode("ascii")} for image in images]
+        data = [{"b64_json": base64.b64encode(_png(image)).decode("ascii")} for image in images]
     return {"created": int(job.created_at.timestamp()), "data": data, **_image_meta(job)}
+
+
+def _png(image: JobImage) -> bytes:
+    """An image's bytes, or the error that says why not: 410 once expired, 503 while the object store is down (the
+    clients retry a 5xx)."""
+    try:
+        return selectors.image_png(image=image)
+    except selectors.ImageExpired as error:
+        raise OpenAIError(f"The {error}.", status_code=status.HTTP_410_GONE, code="image_expired") from error
+    except store.StoreUnavailable as error:
+        raise _store_down(error) from error
+
+
+def _store_down(error: store.StoreUnavailable) -> OpenAIError:
+    return OpenAIError(
+        f"The object store does not answer: {error}",
+        status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+        type=SERVER_ERROR,
+        code="storage_unavailable",
+        headers={"Retry-After": str(settings.JOB_RETRY_AFTER)},
+    )
 
 
 def _image_meta(job: Job) -> dict:
@@ -326,8 +349,13 @@ async def _stream(job: Job, parsed: mapping.Request, prefix: str, timeout: float
     if job.status != JobStatus.SUCCEEDED:
         yield _sse("error", _failure(job).body)
         return
-    for image in images:
-        b64 = base64.b64encode(bytes(image.png)).decode("ascii")
+    try:
+        pngs = await sync_to_async(lambda: [_png(image) for image in images])()
+    except OpenAIError as error:
+        yield _sse("error", error.body)
+        return
+    for png in pngs:
+        b64 = base64.b64encode(png).decode("ascii")
         yield _sse(f"{prefix}.completed", {"b64_json": b64, **meta, "created_at": int(time.time()), "usage": USAGE})
 
 
@@ -347,7 +375,10 @@ def _sse(event: str, data: dict) -> str:
 
 
 class ImageFileView(APIView):
-    """A `response_format: url` link: the PNG, without a token, while the signature is valid (OPENAI_URL_TTL)."""
+    """A `response_format: url` link: the PNG, without a token, while the signature is valid (OPENAI_URL_TTL).
+
+    An expired or altered link is a 403, as the object store answers for its own presigned links.
+    """
 
     authentication_classes = []
     permission_classes = [AllowAny]
@@ -359,19 +390,25 @@ class ImageFileView(APIView):
         summary="An image of a `response_format: url` answer, as PNG, while its link is valid",
         operation_id="openai_image_file",
         auth=[],
-        responses={(200, "image/png"): OpenApiTypes.BINARY, 404: schema.error("no such image, or the link expired")},
+        responses={
+            (200, "image/png"): OpenApiTypes.BINARY,
+            403: schema.error("the link expired, or was altered"),
+            404: schema.error("no such image"),
+            410: schema.error("the image expired: its job's retention deleted the bytes"),
+            503: schema.error("the object store does not answer"),
+        },
     )
     def get(self, request, token):
         try:
             job_id, index = signing.loads(token, salt=URL_SALT, max_age=settings.OPENAI_URL_TTL)
         except signing.SignatureExpired as error:
-            raise OpenAIError("This image link has expired.", status_code=404, code="link_expired") from error
+            raise OpenAIError("This image link has expired.", status_code=403, code="link_expired") from error
         except signing.BadSignature as error:
-            raise OpenAIError("No such image.", status_code=404, code="not_found") from error
+            raise OpenAIError("This image link is not valid.", status_code=403, code="invalid_signature") from error
         image = JobImage.objects.filter(job_id=job_id, index=index, job__status=JobStatus.SUCCEEDED).first()
         if image is None:
             raise OpenAIError("No such image.", status_code=404, code="not_found")
-        return HttpResponse(bytes(image.png), content_type="image/png")
+        return HttpResponse(_png(image), content_type="image/png")
 
 
 class ModelsView(OpenAIMixin, APIView):

@@ -113,10 +113,81 @@ USE_I18N = True
 USE_TZ = True
 STATIC_URL = "static/"
 STATIC_ROOT = Path(os.environ.get("STATIC_ROOT", VAR_DIR / "static"))
-# Uploaded and job input images go through Django's storage API (the file system here; object storage later).
+# Job images, uploads and job inputs go through Django's storage API (docs/storage.md): the file system under
+# MEDIA_ROOT, or an S3-compatible store (AWS S3, MinIO) when AWS_STORAGE_BUCKET_NAME is set.
 MEDIA_ROOT = Path(os.environ.get("MEDIA_ROOT", VAR_DIR / "media"))
+AWS_STORAGE_BUCKET_NAME = os.environ.get("AWS_STORAGE_BUCKET_NAME", "")
+# Seconds an image's `url` (a presigned link straight to the store) works; after that, or altered, the store says 403.
+IMAGE_URL_EXPIRES_SECONDS = env_int("IMAGE_URL_EXPIRES_SECONDS", 3600)
+# One try of a store request (connect, then each read) and the tries per request; then the bytes are held in the
+# database (writes) or the answer says the store is unavailable (reads). Health tries once, for at most 2 s.
+STORAGE_TIMEOUT_SECONDS = env_float("STORAGE_TIMEOUT_SECONDS", 5)
+STORAGE_MAX_ATTEMPTS = env_int("STORAGE_MAX_ATTEMPTS", 2)
+# The sweeper tries a held image again after 15, 30, 60 … seconds, at most this far apart, until the store takes it.
+STORAGE_RETRY_MAX_SECONDS = env_int("STORAGE_RETRY_MAX_SECONDS", 600)
+# Seconds after a job ends that its images are kept (0: for ever); then their bytes are deleted, their records kept.
+JOB_RESULT_RETENTION_SECONDS = env_int("JOB_RESULT_RETENTION_SECONDS", 0)
+
+
+def s3_storage(
+    *,
+    bucket: str,
+    endpoint_url: str = "",
+    public_endpoint_url: str = "",
+    access_key: str | None = None,
+    secret_key: str | None = None,
+    region: str = "us-east-1",
+    addressing_style: str = "",
+    timeout: float | None = None,
+    attempts: int | None = None,
+) -> dict:
+    """STORAGES["default"] for an S3-compatible store (django-storages' S3Storage, diffusion_api/jobs/s3.py), with
+    this deployment's link lifetime, timeouts and tries. The tests call it for their local S3 server too."""
+    from botocore.config import Config
+
+    timeout = STORAGE_TIMEOUT_SECONDS if timeout is None else timeout
+    attempts = STORAGE_MAX_ATTEMPTS if attempts is None else attempts
+    return {
+        "BACKEND": "diffusion_api.jobs.s3.S3ImageStorage",
+        "OPTIONS": {
+            "bucket_name": bucket,
+            "endpoint_url": endpoint_url or None,  # None: AWS itself
+            # Links are signed for the address clients reach the store at, when it differs from ours (compose).
+            "public_endpoint_url": public_endpoint_url,
+            "access_key": access_key,  # None: boto3's own chain (environment, an IAM role)
+            "secret_key": secret_key,
+            "region_name": region,
+            "querystring_auth": True,  # the bucket stays private: every link is presigned
+            "querystring_expire": IMAGE_URL_EXPIRES_SECONDS,
+            "default_acl": None,
+            "file_overwrite": True,  # names are unique to their bytes (store.image_name): a rewrite is the same file
+            "client_config": Config(
+                connect_timeout=timeout,
+                read_timeout=timeout,
+                retries={"total_max_attempts": attempts, "mode": "standard"},
+                signature_version="s3v4",
+                # MinIO and other stores behind one host name want the bucket in the path, not in the host name.
+                s3={"addressing_style": addressing_style or ("path" if endpoint_url else "auto")},
+            ),
+        },
+    }
+
+
+_default_storage = (
+    s3_storage(
+        bucket=AWS_STORAGE_BUCKET_NAME,
+        endpoint_url=os.environ.get("AWS_S3_ENDPOINT_URL", ""),
+        public_endpoint_url=os.environ.get("AWS_S3_PUBLIC_ENDPOINT_URL", ""),
+        access_key=os.environ.get("AWS_ACCESS_KEY_ID") or None,
+        secret_key=os.environ.get("AWS_SECRET_ACCESS_KEY") or None,
+        region=os.environ.get("AWS_S3_REGION_NAME", "us-east-1"),
+        addressing_style=os.environ.get("AWS_S3_ADDRESSING_STYLE", ""),
+    )
+    if AWS_STORAGE_BUCKET_NAME
+    else {"BACKEND": "django.core.files.storage.FileSystemStorage"}
+)
 STORAGES = {
-    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "default": _default_storage,
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
 }
 WHITENOISE_USE_FINDERS = True  # serve static files without collectstatic too (demo, tests)

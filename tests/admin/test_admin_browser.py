@@ -46,7 +46,8 @@ def browser_page(monkeypatch):
 
 
 @pytest.fixture
-def finished_job(db, settings, tiny_model_dir, monkeypatch):
+def finished_job(db, settings, tiny_model_dir, monkeypatch, tmp_path):
+    settings.MEDIA_ROOT = tmp_path / "media"  # the images go through the default storage
     settings.MODELS = {"tiny": tiny_model_dir}
     settings.DEFAULT_MODEL = "tiny"
     monkeypatch.setattr("diffusion_api.jobs.services.publish_job", lambda *, job_id: True)

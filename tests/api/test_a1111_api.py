@@ -104,7 +104,7 @@ def fields_named(response) -> set[str]:
 # --- txt2img: the request as webuiapi sends it, and the answer as it parses it
 
 
-def test_webuiapi_txt2img_defaults_are_accepted_and_answered_as_a1111(alice_client, finish_jobs):
+def test_webuiapi_txt2img_defaults_are_accepted_and_answered_as_a1111(alice_client, finish_jobs, image_store):
     body = sent_by_webuiapi("txt2img", prompt="a red circle", negative_prompt="blue", seed=42, **SMALL)
     response = alice_client.post("/sdapi/v1/txt2img", body, format="json")
     assert response.status_code == 200, response.content
@@ -217,7 +217,7 @@ def test_override_settings_chooses_the_model(alice_client, finish_jobs, settings
 # --- img2img and inpainting
 
 
-def test_webuiapi_img2img_with_a_mask_maps_the_image_fields(alice_client, finish_jobs):
+def test_webuiapi_img2img_with_a_mask_maps_the_image_fields(alice_client, finish_jobs, image_store):
     mask = Image.new("L", (32, 32), 0)
     mask.paste(255, (0, 0, 16, 32))  # white = repaint: the left half
     body = sent_by_webuiapi(

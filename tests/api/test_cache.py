@@ -15,7 +15,7 @@ def run(job, png=b"\x89PNG-a"):
 
 
 def test_identical_request_with_a_seed_is_served_from_the_cache(
-    alice, alice_client, published, django_capture_on_commit_callbacks
+    alice, alice_client, published, django_capture_on_commit_callbacks, image_store
 ):
     first = services.job_create(owner=alice, prompt="a red circle", seed=7, steps=3, num_images=2)
     run(first)

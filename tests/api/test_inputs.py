@@ -85,7 +85,7 @@ BAD_IMAGES = [
 # --- uploads
 
 
-def test_upload_is_checked_stored_by_content_hash_and_owned(alice, alice_client):
+def test_upload_is_checked_stored_by_content_hash_and_owned(alice, alice_client, image_store):
     data = encode(picture(), "JPEG")
     response = upload(alice_client, data, "in.jpg")
     body = response.json()
@@ -94,7 +94,7 @@ def test_upload_is_checked_stored_by_content_hash_and_owned(alice, alice_client)
     assert (body["width"], body["height"], body["format"]) == (48, 32, "JPEG")
     stored = Upload.objects.get(id=body["id"])
     assert stored.owner == alice and stored.file.name == f"uploads/{body['sha256'][:2]}/{body['sha256']}.png"
-    assert default_storage.exists(stored.file.name)
+    assert default_storage.exists(stored.file.name) and image_store.holds(stored.file.name)
     again = upload(alice_client, data, "in.jpg").json()
     assert again["id"] != body["id"] and again["sha256"] == body["sha256"]  # one file for one content
     assert Upload.objects.get(id=again["id"]).file.name == stored.file.name
@@ -121,19 +121,19 @@ def test_upload_needs_a_file_a_token_and_a_body_within_the_limit(alice_client, s
     assert upload(alice_client, encode(noise(64, 64))).status_code == 413
 
 
-def test_expired_uploads_are_swept_with_their_files(alice, alice_client):
+def test_expired_uploads_are_swept_with_their_files(alice, alice_client, image_store):
     body = upload(alice_client, encode(picture())).json()
     name = Upload.objects.get(id=body["id"]).file.name
     assert services.upload_sweep() == 0
     Upload.objects.update(expires_at=timezone.now() - timedelta(seconds=1))
     assert services.upload_sweep() == 1
-    assert not Upload.objects.exists() and not default_storage.exists(name)
+    assert not Upload.objects.exists() and not default_storage.exists(name) and not image_store.holds(name)
 
 
 # --- init_image and mask on POST jobs/
 
 
-def test_img2img_from_base64_is_fitted_stored_and_shown(alice_client, published):
+def test_img2img_from_base64_is_fitted_stored_and_shown(alice_client, published, image_store):
     source = picture(64, 32)
     data_uri = "data:image/png;base64," + base64.b64encode(encode(source)).decode()
     body = {"prompt": "x", "init_image": {"base64": data_uri}, "strength": 0.6, "resize_mode": "crop_and_resize"}

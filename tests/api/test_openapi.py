@@ -18,6 +18,14 @@ def test_schema_is_valid_openapi_without_warnings(tmp_path):
     assert "examples" in create["requestBody"]["content"]["application/json"]
     assert create["security"] == [{"tokenAuth": []}]
     assert "security" not in schema["paths"]["/api/v1/health/"]["get"]  # no token needed
+    # Images in storage: the retention's expiry on jobs, each image's state, a 410 for an expired one, the store.
+    components = schema["components"]["schemas"]
+    for name in ("JobDetail", "JobSummary"):
+        assert components[name]["properties"]["expires_at"]["nullable"] is True, name
+    assert {"expired", "png_base64", "url"} <= set(components["Image"]["properties"])
+    image_route = schema["paths"]["/api/v1/jobs/{job_id}/images/{index}.png"]["get"]
+    assert {"200", "404", "410", "503"} <= set(image_route["responses"])
+    assert "storage" in components["Health"]["properties"]
 
 
 @pytest.mark.django_db

@@ -83,6 +83,13 @@ def claim(job: Job) -> str:
     return services.job_claim(job_id=job.id, worker="w1").worker
 
 
+def a_succeeded_job(owner) -> Job:
+    job = a_job(owner)
+    image = {"index": 0, "seed": 1, "width": 8, "height": 8, "png": b"\x89PNG not really"}
+    services.job_record_outcome(job_id=job.id, worker=claim(job), outcome="succeeded", images=[image])
+    return job
+
+
 def test_a_second_read_is_the_kept_answer_and_equals_djangos_in_every_state(apps, published):
     kept, direct = apps
     alice = make_user("alice")
@@ -152,10 +159,7 @@ def test_a_changed_image_row_is_seen_at_the_next_read(apps, published):
     kept, direct = apps
     alice = make_user("alice")
     token = token_issue(user=alice)
-    job = a_job(alice)
-    w_job = claim(job)
-    image = {"index": 0, "seed": 1, "width": 8, "height": 8, "png": b"\x89PNG not really"}
-    services.job_record_outcome(job_id=job.id, worker=w_job, outcome="succeeded", images=[image])
+    job = a_succeeded_job(alice)
     before = get(kept, path_of(job), token)
     Job.objects.get(id=job.id).images.update(seed=2)
     after = get(kept, path_of(job), token)
@@ -181,3 +185,25 @@ def test_answers_are_not_kept_without_postgresql_or_when_turned_off(settings, mo
     settings.STATUS_READ_CACHE_MB = 1
     monkeypatch.setattr(status_reads.connection, "vendor", "sqlite")
     assert status_reads.status_reads() is None
+
+
+def test_an_answer_without_an_images_bytes_is_not_kept(apps, published):
+    # png_base64 is null when the store did not answer (or the image expired): the next read must ask again.
+    from diffusion_api.jobs.models import ImageState
+
+    kept, _ = apps
+    alice = make_user("alice")
+    token = token_issue(user=alice)
+    job = a_succeeded_job(alice)
+    Job.objects.get(id=job.id).images.update(state=ImageState.EXPIRED)
+    for _ in range(2):
+        status, _, body = get(kept, path_of(job), token)
+        assert status == 200 and b'"png_base64":null' in body
+    assert kept.status_reads.hits == 0
+
+
+def test_answers_with_presigned_links_live_at_most_half_the_links_life(settings):
+    settings.IMAGE_URL_EXPIRES_SECONDS = 30
+    assert status_reads.status_reads().entry_seconds == 15
+    settings.IMAGE_URL_EXPIRES_SECONDS = 3600
+    assert status_reads.status_reads().entry_seconds == status_reads.ENTRY_SECONDS

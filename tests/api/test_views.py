@@ -105,7 +105,7 @@ def test_list_is_own_jobs_newest_first_paginated_filtered_without_images(alice, 
     assert alice_client.get(JOBS, {"status": "done"}).status_code == 400
 
 
-def test_detail_has_images_when_done_and_png_endpoint_serves_them(alice, alice_client, published):
+def test_detail_has_images_when_done_and_png_endpoint_serves_them(alice, alice_client, published, image_store):
     job = services.job_create(owner=alice, prompt="x", num_images=2)
     finish(job)
     body = alice_client.get(f"{JOBS}{job.id}/").json()
@@ -153,8 +153,9 @@ def test_models_and_schedulers(alice_client):
 def test_health_needs_no_token_and_names_each_part(db):
     body = APIClient().get("/api/v1/health/").json()
     assert body["database"] == {"ok": True}
-    assert set(body) == {"status", "database", "broker", "workers"}
+    assert set(body) == {"status", "database", "broker", "storage", "workers"}
     assert body["workers"]["ok"] is False  # no worker runs in unit tests
+    assert body["storage"] == {"ok": True, "backend": "filesystem", "held_images": 0}
 
 
 def test_issue_token_command(db):

@@ -4,11 +4,13 @@ Docker cannot run here, so this takes from the compose file each service's `entr
 argv) and environment (the image's ENV, then `.env.example` as the env file, then the service's `environment`,
 interpolated as compose does) and changes only what differs between a container and this machine:
 - hosts: `postgres` and `redis` (service names) → the test's PostgreSQL and Redis at 127.0.0.1, with a fresh
-  database for this module and REDIS_URL's (flushed) database; the API's bind 0.0.0.0:8000 → 127.0.0.1:<free>;
+  database for this module and REDIS_URL's (flushed) database; `minio` → the test's local S3 server (moto), with a
+  fresh bucket, which image links are signed for too; the API's bind 0.0.0.0:8000 → 127.0.0.1:<free>;
 - container paths: /app/var → a temporary folder, /opt/venv/bin → this venv, MODELS → the 32×32 tiny model;
 - the GPU: GENERATOR_DEVICE=cuda → cpu (no GPU on the test machines);
 - WEBHOOK_ALLOW_PRIVATE → true: the test's webhook receiver is on loopback, which production refuses;
-- the two secrets .env.example leaves blank on purpose (SECRET_KEY, POSTGRES_PASSWORD) → test values.
+- the secrets .env.example leaves blank on purpose (SECRET_KEY, POSTGRES_PASSWORD, MINIO_ROOT_PASSWORD) → test
+  values (moto takes any key).
 Everything else is the deployment's: production settings, SECURE_SSL_REDIRECT=true, ALLOWED_HOSTS, limits,
 gunicorn's flags, the worker's queue and concurrency, the sweeper, the image's and compose's healthchecks.
 Requests carry `X-Forwarded-Proto: https`, as the TLS-terminating proxy in front of the API would set it.
@@ -44,7 +46,7 @@ from tests.deploy.deployfiles import (
     read_env_file,
     service_environment,
 )
-from tests.support import free_port
+from tests.support import free_port, new_bucket
 
 VENV_BIN = str(Path(sys.executable).parent)
 CONTAINER_BIND = "0.0.0.0:8000"
@@ -54,19 +56,35 @@ BEHIND_TLS_PROXY = {"X-Forwarded-Proto": "https"}
 def compose_variables() -> dict[str, str]:
     """What compose would read from .env, made from .env.example with its blank secrets filled in."""
     variables = read_env_file(ENV_EXAMPLE)
-    assert variables["SECRET_KEY"] == "" and variables["POSTGRES_PASSWORD"] == "", "the example ships no secrets"
-    return {**variables, "SECRET_KEY": secrets.token_urlsafe(50), "POSTGRES_PASSWORD": secrets.token_urlsafe(16)}
+    blank = ("SECRET_KEY", "POSTGRES_PASSWORD", "MINIO_ROOT_PASSWORD")
+    assert all(variables[name] == "" for name in blank), "the example ships no secrets"
+    return {
+        **variables,
+        "SECRET_KEY": secrets.token_urlsafe(50),
+        "POSTGRES_PASSWORD": secrets.token_urlsafe(16),
+        "MINIO_ROOT_PASSWORD": secrets.token_urlsafe(16),
+    }
 
 
 def local_environment(
-    container_env: dict[str, str], *, database_url: str, redis_url: str, var_dir: Path, tiny_model_dir: Path
+    container_env: dict[str, str],
+    *,
+    database_url: str,
+    redis_url: str,
+    s3_endpoint: str,
+    bucket: str,
+    var_dir: Path,
+    tiny_model_dir: Path,
 ) -> dict[str, str]:
     """A container's environment, changed only where this machine differs (see the module docstring)."""
     compose_db, compose_redis = urlparse(container_env["DATABASE_URL"]), urlparse(container_env["REDIS_URL"])
     assert compose_db.hostname == "postgres" and compose_redis.hostname == "redis", (compose_db, compose_redis)
+    assert urlparse(container_env["AWS_S3_ENDPOINT_URL"]).hostname == "minio", container_env["AWS_S3_ENDPOINT_URL"]
     env = {key: value.replace("/app/var", str(var_dir)) for key, value in container_env.items()}
     env["DATABASE_URL"] = database_url
     env["REDIS_URL"] = redis_url
+    env["AWS_S3_ENDPOINT_URL"] = env["AWS_S3_PUBLIC_ENDPOINT_URL"] = s3_endpoint
+    env["AWS_STORAGE_BUCKET_NAME"] = bucket
     env["MODELS"] = f"tiny={tiny_model_dir}"
     env["PATH"] = env["PATH"].replace("/opt/venv/bin", VENV_BIN).replace("$PATH", os.environ["PATH"])
     if env.get("GENERATOR_DEVICE") == "cuda":
@@ -84,8 +102,9 @@ def local_environment(
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory, tiny_model_dir, fresh_database, flushed_redis):
+def stack(tmp_path_factory, tiny_model_dir, fresh_database, flushed_redis, s3_endpoint):
     variables = compose_variables()
+    bucket = new_bucket(s3_endpoint)  # what minio-setup makes in compose
     compose = load_compose(variables)
     image_env = read_dockerfile()[-1].environment()
     var_dir = tmp_path_factory.mktemp("compose-var")
@@ -97,6 +116,8 @@ def stack(tmp_path_factory, tiny_model_dir, fresh_database, flushed_redis):
             container_env,
             database_url=fresh_database,
             redis_url=flushed_redis,
+            s3_endpoint=s3_endpoint,
+            bucket=bucket,
             var_dir=var_dir,
             tiny_model_dir=tiny_model_dir,
         )
@@ -167,12 +188,17 @@ def test_a_job_runs_through_the_compose_services(stack):
     assert job["status"] == "succeeded", f"{job}\n{stack['processes'].tails()}"
     assert job["parameters"]["seed"] == 7 and job["progress"]["percent"] == 100.0
 
-    png = session.get(f"{base}{urlparse(job['images'][0]['url']).path}", timeout=10)
+    png = session.get(f"{job_url}images/0.png", timeout=10)
     assert png.status_code == 200 and png.headers["Content-Type"] == "image/png"
     assert png.content.startswith(b"\x89PNG\r\n\x1a\n") and png.content == base64.b64decode(
         job["images"][0]["png_base64"]
     )
     assert Image.open(io.BytesIO(png.content)).size == (32, 32)
+    # The image is in the store (MinIO in compose), and its url a link presigned for the store's public address.
+    env = stack["env_of"]("api")
+    link = job["images"][0]["url"]
+    assert link.startswith(f"{env['AWS_S3_PUBLIC_ENDPOINT_URL']}/{env['AWS_STORAGE_BUCKET_NAME']}/images/{job['id']}/")
+    assert requests.get(link, timeout=10).content == png.content
 
 
 class WebhookReceiver:

@@ -39,7 +39,8 @@ def compose_spec_schema() -> dict:
 
 @pytest.fixture(scope="module")
 def variables() -> dict[str, str]:
-    return {**read_env_file(ENV_EXAMPLE), "SECRET_KEY": "test-secret", "POSTGRES_PASSWORD": "test-password"}
+    secrets = {"SECRET_KEY": "test-secret", "POSTGRES_PASSWORD": "test-password", "MINIO_ROOT_PASSWORD": "test-minio"}
+    return {**read_env_file(ENV_EXAMPLE), **secrets}
 
 
 @pytest.fixture(scope="module")
@@ -114,23 +115,51 @@ def test_redis_persists_with_an_append_only_file(compose):
     assert "redis-data:/data" in redis["volumes"]
 
 
-def test_named_volumes_hold_postgres_redis_the_models_and_the_media(compose, variables):
-    assert set(compose["volumes"]) == {"postgres-data", "redis-data", "models", "media"}
+def test_named_volumes_hold_postgres_redis_minio_and_the_models(compose, variables):
+    assert set(compose["volumes"]) == {"postgres-data", "redis-data", "minio-data", "models"}
+    assert "minio-data:/data" in compose["services"]["minio"]["volumes"]
     assert "postgres-data:/var/lib/postgresql/data" in compose["services"]["postgres"]["volumes"]
     # The API reads a model's configs and the workers load it: both mount the models volume where MODELS points.
     model_paths = [path for _, path in (item.split("=", 1) for item in variables["MODELS"].split(","))]
     for name in ("api", "worker", "worker-cpu"):
         mount = next(v for v in compose["services"][name]["volumes"] if v.startswith("models:"))
         assert all(path.startswith(mount.split(":")[1] + "/") for path in model_paths), (name, mount)
-    # Uploads and job inputs: written by the API, read by the workers, expired by the sweeper, at MEDIA_ROOT.
-    for name in ("api", "worker", "worker-cpu", "sweeper"):
-        assert "media:/app/var/media" in compose["services"][name]["volumes"], name
+    # Images, uploads and inputs are in MinIO, not in a shared folder.
+    assert not any("/app/var/media" in v for s in compose["services"].values() for v in s.get("volumes", []))
+
+
+def test_every_app_service_stores_images_in_minios_bucket_which_exists_before_migrate(compose, variables):
+    """The object store: MinIO, reached as minio:9000 with its root credentials; its bucket is made once
+    (minio-setup) before migrate, whose data migration writes the images the database held (docs/storage.md)."""
+    minio, setup = compose["services"]["minio"], compose["services"]["minio-setup"]
+    assert minio["image"].startswith("minio/minio:RELEASE.") and setup["image"].startswith("minio/mc:RELEASE.")
+    assert minio["healthcheck"]["test"] and setup["depends_on"]["minio"]["condition"] == "service_healthy"
+    assert setup["restart"] == "no" and f"store/{variables['MINIO_BUCKET']}" in interpolate_shell(setup)
+    assert compose["services"]["migrate"]["depends_on"]["minio-setup"]["condition"] == "service_completed_successfully"
+    for name in APP_SERVICES:
+        env = service_environment(compose["services"][name], variables)
+        assert env["AWS_S3_ENDPOINT_URL"] == "http://minio:9000", name
+        assert env["AWS_STORAGE_BUCKET_NAME"] == variables["MINIO_BUCKET"], name
+        assert (env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"]) == (
+            minio["environment"]["MINIO_ROOT_USER"],
+            minio["environment"]["MINIO_ROOT_PASSWORD"],
+        ), name
+        assert env["AWS_S3_PUBLIC_ENDPOINT_URL"] == variables["AWS_S3_PUBLIC_ENDPOINT_URL"], name
+
+
+def interpolate_shell(service: dict) -> str:
+    """A `sh -c` service's script with its own environment put in, as its shell would."""
+    script = " ".join(as_argv(service["command"]))
+    for key, value in service["environment"].items():
+        script = script.replace(f"${key}", value)
+    return script
 
 
 def test_migrate_runs_once_before_the_api_the_workers_and_the_sweeper(compose):
     migrate = compose["services"]["migrate"]
     assert as_argv(migrate["command"])[:3] == ["python", "manage.py", "migrate"] and migrate["restart"] == "no"
     assert migrate["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert migrate["depends_on"]["minio-setup"]["condition"] == "service_completed_successfully"
     for name in ("api", "worker", "worker-cpu", "webhooks", "sweeper"):
         depends = compose["services"][name]["depends_on"]
         assert depends["migrate"]["condition"] == "service_completed_successfully", name
@@ -163,6 +192,8 @@ def test_services_without_an_http_port_do_not_inherit_the_api_healthcheck(compos
 def test_compose_refuses_to_start_without_the_secrets():
     with pytest.raises(InterpolationError, match="POSTGRES_PASSWORD"):
         load_compose(read_env_file(ENV_EXAMPLE))
+    with pytest.raises(InterpolationError, match="MINIO_ROOT_PASSWORD"):
+        load_compose({**read_env_file(ENV_EXAMPLE), "POSTGRES_PASSWORD": "set"})
 
 
 # --- .env.example.
@@ -185,7 +216,9 @@ def test_env_example_names_the_settings_the_issue_asks_for():
     assert {"SECRET_KEY", "ALLOWED_HOSTS", "MODELS", "JOB_MAX_STEPS", "JOB_MAX_PIXELS", "JOB_MAX_IMAGES"} <= set(
         example
     )
-    assert example["SECRET_KEY"] == "" and example["POSTGRES_PASSWORD"] == "", "no usable secret in a public file"
+    assert example["SECRET_KEY"] == example["POSTGRES_PASSWORD"] == example["MINIO_ROOT_PASSWORD"] == "", (
+        "no usable secret in a public file"
+    )
 
 
 # --- The Dockerfile.

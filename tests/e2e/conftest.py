@@ -1,4 +1,5 @@
-"""End-to-end: a real gunicorn API, a real Celery worker process, real Redis and real PostgreSQL."""
+"""End-to-end: a real gunicorn API, a real Celery worker process, real Redis, real PostgreSQL, and the images in an
+S3-compatible store (the local moto server, a fresh bucket per module)."""
 
 import os
 import subprocess
@@ -11,7 +12,7 @@ import redis
 import requests
 
 from diffusion_api.processes import start_api, start_worker, stop, wait_healthy
-from tests.support import free_port, fresh_database, required_env
+from tests.support import free_port, fresh_database, new_bucket, required_env, s3_environment
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -31,9 +32,10 @@ def e2e_redis():
 
 
 @pytest.fixture(scope="module")  # stopped when its module ends, so it never consumes later tests' jobs
-def service(tmp_path_factory, tiny_model_dir, e2e_database, e2e_redis):
+def service(tmp_path_factory, tiny_model_dir, e2e_database, e2e_redis, s3_endpoint):
     """Start the API under gunicorn and one worker, as production would, and yield how to reach them."""
     var = tmp_path_factory.mktemp("e2e-var")
+    bucket = new_bucket(s3_endpoint)
     env = {
         "DJANGO_SETTINGS_MODULE": "diffusion_api.settings.production",
         "SECRET_KEY": "e2e-" + uuid.uuid4().hex,
@@ -51,6 +53,7 @@ def service(tmp_path_factory, tiny_model_dir, e2e_database, e2e_redis):
         "WEBHOOK_BACKOFF_SECONDS": "1",
         "VAR_DIR": str(var),
         "HF_HUB_OFFLINE": "1",
+        **s3_environment(s3_endpoint, bucket),
     }
     run_env = {**os.environ, **env}
     subprocess.run([sys.executable, "manage.py", "migrate", "--verbosity", "0"], cwd=ROOT, env=run_env, check=True)
@@ -73,7 +76,7 @@ def service(tmp_path_factory, tiny_model_dir, e2e_database, e2e_redis):
             )
             return result.stdout.strip()
 
-        yield {"base": base, "token": token, "env": run_env}
+        yield {"base": base, "token": token, "env": run_env, "s3": {"endpoint": s3_endpoint, "bucket": bucket}}
     finally:
         stop(api, worker)
 

@@ -6,6 +6,7 @@ import requests
 from PIL import Image
 
 from tests.e2e.conftest import session_for
+from tests.support import s3_client
 
 
 def poll(session: requests.Session, url: str, until, timeout: float = 120.0) -> dict:
@@ -29,12 +30,19 @@ def test_a_job_runs_to_succeeded_and_returns_pngs(service):
     job = poll(alice, response.json()["url"], lambda j: j["status"] not in ("queued", "running"))
     assert job["status"] == "succeeded", job
     assert job["progress"]["percent"] == 100.0 and job["attempts"] == 1
-    sizes = [Image.open(io.BytesIO(base64.b64decode(i["png_base64"]))).size for i in job["images"]]
-    assert sizes == [(48, 32), (48, 32)]
-    png = alice.get(job["images"][0]["url"], timeout=10)
-    assert png.headers["Content-Type"] == "image/png" and png.content == base64.b64decode(
-        job["images"][0]["png_base64"]
-    )
+    pngs = [base64.b64decode(i["png_base64"]) for i in job["images"]]
+    assert [Image.open(io.BytesIO(png)).size for png in pngs] == [(48, 32), (48, 32)]
+    # The worker wrote them to the object store; each `url` is a presigned link to it that needs no token.
+    endpoint, bucket = service["s3"]["endpoint"], service["s3"]["bucket"]
+    listed = s3_client(endpoint).list_objects_v2(Bucket=bucket, Prefix=f"images/{job['id']}/")
+    assert len(listed["Contents"]) == 2
+    for image, png in zip(job["images"], pngs, strict=True):
+        assert image["url"].startswith(f"{endpoint}/{bucket}/images/{job['id']}/")
+        assert "X-Amz-Signature=" in image["url"]
+        fetched = requests.get(image["url"], timeout=10)
+        assert fetched.status_code == 200 and fetched.content == png
+    served = alice.get(f"{response.json()['url']}images/0.png", timeout=10)  # the API's route, read from the store
+    assert served.headers["Content-Type"] == "image/png" and served.content == pngs[0]
 
 
 def test_cancel_a_running_job(service):
@@ -58,6 +66,7 @@ def test_health_reports_database_broker_and_worker(service):
     body = requests.get(f"{service['base']}/api/v1/health/", timeout=10).json()
     assert body["status"] == "ok"
     assert body["database"]["ok"] and body["broker"]["ok"] and body["workers"]["alive"] == 1
+    assert body["storage"]["ok"] and body["storage"]["backend"] == "s3" and body["storage"]["held_images"] == 0
     assert body["broker"]["transport"] == "redis"
 
 

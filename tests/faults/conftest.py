@@ -95,7 +95,9 @@ def _wait_postgres(url: str, timeout: float) -> None:
 class Stack:
     """The service's processes for one test module, and what the tests need to submit jobs and check them."""
 
-    def __init__(self, *, name: str, database_url: str, redis_url: str, tiny_model_dir: Path, var: Path):
+    def __init__(
+        self, *, name: str, database_url: str, redis_url: str, tiny_model_dir: Path, var: Path, env: dict | None = None
+    ):
         self.logs = LOGS / name
         self.logs.mkdir(parents=True, exist_ok=True)
         for old in self.logs.glob("*.log"):
@@ -119,6 +121,7 @@ class Stack:
             "HF_HUB_OFFLINE": "1",
             "OMP_NUM_THREADS": "1",  # on 2 shared cores, one torch thread is steadier (and faster) than two
             **CRASH_SETTINGS,
+            **(env or {}),  # a module's own settings (the object store's, for one)
         }
         self.run_env = {**os.environ, **self.env}
         self.base = f"http://127.0.0.1:{free_port()}"
@@ -248,9 +251,13 @@ class Stack:
             assert indexes.get(job_id, []) == expected, (job_id, job["status"], indexes.get(job_id))
 
 
-def make_stack(name: str, *, database_url: str, redis_url: str, tiny_model_dir: Path, var: Path):
+def make_stack(
+    name: str, *, database_url: str, redis_url: str, tiny_model_dir: Path, var: Path, env: dict | None = None
+):
     """Start a Stack, yield it, stop its processes (the tests check the invariants themselves)."""
-    stack = Stack(name=name, database_url=database_url, redis_url=redis_url, tiny_model_dir=tiny_model_dir, var=var)
+    stack = Stack(
+        name=name, database_url=database_url, redis_url=redis_url, tiny_model_dir=tiny_model_dir, var=var, env=env
+    )
     try:
         stack.start()
         yield stack

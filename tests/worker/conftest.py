@@ -8,6 +8,13 @@ def tiny_models_setting(settings, tiny_model_dir):
     settings.GENERATOR_DEVICE = "cpu"
 
 
+@pytest.fixture(autouse=True)
+def media_in_tmp(settings, tmp_path):
+    """Job images and inputs go through the default storage: each test gets its own folder."""
+    settings.MEDIA_ROOT = tmp_path / "media"
+    return settings.MEDIA_ROOT
+
+
 @pytest.fixture
 def published(monkeypatch):
     sent = []

@@ -7,7 +7,7 @@ import pytest
 from django.contrib.auth import get_user_model
 from PIL import Image
 
-from diffusion_api.jobs import services
+from diffusion_api.jobs import selectors, services
 from diffusion_api.jobs.models import Job, JobStatus
 from generator import read_manifest
 from generator.torch_free import images
@@ -93,7 +93,7 @@ def test_img2img_jobs_on_different_pictures_run_in_one_batch(user, published):
     assert runner.run_jobs(claimed) == {job.id: "succeeded" for job in jobs}
     outputs = []
     for job in jobs:
-        stored = bytes(Job.objects.get(id=job.id).images.get().png)
+        stored = selectors.image_png(image=Job.objects.get(id=job.id).images.get())
         manifest = read_manifest(stored)
         assert manifest["init_image_sha256"] == job.init_image_sha256 and manifest["mode"] == "img2img"
         outputs.append(np.asarray(Image.open(io.BytesIO(stored)).convert("RGB"), dtype=float))
@@ -102,10 +102,10 @@ def test_img2img_jobs_on_different_pictures_run_in_one_batch(user, published):
     assert left[0][..., 0].mean() - left[0][..., 2].mean() > left[1][..., 0].mean() - left[1][..., 2].mean()
 
 
-def test_an_inpaint_job_runs_and_records_its_inputs(user, published):
+def test_an_inpaint_job_runs_and_records_its_inputs(user, published, image_store):
     job = inpaint_job(user)
     assert tasks.run_job(str(job.id)) == "succeeded"
-    manifest = read_manifest(bytes(Job.objects.get(id=job.id).images.get().png))
+    manifest = read_manifest(selectors.image_png(image=Job.objects.get(id=job.id).images.get()))
     assert manifest["mode"] == "inpaint" and manifest["mask_sha256"] == job.mask_sha256
 
 

@@ -5,7 +5,7 @@ import pytest
 from django.contrib.auth import get_user_model
 from PIL import Image
 
-from diffusion_api.jobs import services
+from diffusion_api.jobs import selectors, services
 from diffusion_api.jobs.models import Job, JobStatus
 from generator import read_manifest
 from worker import runner, tasks
@@ -18,19 +18,19 @@ def user(db):
     return get_user_model().objects.create_user("worker-test")
 
 
-def test_runs_a_job_and_stores_reproducible_pngs(user, published):
+def test_runs_a_job_and_stores_reproducible_pngs(user, published, image_store):
     job = services.job_create(owner=user, prompt="a red circle", steps=3, num_images=2, seed=9, width=16, height=24)
     assert tasks.run_job(str(job.id)) == "succeeded"
     job.refresh_from_db()
     assert job.status == JobStatus.SUCCEEDED and job.attempts == 1 and job.progress_step == 3
     images = list(job.images.order_by("index"))
     assert [(i.index, i.seed, i.width, i.height) for i in images] == [(0, 9, 16, 24), (1, 10, 16, 24)]
-    assert Image.open(io.BytesIO(bytes(images[0].png))).size == (16, 24)
-    assert read_manifest(bytes(images[1].png))["seed"] == 10
+    assert Image.open(io.BytesIO(selectors.image_png(image=images[0]))).size == (16, 24)
+    assert read_manifest(selectors.image_png(image=images[1]))["seed"] == 10
 
     again = services.job_create(owner=user, prompt="a red circle", steps=3, num_images=2, seed=9, width=16, height=24)
     tasks.run_job(str(again.id))
-    assert bytes(again.images.get(index=0).png) == bytes(images[0].png)
+    assert selectors.image_png(image=again.images.get(index=0)) == selectors.image_png(image=images[0])
 
 
 def test_a_second_delivery_does_nothing(user, published):
@@ -155,7 +155,7 @@ def test_task_options_come_from_settings(settings):
 
 
 def pixels(image_row) -> np.ndarray:
-    return np.asarray(Image.open(io.BytesIO(bytes(image_row.png)))).astype(int)
+    return np.asarray(Image.open(io.BytesIO(selectors.image_png(image=image_row)))).astype(int)
 
 
 def test_compatible_jobs_run_as_one_batch(user, published, settings):
@@ -247,7 +247,7 @@ def test_fast_path_settings_reach_the_model(user, published, settings, monkeypat
     assert compiled_for == [(2, 16, 16)]  # 1 image under guidance = 2 UNet rows, at the 32 px model's 16² latents
     job = services.job_create(owner=user, prompt="a red circle", steps=2, seed=1)
     assert tasks.run_job(str(job.id)) == "succeeded"
-    assert read_manifest(bytes(job.images.get().png))["dtype"] == "bfloat16"
+    assert read_manifest(selectors.image_png(image=job.images.get()))["dtype"] == "bfloat16"
 
 
 def test_worker_process_start_warms_up_the_default_model(settings, monkeypatch):

@@ -11,7 +11,10 @@ logger = logging.getLogger(__name__)
 
 
 class Command(BaseCommand):
-    help = "Re-queue jobs whose worker lease expired and re-publish queued jobs the broker lost; repeat forever."
+    help = (
+        "Re-queue jobs whose worker lease expired, re-publish queued jobs the broker lost, move held images to the "
+        "store and delete expired ones; repeat forever."
+    )
 
     def add_arguments(self, parser):
         parser.add_argument("--once", action="store_true", help="sweep once and exit")
@@ -31,6 +34,15 @@ class Command(BaseCommand):
                     )
             except Exception:  # the database or broker may be down for a while: try again next round
                 logger.exception("sweep failed")
+                connection.close()
+            # Apart from the jobs: an object store outage must not stop lost jobs from being taken back.
+            try:
+                expired = services.image_expiry_sweep()
+                moved = services.image_store_sweep()
+                if once:
+                    self.stdout.write(f"expired images {expired}, held images stored {moved}")
+            except Exception:
+                logger.exception("image sweep failed")
                 connection.close()
             if once:
                 return
