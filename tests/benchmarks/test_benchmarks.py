@@ -94,7 +94,7 @@ def test_bench_service_latency_on_postgres_and_redis():
     out = run_benchmark("benchmarks.bench_service", "--latency", "--latency-jobs", "2")
     assert "POST → the worker's first step, idle (2 jobs)" in out, out
     # Every part was measured: the progress events of both steps reached Redis, and the job row has its times.
-    for part in ("first_step", "answer", "parsed", "broker_and_claim", "encode", "step", "seen_by_polls"):
+    for part in ("first_step", "answer", "request", "to_claim", "encode", "step"):
         assert re.search(rf"^\| {part} \| -?[\d.]+ \| -?[\d.]+ \|$", out, re.MULTILINE), (part, out)
 
 
