@@ -43,6 +43,15 @@ class S3ImageStorage(S3Storage):
             config=self.client_config,
         )
 
+    def read_bytes(self, name: str) -> bytes:
+        """The object's bytes from one GetObject, within the client's timeouts and tries (store.read).
+
+        django-storages' open() HEADs the object, then boto3's managed download HEADs it again and GETs it, each with
+        its own tries: three requests where one does, and a stalled body retried by s3transfer besides.
+        """
+        key = self._normalize_name(clean_name(name))
+        return self.connection.meta.client.get_object(Bucket=self.bucket_name, Key=key)["Body"].read()
+
     def ping(self) -> None:
         """HEAD the bucket once, within PING_SECONDS: health's question (raises what botocore raises)."""
         self._ping_client.head_bucket(Bucket=self.bucket_name)

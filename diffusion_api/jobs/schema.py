@@ -208,7 +208,6 @@ HealthAnswer = inline_serializer(
             {
                 **_check,
                 "backend": serializers.ChoiceField(["filesystem", "s3"]),
-                "bucket": serializers.CharField(required=False),
                 "held_images": serializers.IntegerField(
                     required=False, help_text="images whose bytes wait in the database for the store to take them"
                 ),

@@ -4,9 +4,10 @@ import hashlib
 import logging
 import secrets
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
-from uuid import UUID
+from uuid import UUID, uuid4
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
@@ -138,11 +139,14 @@ def image_store_sweep(*, limit: int = 100) -> int:
         stored = dict(file=name, png=None, sha256=digest, size=len(data), store_error="", store_after=None)
         if held.update(state=ImageState.STORED, **stored):
             moved += 1
-        else:  # retention expired it meanwhile: what was just written is nobody's
+        elif not JobImage.objects.filter(id=image.id, state=ImageState.STORED, file=name).exists():
+            # Retention expired it meanwhile, or another sweeper stored it under another name (the file system renames
+            # a name two writers take at once): what was just written is nobody's. Under this very name (same job,
+            # index and bytes) it is the other sweeper's file too, and must stay; a stored image can only expire.
             try:
                 store.delete(name)
             except store.StoreUnavailable:
-                logger.warning("could not delete %s, written for an image that expired meanwhile", name)
+                logger.warning("could not delete %s, written for an image that left `held` meanwhile", name)
     if moved:
         logger.info("moved %d held images to the store", moved)
     return moved
@@ -179,27 +183,49 @@ def image_expiry_sweep(*, limit: int = 500) -> int:
 @dataclass
 class Submission:
     job: Job
-    replayed: bool  # True: an earlier request with the same Idempotency-Key made this job
+    replayed: bool  # True: an earlier request with the same Idempotency-Key (or found by `earlier`) made this job
 
 
-def job_submit(*, owner, idempotency_key: str | None = None, request_fingerprint: str = "", **params) -> Submission:
-    """Create a job for an API client: idempotent per key, within the per-user and queue-depth limits."""
-    with transaction.atomic():
-        # One user's submissions run one at a time, so the active-job count and the key check cannot race.
-        get_user_model().objects.select_for_update().filter(pk=owner.pk).first()
-        if idempotency_key:
-            existing = Job.objects.filter(owner=owner, idempotency_key=idempotency_key).first()
-            if existing is not None:
-                if existing.request_fingerprint != request_fingerprint:
-                    raise IdempotencyMismatch(
-                        "this Idempotency-Key was used with a different request body; use a new key"
-                    )
-                return Submission(job=existing, replayed=True)
-        _check_capacity(owner)
-        job = job_create(
-            owner=owner, idempotency_key=idempotency_key, request_fingerprint=request_fingerprint, **params
-        )
+def job_submit(
+    *,
+    owner,
+    idempotency_key: str | None = None,
+    request_fingerprint: str = "",
+    earlier: Callable[[], Job | None] | None = None,
+    **params,
+) -> Submission:
+    """Create a job for an API client: idempotent per key, within the per-user and queue-depth limits.
+
+    `earlier` finds the job an earlier try of the request made, for clients that retry without a key (OpenAI's);
+    it is asked where the key would be. The request is checked and its images written to the store or read from it
+    (job_plan) before the user's row is locked: a slow store must hold neither the lock nor a connection in a
+    transaction. A replay is looked for before that too, so a retried request does not wait on the store again.
+    """
+    if (replay := _replay(owner, idempotency_key, request_fingerprint, earlier)) is not None:
+        return Submission(job=replay, replayed=True)
+    plan = job_plan(owner=owner, idempotency_key=idempotency_key, request_fingerprint=request_fingerprint, **params)
+    job = None
+    try:
+        with transaction.atomic():
+            # One user's submissions run one at a time, so the active-job count and the key check cannot race.
+            get_user_model().objects.select_for_update().filter(pk=owner.pk).first()
+            if (replay := _replay(owner, idempotency_key, request_fingerprint, earlier)) is not None:
+                return Submission(job=replay, replayed=True)
+            _check_capacity(owner)
+            job = _job_write(plan)
+    finally:
+        if job is None:
+            _plan_discard(plan)
     return Submission(job=job, replayed=False)
+
+
+def _replay(owner, idempotency_key: str | None, request_fingerprint: str, earlier) -> Job | None:
+    if not idempotency_key:
+        return earlier() if earlier is not None else None
+    existing = Job.objects.filter(owner=owner, idempotency_key=idempotency_key).first()
+    if existing is not None and existing.request_fingerprint != request_fingerprint:
+        raise IdempotencyMismatch("this Idempotency-Key was used with a different request body; use a new key")
+    return existing
 
 
 def _check_capacity(owner) -> None:
@@ -223,7 +249,22 @@ def _check_capacity(owner) -> None:
         )
 
 
-def job_create(
+@dataclass
+class JobPlan:
+    """A checked request whose store work is done (inputs written, a cache hit's images read and copied): only its
+    rows are left to write (_job_write), so job_submit's lock on the user waits on the database alone."""
+
+    fields: dict  # the job's columns, but for the times set when it is written
+    cached_from: Job | None = None  # a cache hit's source: the job is written succeeded, with `images`
+    images: list[JobImage] = field(default_factory=list)  # rows for the job `fields["id"]`, their bytes stored
+
+
+def job_create(**params) -> Job:
+    """A job from job_plan's arguments, written at once: job_retry, the tests. API clients go through job_submit."""
+    return _job_write(job_plan(**params))
+
+
+def job_plan(
     *,
     owner,
     prompt: str,
@@ -245,15 +286,15 @@ def job_create(
     init_image: ImageInput | None = None,
     mask: ImageInput | None = None,
     **mode_fields,
-) -> Job:
-    """Resolve defaults, check the limits, store the job and queue it once the transaction commits.
+) -> JobPlan:
+    """Resolve defaults and check the limits: the job to write (_job_write), which is queued once it commits.
 
     `init_image` (img2img) and `mask` (inpainting) are checked and fitted to width × height here, in the web
     process, and stored with the job; `mode_fields` are the table's img2img, variation and hires fields.
 
     With `cache` and an explicit seed, a request identical to an earlier succeeded one of the same owner (same
-    model files too) gets a new job that holds that job's images at once, without running the model. A job that
-    would run is admitted only if its estimated cost fits the time limit (jobs/cost.py).
+    model files too) gets a new job that holds copies of that job's images at once, without running the model. A
+    job that would run is admitted only if its estimated cost fits the time limit (jobs/cost.py).
     """
     if unknown := set(mode_fields) - set(JOB_REQUEST_FIELDS):
         raise TypeError(f"job_create got unknown fields {sorted(unknown)}")
@@ -328,17 +369,16 @@ def job_create(
         )
         if source is not None:
             pngs = _cached_pngs(source)
+    client = dict(
+        owner=owner,
+        retry_of=retry_of,
+        idempotency_key=idempotency_key,
+        request_fingerprint=request_fingerprint,
+        webhook_url=webhook_url,
+        protocol=protocol,
+    )
     if source is not None and pngs is not None:
-        return _job_from_cache(
-            source,
-            pngs,
-            owner=owner,
-            retry_of=retry_of,
-            idempotency_key=idempotency_key,
-            request_fingerprint=request_fingerprint,
-            webhook_url=webhook_url,
-            protocol=protocol,
-        )
+        return _plan_from_cache(source, pngs, **client)
 
     _check_cost(
         model, width=width, height=height, steps=steps, num_images=num_images, guidance_scale=guidance_scale,
@@ -352,22 +392,40 @@ def job_create(
         )
         if hires_message:
             raise ValidationError({"hires_scale": [hires_message]})
-    job = Job.objects.create(
-        owner=owner,
-        **{**resolved, **stored_inputs},
-        progress_total=steps,
-        retry_of=retry_of,
-        published_at=timezone.now(),
-        idempotency_key=idempotency_key,
-        request_fingerprint=request_fingerprint,
-        webhook_url=webhook_url,
-        protocol=protocol,
-    )
+    return JobPlan(fields={**resolved, **stored_inputs, "progress_total": steps, **client})
+
+
+def _job_write(plan: JobPlan) -> Job:
+    now = timezone.now()
+    if plan.cached_from is not None:
+        job = Job.objects.create(**plan.fields, started_at=now, **_ending(now))
+        JobImage.objects.bulk_create(plan.images)
+        _job_ended(job.id)
+        logger.info("job served from the cache of %s", plan.cached_from.id, extra={"job_id": str(job.id)})
+        return job
+    job = Job.objects.create(**plan.fields, published_at=now)
     transaction.on_commit(lambda: publish_job(job_id=job.id))
     logger.info(
-        "job created by %s: %dx%d, %d steps, %s", owner, width, height, steps, scheduler, extra={"job_id": str(job.id)}
+        "job created by %s: %dx%d, %d steps, %s",
+        job.owner,
+        job.width,
+        job.height,
+        job.steps,
+        job.scheduler,
+        extra={"job_id": str(job.id)},
     )
     return job
+
+
+def _plan_discard(plan: JobPlan) -> None:
+    """Delete a cache hit's copies when no job will own them (refused under the lock): they are named by a job id
+    that was never written, so nothing else can hold them. Inputs stay: named by content, they may be shared."""
+    for row in plan.images:
+        if row.state == ImageState.STORED:
+            try:
+                store.delete(row.file.name)
+            except store.StoreUnavailable as error:
+                logger.warning("could not delete %s, copied for a job that was not written: %s", row.file.name, error)
 
 
 def _job_inputs(
@@ -455,26 +513,21 @@ def _cached_pngs(source: Job) -> list[dict] | None:
     ]
 
 
-def _job_from_cache(source: Job, images: list[dict], *, owner, **fields) -> Job:
-    """A new succeeded job with its own copy of the source's images: each job's bytes are its own, so retention
-    deletes them with their job alone."""
-    now = timezone.now()
+def _plan_from_cache(source: Job, images: list[dict], **client) -> JobPlan:
+    """A new succeeded job with its own copy of the source's images, written to the store now under the new job's
+    id: each job's bytes are its own, so retention deletes them with their job alone."""
+    job_id = uuid4()
     copied = {name: getattr(source, name) for name in (*PARAMETER_FIELDS, *INPUT_FIELDS, "model_version")}
-    job = Job.objects.create(
-        owner=owner,
+    fields = dict(
+        id=job_id,
         status=JobStatus.SUCCEEDED,
         progress_step=source.steps,
         progress_total=source.steps,
-        started_at=now,
         cached_from=source,
-        **_ending(now),
         **copied,
-        **fields,
+        **client,
     )
-    JobImage.objects.bulk_create(_image_rows(job.id, images))
-    _job_ended(job.id)
-    logger.info("job served from the cache of %s", source.id, extra={"job_id": str(job.id)})
-    return job
+    return JobPlan(fields=fields, cached_from=source, images=_image_rows(job_id, images))
 
 
 def job_claim(*, job_id: UUID, worker: str) -> Job | None:

@@ -320,7 +320,7 @@ class JobImageView(APIView):
         responses={
             (200, "image/png"): OpenApiTypes.BINARY,
             401: schema.detail("no token"),
-            404: schema.detail("no such job or image"),
+            404: schema.detail("no such job or image, or the image's bytes are missing from the store"),
             410: schema.detail("the image expired: its job's retention deleted the bytes (the record stays)"),
             503: schema.detail("the object store does not answer; see Retry-After"),
         },
@@ -334,6 +334,8 @@ class JobImageView(APIView):
             png = selectors.image_png(image=image)
         except selectors.ImageExpired as error:
             return Response({"detail": str(error)}, status=status.HTTP_410_GONE)
+        except store.ObjectMissing as error:  # lost, not late: a 503 would ask the client to try again
+            raise Http404("the image's bytes are missing from the store") from error
         except store.StoreUnavailable as error:
             return _store_down(error)
         response = HttpResponse(png, content_type="image/png")
@@ -349,7 +351,7 @@ class JobInputView(APIView):
         responses={
             (200, "image/png"): OpenApiTypes.BINARY,
             401: schema.detail("no token"),
-            404: schema.detail("no such job or input"),
+            404: schema.detail("no such job or input, or the input's bytes are missing from the store"),
             503: schema.detail("the object store does not answer; see Retry-After"),
         },
     )
@@ -360,6 +362,8 @@ class JobInputView(APIView):
             raise Http404("no such input")
         try:
             response = HttpResponse(store.read(stored.name), content_type="image/png")
+        except store.ObjectMissing as error:
+            raise Http404("the input's bytes are missing from the store") from error
         except store.StoreUnavailable as error:
             return _store_down(error)
         response["Content-Disposition"] = f'inline; filename="{job.id}-{name}.png"'

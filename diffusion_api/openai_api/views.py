@@ -15,10 +15,8 @@ from pathlib import Path
 from adrf.views import APIView as AsyncAPIView
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.contrib.auth import get_user_model
 from django.core import signing
 from django.core.exceptions import ValidationError as DjangoValidationError
-from django.db import transaction
 from django.http import HttpResponse, StreamingHttpResponse
 from django.urls import reverse
 from django.utils import timezone
@@ -201,34 +199,19 @@ def _submit(user, parsed: mapping.Request, *, key: str | None, fingerprint: str,
     The official client retries timeouts, 408, 409, 429 and 5xx without an idempotency key. So without one, the same
     body from the same user within OPENAI_RETRY_WINDOW seconds is a retry, and so is one that says it is
     (x-stainless-retry-count > 0) within that window plus OPENAI_WAIT_SECONDS per earlier try (each waited at most
-    that long). A failed or canceled job is not reused: a retry runs it again.
+    that long). A failed or canceled job is not reused: a retry runs it again. services.job_submit looks for the
+    earlier try under its lock on the user, so two tries cannot both miss the job.
     """
+    earlier = None if key is not None else lambda: _earlier_try(user, fingerprint, tries)
     try:
-        with transaction.atomic():
-            # One submission per user at a time (as services.job_submit), so two tries cannot both miss the job.
-            get_user_model().objects.select_for_update().filter(pk=user.pk).first()
-            if key is None:
-                window = settings.OPENAI_RETRY_WINDOW + tries * settings.OPENAI_WAIT_SECONDS
-                earlier = (
-                    Job.objects.filter(
-                        owner=user,
-                        protocol=JobProtocol.OPENAI,
-                        request_fingerprint=fingerprint,
-                        created_at__gte=timezone.now() - timedelta(seconds=window),
-                    )
-                    .exclude(status__in=[JobStatus.FAILED, JobStatus.CANCELED])
-                    .order_by("-created_at")
-                    .first()
-                )
-                if earlier is not None:
-                    return earlier
-            return services.job_submit(
-                owner=user,
-                idempotency_key=key,
-                request_fingerprint=fingerprint,
-                protocol=JobProtocol.OPENAI,
-                **parsed.fields,
-            ).job
+        return services.job_submit(
+            owner=user,
+            idempotency_key=key,
+            request_fingerprint=fingerprint,
+            earlier=earlier,
+            protocol=JobProtocol.OPENAI,
+            **parsed.fields,
+        ).job
     except DjangoValidationError as error:
         raise mapping.refusal(error.message_dict) from error
     except services.IdempotencyMismatch as error:
@@ -249,6 +232,21 @@ def _submit(user, parsed: mapping.Request, *, key: str | None, fingerprint: str,
         ) from error
     except store.StoreUnavailable as error:  # the input image could not be stored: nothing was queued
         raise _store_down(error) from error
+
+
+def _earlier_try(user, fingerprint: str, tries: int) -> Job | None:
+    window = settings.OPENAI_RETRY_WINDOW + tries * settings.OPENAI_WAIT_SECONDS
+    return (
+        Job.objects.filter(
+            owner=user,
+            protocol=JobProtocol.OPENAI,
+            request_fingerprint=fingerprint,
+            created_at__gte=timezone.now() - timedelta(seconds=window),
+        )
+        .exclude(status__in=[JobStatus.FAILED, JobStatus.CANCELED])
+        .order_by("-created_at")
+        .first()
+    )
 
 
 def _outcome(job_id) -> tuple[Job, list[JobImage]]:

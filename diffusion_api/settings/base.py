@@ -120,7 +120,7 @@ AWS_STORAGE_BUCKET_NAME = os.environ.get("AWS_STORAGE_BUCKET_NAME", "")
 # Seconds an image's `url` (a presigned link straight to the store) works; after that, or altered, the store says 403.
 IMAGE_URL_EXPIRES_SECONDS = env_int("IMAGE_URL_EXPIRES_SECONDS", 3600)
 # One try of a store request (connect, then each read) and the tries per request; then the bytes are held in the
-# database (writes) or the answer says the store is unavailable (reads). Health tries once, for at most 2 s.
+# database (writes) or the answer says the store is unavailable (reads). Health tries once: 2 s to connect, 2 to read.
 STORAGE_TIMEOUT_SECONDS = env_float("STORAGE_TIMEOUT_SECONDS", 5)
 STORAGE_MAX_ATTEMPTS = env_int("STORAGE_MAX_ATTEMPTS", 2)
 # The sweeper tries a held image again after 15, 30, 60 … seconds, at most this far apart, until the store takes it.
@@ -143,6 +143,7 @@ def s3_storage(
 ) -> dict:
     """STORAGES["default"] for an S3-compatible store (django-storages' S3Storage, diffusion_api/jobs/s3.py), with
     this deployment's link lifetime, timeouts and tries. The tests call it for their local S3 server too."""
+    from boto3.s3.transfer import TransferConfig
     from botocore.config import Config
 
     timeout = STORAGE_TIMEOUT_SECONDS if timeout is None else timeout
@@ -169,6 +170,8 @@ def s3_storage(
                 # MinIO and other stores behind one host name want the bucket in the path, not in the host name.
                 s3={"addressing_style": addressing_style or ("path" if endpoint_url else "auto")},
             ),
+            # open()'s managed download would GET a stalled body 5 times over; the client's tries are the bound.
+            "transfer_config": TransferConfig(num_download_attempts=1),
         },
     }
 

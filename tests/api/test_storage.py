@@ -7,14 +7,21 @@ an S3 endpoint on a closed port; jobs still end, their images held in the databa
 import base64
 import hashlib
 import io
+import threading
+import time
 from datetime import timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
 
 import pytest
 import requests
+from boto3.exceptions import S3TransferFailedError
+from botocore.exceptions import ReadTimeoutError
 from django.contrib.auth import get_user_model
 from django.core import signing
+from django.core.files.storage import default_storage
 from django.core.files.uploadedfile import SimpleUploadedFile
+from django.core.management import CommandError, call_command
 from django.db import connection
 from django.db.migrations.executor import MigrationExecutor
 from django.test import Client
@@ -22,10 +29,12 @@ from django.urls import reverse
 from django.utils import timezone
 from PIL import Image
 from rest_framework.test import APIClient
+from s3transfer.exceptions import RetriesExceededError
 
 from diffusion_api.jobs import selectors, services, store
 from diffusion_api.jobs.models import ImageState, Job, JobImage, JobStatus, Upload
 from diffusion_api.openai_api.views import URL_SALT
+from diffusion_api.settings.base import s3_storage
 from tests.conftest import StoreUnderTest
 
 pytestmark = pytest.mark.django_db
@@ -104,6 +113,16 @@ def test_health_names_the_store_and_whether_it_answers(db, image_store):
     assert health.json()["storage"]["ok"] is False and health.json()["storage"]["detail"]
 
 
+def test_health_names_a_store_failure_by_its_kind_alone(db, image_store):
+    """Health answers anyone: the store's endpoint (S3) or MEDIA_ROOT (file system) stays in the log."""
+    image_store.down()
+    answer = APIClient().get("/api/v1/health/").json()["storage"]
+    assert set(answer) == {"ok", "backend", "detail", "held_images"}
+    assert answer["detail"] in ("EndpointConnectionError", "FileExistsError"), answer
+    text = str(answer)
+    assert "127.0.0.1" not in text and "http" not in text and str(image_store.media_root.parent) not in text
+
+
 def test_a_store_outage_holds_the_images_in_the_database_and_the_job_still_succeeds(
     alice, alice_client, published, image_store
 ):
@@ -132,6 +151,42 @@ def test_a_store_outage_holds_the_images_in_the_database_and_the_job_still_succe
         assert row.state == ImageState.STORED and row.png is None and image_store.read(row.file.name) == data
         assert row.sha256 == hashlib.sha256(data).hexdigest() and row.store_error == ""
     assert [base64.b64decode(i["png_base64"]) for i in alice_client.get(f"{JOBS}{job.id}/").json()["images"]] == pngs
+
+
+@pytest.mark.parametrize(
+    "meanwhile, kept",
+    [
+        # Another sweeper read the same held image, stored the same bytes under the same name and marked it first.
+        (lambda name: dict(state=ImageState.STORED, file=name, png=None), True),
+        # Retention expired it: what this sweeper wrote is nobody's.
+        (lambda name: dict(state=ImageState.EXPIRED, file="", png=None), False),
+    ],
+    ids=["stored-by-another-sweeper", "expired"],
+)
+def test_a_sweeper_that_loses_the_race_for_a_held_image_deletes_only_what_nobody_holds(
+    alice, published, image_store, monkeypatch, meanwhile, kept
+):
+    job = services.job_create(owner=alice, prompt="x")
+    image_store.down()
+    (data,) = finish(job)
+    image_store.up()
+    image = JobImage.objects.get(job=job)
+    JobImage.objects.filter(id=image.id).update(store_after=None)
+    real_save = store.save
+
+    def save_as_the_other_party_moves(name, data):
+        saved = real_save(name, data)
+        JobImage.objects.filter(id=image.id).update(**meanwhile(saved))
+        return saved
+
+    monkeypatch.setattr(store, "save", save_as_the_other_party_moves)
+    assert services.image_store_sweep() == 0  # its guarded update matched nothing
+    image.refresh_from_db()
+    name = store.image_name(job_id=job.id, index=0, sha256=hashlib.sha256(data).hexdigest())
+    assert image_store.holds(name) is kept
+    if kept:
+        assert image.file.name == name and image_store.read(name) == data
+        assert selectors.image_png(image=image) == data
 
 
 def test_the_sweeper_stops_at_the_first_refusal_and_waits_longer_each_time(alice, published, image_store, settings):
@@ -212,6 +267,120 @@ def test_a_stored_image_the_store_cannot_give_is_a_503_on_its_route(alice, alice
     assert detail.status_code == 200 and detail.json()["images"][0]["png_base64"] is None
 
 
+def test_a_stored_image_missing_from_the_store_is_a_404_not_a_503(alice, alice_client, published, image_store):
+    """The store answered that it has no such object: the bytes are lost, and retrying (a 503's promise) won't help."""
+    job = services.job_create(owner=alice, prompt="x", num_images=2)
+    finish(job)
+    lost = JobImage.objects.get(job=job, index=0).file.name
+    store.delete(lost)  # behind the job's back
+    response = alice_client.get(f"{JOBS}{job.id}/images/0.png")
+    assert response.status_code == 404 and "Retry-After" not in response
+    assert response.json()["detail"] == "the image's bytes are missing from the store"
+    images = alice_client.get(f"{JOBS}{job.id}/").json()["images"]
+    assert images[0]["png_base64"] is None and images[1]["png_base64"]  # not an outage: the other image still reads
+    assert alice_client.get(f"{JOBS}{job.id}/images/1.png").status_code == 200
+
+
+def test_a_jobs_input_missing_from_the_store_is_a_404(alice_client, published, image_store):
+    body = {"prompt": "x", "init_image": {"base64": base64.b64encode(png()).decode()}}
+    created = alice_client.post(JOBS, body, format="json").json()
+    store.delete(Job.objects.get(id=created["id"]).init_image.name)
+    response = alice_client.get(created["inputs"]["init_image"]["url"])
+    assert response.status_code == 404 and "missing from the store" in response.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        RetriesExceededError(ReadTimeoutError(endpoint_url="http://store.internal:9000")),  # s3transfer's, a stall
+        S3TransferFailedError("the transfer failed"),  # boto3's
+    ],
+    ids=type,
+)
+def test_what_boto3s_transfers_raise_is_the_store_not_answering(
+    alice, alice_client, published, monkeypatch, unpaused, error
+):
+    """django-storages' open() and save() go through s3transfer, whose errors are not botocore's."""
+    job = services.job_create(owner=alice, prompt="x")
+    finish(job)
+
+    def fails(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(default_storage, "open", fails)
+    detail = alice_client.get(f"{JOBS}{job.id}/")
+    assert detail.status_code == 200 and detail.json()["images"][0]["png_base64"] is None
+    image = alice_client.get(f"{JOBS}{job.id}/images/0.png")
+    assert image.status_code == 503 and image["Retry-After"]
+
+
+@pytest.fixture
+def unpaused():
+    """No pause left over from an earlier test's store failure, and none left behind for the next."""
+    store.resume()
+    yield
+    store.resume()
+
+
+class StalledBody(BaseHTTPRequestHandler):
+    """An S3 endpoint that answers every GET's headers, then sends a few bytes of the body and nothing more."""
+
+    def do_GET(self):
+        self.server.requests.append(("GET", self.path))
+        self.send_response(200)
+        self.send_header("Content-Type", "image/png")
+        self.send_header("Content-Length", "1000")
+        self.end_headers()
+        self.wfile.write(b"\x89PNG\r\n")
+        self.wfile.flush()
+        self.server.released.wait(30)
+
+    def do_HEAD(self):
+        self.server.requests.append(("HEAD", self.path))
+        self.send_response(200)
+        self.send_header("Content-Length", "1000")
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def stalled_store(settings, unpaused):
+    """The default storage on an S3 endpoint whose GETs stall mid-body; each request 0.5 s and one try."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), StalledBody)
+    server.daemon_threads, server.requests, server.released = True, [], threading.Event()
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+
+    def use():
+        endpoint = f"http://127.0.0.1:{server.server_address[1]}"
+        default = s3_storage(
+            bucket="stalled", endpoint_url=endpoint, access_key="k", secret_key="s", timeout=0.5, attempts=1
+        )
+        settings.STORAGES = {**settings.STORAGES, "default": default}
+        store.resume()
+        return server
+
+    yield use
+    server.released.set()
+    server.shutdown()
+
+
+def test_a_read_that_stalls_mid_body_is_one_get_and_one_timeout(alice, alice_client, published, stalled_store):
+    """A GET whose body stops coming: s3transfer (django-storages' open()) would try it 5 times and then raise an
+    error botocore does not know; a read is one GET, given up after the read timeout, and the store unavailable."""
+    job = services.job_create(owner=alice, prompt="x")
+    finish(job)  # on the file system: its name is all the stalled store is asked for
+    server = stalled_store()
+    started = time.monotonic()
+    detail = alice_client.get(f"{JOBS}{job.id}/")
+    assert detail.status_code == 200 and detail.json()["images"][0]["png_base64"] is None
+    assert time.monotonic() - started < 3  # one 0.5 s timeout; s3transfer's five would be 2.5 s and a 500
+    assert server.requests == [("GET", f"/stalled/{JobImage.objects.get(job=job).file.name}")]
+    image = alice_client.get(f"{JOBS}{job.id}/images/0.png")
+    assert image.status_code == 503 and image["Retry-After"]
+
+
 # --- The result cache copies its source's images: each job owns its bytes.
 def test_a_cache_hit_copies_the_images_into_the_new_jobs_own_files(alice, published, image_store):
     source = services.job_create(owner=alice, prompt="x", seed=5)
@@ -220,6 +389,50 @@ def test_a_cache_hit_copies_the_images_into_the_new_jobs_own_files(alice, publis
     assert copy.cached_from_id == source.id and copy.status == JobStatus.SUCCEEDED
     original, copied = JobImage.objects.get(job=source), JobImage.objects.get(job=copy)
     assert copied.file.name != original.file.name and image_store.read(copied.file.name) == data
+
+
+def spy_on_the_store(monkeypatch) -> list[tuple]:
+    """Every store.save and store.read from now on: (what, the name, whether a transaction was open)."""
+    calls = []
+    for what in ("save", "read"):
+        real = getattr(store, what)
+
+        def spy(name, *args, _real=real, _what=what):
+            calls.append((_what, name, connection.in_atomic_block))
+            return _real(name, *args)
+
+        monkeypatch.setattr(store, what, spy)
+    return calls
+
+
+@pytest.mark.django_db(transaction=True)  # no test transaction around it: an open one is the submission's own
+def test_a_submission_reads_and_writes_the_store_before_it_locks_its_user(alice, published, monkeypatch):
+    """A slow store must not hold the user's row lock (every submission of theirs waits on it) and a connection."""
+    source = services.job_create(owner=alice, prompt="x", seed=5)
+    finish(source)
+    calls = spy_on_the_store(monkeypatch)
+    hit = services.job_submit(owner=alice, prompt="x", seed=5).job  # reads the source's images, writes copies
+    upload = services.upload_create(owner=alice, data=png((9, 9, 9)))
+    inputs = [services.ImageInput(data=png()), services.ImageInput(upload=upload.id)]
+    for init_image in inputs:  # writes the fitted input; reads the upload first
+        services.job_submit(owner=alice, prompt="y", init_image=init_image)
+    assert hit.cached_from_id == source.id and Job.objects.count() == 4
+    assert {what for what, _, _ in calls} == {"save", "read"}
+    assert [call for call in calls if call[2]] == []
+
+
+def test_a_cache_hit_refused_under_the_lock_leaves_no_copies_behind(
+    alice, published, monkeypatch, image_store, settings
+):
+    source = services.job_create(owner=alice, prompt="x", seed=5)
+    finish(source)
+    calls = spy_on_the_store(monkeypatch)
+    settings.JOB_MAX_ACTIVE_PER_USER = 0
+    with pytest.raises(services.CapacityExceeded):
+        services.job_submit(owner=alice, prompt="x", seed=5)
+    copies = [name for what, name, _ in calls if what == "save"]
+    assert copies and not any(image_store.holds(name) for name in copies)  # named by a job id never written
+    assert all(image_store.holds(image.file.name) for image in source.images.all())
 
 
 def test_the_cache_runs_the_model_when_the_store_cannot_give_the_source(alice, published, image_store):
@@ -363,6 +576,50 @@ def test_with_the_store_down_the_data_migration_loses_nothing_and_the_sweeper_fi
         image = JobImage.objects.get(job_id=job_id, index=index)
         assert image.state == ImageState.STORED and image_store.read(image.file.name) == data
         assert (image.sha256, image.size) == (hashlib.sha256(data).hexdigest(), len(data))
+
+
+# --- Uploads and job inputs of a release that kept them in a media folder: copy_media_to_storage.
+def copy_media(folder) -> str:
+    out = io.StringIO()
+    call_command("copy_media_to_storage", str(folder), stdout=out)
+    return out.getvalue().strip()
+
+
+def test_copy_media_to_storage_brings_an_old_media_folder_in_once(
+    alice, alice_client, published, image_store, tmp_path
+):
+    old = tmp_path / "old-media"
+    picture = png((1, 2, 3))
+    digest = hashlib.sha256(picture).hexdigest()
+    files = {f"uploads/{digest[:2]}/{digest}.png": picture, "inputs/ab/ab12.png": b"input bytes", "other/x": b"x"}
+    for name, data in files.items():
+        (old / name).parent.mkdir(parents=True, exist_ok=True)
+        (old / name).write_bytes(data)
+    store.save("other/x", b"already here")  # a name the store has is never overwritten
+    upload = Upload.objects.create(
+        owner=alice, file=f"uploads/{digest[:2]}/{digest}.png", sha256=digest, width=32, height=32, format="PNG",
+        expires_at=timezone.now() + timedelta(days=1),
+    )
+    job = {"prompt": "x", "init_image": {"upload": str(upload.id)}}
+    assert alice_client.post(JOBS, job, format="json").status_code != 202  # its file is still in the old folder
+
+    assert copy_media(old) == "copied 2, skipped 1 already in the store"
+    assert [image_store.read(name) for name in files] == [picture, b"input bytes", b"already here"]
+    assert copy_media(old) == "copied 0, skipped 3 already in the store"  # again: nothing to do
+    assert alice_client.post(JOBS, job, format="json").status_code == 202
+    with pytest.raises(CommandError, match="is not a folder"):
+        copy_media(tmp_path / "nowhere")
+
+
+def test_copy_media_to_storage_stops_when_the_store_fails_and_goes_on_when_run_again(db, image_store, tmp_path):
+    old = tmp_path / "old-media"
+    (old / "uploads").mkdir(parents=True)
+    (old / "uploads" / "a.png").write_bytes(b"a")
+    image_store.down()
+    with pytest.raises(CommandError, match="stopped at uploads/a.png after copying 0"):
+        copy_media(old)
+    image_store.up()
+    assert copy_media(old) == "copied 1, skipped 0 already in the store" and image_store.read("uploads/a.png") == b"a"
 
 
 def test_a_job_with_an_init_image_is_a_503_while_the_store_is_down_and_nothing_is_queued(
