@@ -84,8 +84,10 @@ class Streamer(JobUser):
             return
         path, started = submitted
         headers = {"Accept": "text/event-stream"}
-        with self.client.get(f"/{path}events", name="/api/v1/jobs/{id}/events", headers=headers, stream=True) as r:
+        name = "/api/v1/jobs/{id}/events"  # its time is to the answer's headers; the job's own time is reported apart
+        with self.client.get(f"/{path}events", name=name, headers=headers, stream=True, catch_response=True) as r:
             if r.status_code != 200:
+                r.failure(f"{r.status_code}")
                 return
             event = None
             for line in r.iter_lines(decode_unicode=True):
@@ -95,3 +97,4 @@ class Streamer(JobUser):
                     status = "succeeded" if '"status": "succeeded"' in line else "failed"
                     self.ended(status, started)
                     return
+            r.failure("the stream closed before its end event")

@@ -120,7 +120,9 @@ def test_bench_load_runs_locust_against_two_workers():
     out = run_benchmark("benchmarks.bench_load", "--users", "4", "--seconds", "15", "--steps", "4")
     row = json.loads(next(line for line in out.splitlines() if line.startswith("{")))
     assert row["jobs_per_min"] > 0 and row["error_rate"] == 0, row
-    assert {"POST /api/v1/jobs/", "job succeeded"} <= set(row["routes"]), row
+    assert {"POST /api/v1/jobs/", "GET /api/v1/jobs/{id}/", "GET /api/v1/jobs/{id}/events", "job succeeded"} <= set(
+        row["routes"]
+    ), row
     assert set(row["cpu_per_second"]) == {"api", "worker0", "worker1", "locust"}, row
 
 
