@@ -28,8 +28,10 @@ from benchmarks.bench_service import BASE, ROOT, Service, percentile, tree_cpu_s
 
 
 def run(model_dir: Path, users: int, seconds: int, steps: int) -> dict:
-    # The deployed limits (a user may have 10 unfinished jobs, create 60 a minute) and progress writes.
+    # The deployed limits (a user may have 10 unfinished jobs, create 60 a minute) and progress writes; one torch
+    # thread a worker, so that the two workers take one core each instead of fighting over both.
     env = {"JOB_MAX_ACTIVE_PER_USER": "10", "JOB_CREATE_RATE": "60/min", "JOB_PROGRESS_INTERVAL": "0.25"}
+    env["OMP_NUM_THREADS"] = "1"
     with Service(model_dir, env, workers=2) as service:
         tokens = _issue_tokens(service, users)
         out = Path(tempfile.mkdtemp(prefix="bench-load-")) / "locust"
