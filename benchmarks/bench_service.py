@@ -301,7 +301,7 @@ def measure_profile(model_dir: Path, server: str = "asgi", seconds: int = 10, to
     with Service(model_dir, server=server) as service:
         session = requests.Session()
         job = service.wait(session, service.submit(session, steps=2), finished)
-        run_wrk(service, job, 100, seconds=3)  # warm: connections, caches
+        run_wrk(service, job, 100, seconds=2)  # warm: connections, caches
         out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(service.api.pid)], capture_output=True, text=True)
         folded = [service.var / f"profile-{pid}.txt" for pid in out.stdout.split()]
         spies = [
@@ -541,6 +541,7 @@ def main() -> int:
     parser.add_argument("--throughput", action="store_true")
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--profile-server", default="asgi", help="--profile: the server kind profiled")
+    parser.add_argument("--profile-seconds", type=int, default=10, help="--profile: how long py-spy samples")
     parser.add_argument("--streams", type=int, default=0, help="this many event streams (the issue asks for 500)")
     parser.add_argument("--stream-jobs", type=int, default=4, help="--streams: jobs the streams follow")
     parser.add_argument("--stream-steps", type=int, default=150, help="--streams: steps of each followed job")
@@ -594,7 +595,7 @@ def main() -> int:
                 flush=True,
             )
     if args.profile:
-        results["profile"] = measure_profile(tiny, args.profile_server)
+        results["profile"] = measure_profile(tiny, args.profile_server, args.profile_seconds)
         print("| share of samples | function |\n|---|---|")
         for row in results["profile"]:
             print(f"| {100 * row['share']:.0f}% | `{row['function']}` |", flush=True)

@@ -103,7 +103,8 @@ def test_bench_service_open_loop_and_profile_on_postgres_and_redis():
     if not os.environ.get("DATABASE_URL") or not os.environ.get("REDIS_URL"):
         pytest.fail("DATABASE_URL and REDIS_URL must name the real servers (make test sets them)")
     out = run_benchmark(
-        "benchmarks.bench_service", "--open-loop", "20", "--open-loop-seconds", "3", "--servers", "asgi", "--profile"
+        "benchmarks.bench_service", "--open-loop", "20", "--open-loop-seconds", "3", "--servers", "asgi", "--profile",
+        "--profile-seconds", "3",
     )
     # 20 clients × 3 s, every answer a 200 (an error would be counted apart).
     found = re.search(r"GET job \(asgi\), 20 clients once a second for 3 s: .* (\d+) requests, (\d+) errors", out)
@@ -117,7 +118,7 @@ def test_bench_service_open_loop_and_profile_on_postgres_and_redis():
 def test_bench_load_runs_locust_against_two_workers():
     if not os.environ.get("DATABASE_URL") or not os.environ.get("REDIS_URL"):
         pytest.fail("DATABASE_URL and REDIS_URL must name the real servers (make test sets them)")
-    out = run_benchmark("benchmarks.bench_load", "--users", "4", "--seconds", "15", "--steps", "4")
+    out = run_benchmark("benchmarks.bench_load", "--users", "4", "--seconds", "10", "--steps", "4")
     row = json.loads(next(line for line in out.splitlines() if line.startswith("{")))
     assert row["jobs_per_min"] > 0 and row["error_rate"] == 0, row
     assert {"POST /api/v1/jobs/", "GET /api/v1/jobs/{id}/", "GET /api/v1/jobs/{id}/events", "job succeeded"} <= set(
