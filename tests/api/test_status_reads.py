@@ -207,3 +207,22 @@ def test_answers_with_presigned_links_live_at_most_half_the_links_life(settings)
     assert status_reads.status_reads().entry_seconds == 15
     settings.IMAGE_URL_EXPIRES_SECONDS = 3600
     assert status_reads.status_reads().entry_seconds == status_reads.ENTRY_SECONDS
+
+
+def test_a_failing_status_query_leaves_the_read_to_django(apps, published, monkeypatch):
+    import psycopg
+
+    kept, _ = apps
+    alice = make_user("alice")
+    token = token_issue(user=alice)
+    job = a_job(alice)
+    assert get(kept, path_of(job), token)[0] == 200  # opens the connection
+
+    async def refused(job_id, token):
+        raise psycopg.OperationalError("connection refused")
+
+    monkeypatch.setattr(kept.status_reads, "_check", refused)
+    status, _, body = get(kept, path_of(job), token)
+    assert status == 200 and str(job.id).encode() in body
+    assert kept.status_reads._connection is None  # dropped: opened again at the next read
+    assert kept.status_reads.hits == 0
