@@ -559,6 +559,9 @@ def job_claim_next(*, worker: str) -> Job | None:
     delivers in submission order, so taking the named job would let one user's backlog starve everyone else. Each
     queued job has a message, so every job is still claimed; a message whose job went first claims another.
     """
+    waiting = list(Job.objects.filter(status=JobStatus.QUEUED).values_list("id", flat=True)[:2])
+    if len(waiting) < 2:  # none, or only one: fair by itself (the usual case on an idle service), no fair order needed
+        return job_claim(job_id=waiting[0], worker=worker) if waiting else None
     for candidate in selectors.jobs_queued_fairly().values_list("id", flat=True)[:20]:
         if job := job_claim(job_id=candidate, worker=worker):
             return job
@@ -573,6 +576,8 @@ def job_claim_batch(*, job: Job, worker: str, limit: int) -> list[Job]:
     only while the whole batch's estimated cost still fits the time limit, so the batch can finish in the time
     one job is given. Their own broker messages arrive later and claim other work (job_claim_next).
     """
+    if not Job.objects.filter(status=JobStatus.QUEUED).exists():
+        return []  # the usual case on an idle service: a simple query instead of the fair order's
     candidates = (
         selectors.jobs_queued_fairly()
         .filter(
@@ -590,7 +595,7 @@ def job_claim_batch(*, job: Job, worker: str, limit: int) -> list[Job]:
     )
     candidates = list(candidates)
     if not candidates:
-        return []  # the usual case on an idle service: no cost estimate needed
+        return []  # no mate fits: no cost estimate needed
     rate = selectors.model_step_rate(model=job.model)
     images, guided = job.num_images, cost.is_guided(job.guidance_scale)
     mates = []
