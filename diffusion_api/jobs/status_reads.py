@@ -88,6 +88,8 @@ class StatusReads:
         if found is None:
             return None
         headers = dict(scope["headers"])
+        if len(headers) != len(scope["headers"]):
+            return None  # a repeated header: Django joins the copies (a repeated Authorization is a 401 there)
         if headers.get(b"content-length", b"0") != b"0" or b"transfer-encoding" in headers:
             return None
         keyword, _, token = headers.get(b"authorization", b"").partition(b" ")
