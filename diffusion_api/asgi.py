@@ -22,7 +22,8 @@ from diffusion_api.jobs.status_reads import status_reads  # noqa: E402 (needs th
 class APIHandler(ASGIHandler):
     """Django's ASGI handler, made as cheap as a sync worker for synchronous views.
 
-    Two changes, each measured on the job status route (BENCHMARKS.md, "Status reads under ASGI, and event streams"):
+    Two changes, each measured on the job status route (docs/experiments/benchmarks-history.md, "Status reads
+    under ASGI, and event streams"):
 
     * No thread per request. Django wraps each request in a `ThreadSensitiveContext`, which gives its synchronous code
       a new thread, and with it a new database connection; a hundred clients meant a hundred threads contending for

@@ -188,9 +188,9 @@ class FieldsBuiltOnce:
 
     DRF builds a ModelSerializer's fields from the model, and deep-copies every declared field, for each instance; for
     a job's status, which nests five serializers and about fifty fields, that was half the route's py-spy samples
-    (BENCHMARKS.md, "Status reads under ASGI"). The fields depend only on the class, so the first instance's are kept
-    unbound, and each instance binds shallow copies of them (new objects sharing their settings). Only for output: a
-    field's validators would be shared too.
+    (docs/experiments/benchmarks-history.md, "Status reads under ASGI"). The fields depend only on the class, so the
+    first instance's are kept unbound, and each instance binds shallow copies of them (new objects sharing their
+    settings). Only for output: a field's validators would be shared too.
     """
 
     def get_fields(self):
