@@ -33,6 +33,15 @@ class JobUser(HttpUser):
     def on_start(self) -> None:
         self.client.headers["Authorization"] = f"Token {next(TOKENS)}"
 
+    @task
+    def job(self) -> None:
+        submitted = self.submit()
+        if submitted is not None:
+            self.follow(*submitted)
+
+    def follow(self, path: str, started: float) -> None:
+        raise NotImplementedError
+
     def submit(self) -> tuple[str, float] | None:
         prompt = f"a {random.choice(COLOURS)} {random.choice(SHAPES)}"
         started = time.perf_counter()
@@ -56,12 +65,7 @@ class JobUser(HttpUser):
 class Poller(JobUser):
     weight = 3
 
-    @task
-    def job(self) -> None:
-        submitted = self.submit()
-        if submitted is None:
-            return
-        path, started = submitted
+    def follow(self, path: str, started: float) -> None:
         while True:
             time.sleep(1.0)  # gevent's, under locust: other users go on meanwhile
             with self.client.get(f"/{path}", name="/api/v1/jobs/{id}/", catch_response=True) as r:
@@ -77,12 +81,7 @@ class Poller(JobUser):
 class Streamer(JobUser):
     weight = 1
 
-    @task
-    def job(self) -> None:
-        submitted = self.submit()
-        if submitted is None:
-            return
-        path, started = submitted
+    def follow(self, path: str, started: float) -> None:
         headers = {"Accept": "text/event-stream"}
         name = "/api/v1/jobs/{id}/events"  # its time is to the answer's headers; the job's own time is reported apart
         with self.client.get(f"/{path}events", name=name, headers=headers, stream=True, catch_response=True) as r:
