@@ -56,57 +56,110 @@ def parse_buckets(text: str) -> list[Bucket]:
     return [Bucket.parse(part) for part in text.split(",") if part.strip()]
 
 
+GRAPHS = ("unet", "full", "shallow")  # the plain UNet, and DeepCache's full and shallow steps (generator/deepcache.py)
+
+
 class BucketedUNet:
     """The UNet, compiled for the batch shapes in `compiled_batches`; eager for every other shape.
 
     A plain callable, not a module, so the compiled and eager paths do not register the weights twice;
-    other attributes (`parameters`, `device` …) are the eager UNet's.
+    other attributes (`parameters`, `device` …) are the eager UNet's. Besides the plain call, `full` and `shallow`
+    run DeepCache's two kinds of step, compiled where a bucket of theirs was.
     """
 
     def __init__(self, unet: torch.nn.Module):
+        from generator.deepcache import FullUNet, ShallowUNet
+
         self.eager = unet
         # Freezing makes the weights constants, so oneDNN packs them once instead of on every call (the UNet
         # call at SD 1.5 size, 256², went from 1.56 s to 1.09 s). It is set for the whole process: neither
         # torch.compile(options={"freezing": True}) nor config.patch around the compile froze anything
         # (their profiles still showed aten::mkldnn_convolution, unfused and unpacked).
         torch._inductor.config.freezing = True
-        self.compiled = torch.compile(unet, dynamic=False)
-        self.compiled_batches: dict[tuple[int, int], list[int]] = {}  # latent (h, w) → UNet batch sizes, ascending
+        self.modules = {"unet": unet, "full": FullUNet(unet), "shallow": ShallowUNet(unet)}
+        self.compiled = {graph: torch.compile(module, dynamic=False) for graph, module in self.modules.items()}
+        # (graph, latent h, latent w) → the UNet batch sizes compiled, ascending
+        self.compiled_batches: dict[tuple[str, int, int], list[int]] = {}
 
     def __getattr__(self, name: str):
         return getattr(self.eager, name)
 
-    def compile_for(self, batch: int, height: int, width: int, context: torch.Tensor) -> float:
-        """Compile for UNet inputs (batch, C, height, width) with text context like `context` (1, T, D); seconds."""
+    def compile_for(self, batch: int, height: int, width: int, context: torch.Tensor, graph: str = "unet") -> float:
+        """Compile `graph` for UNet inputs (batch, C, height, width) with text context like `context` (1, T, D);
+        seconds."""
         started = time.perf_counter()
         sample = torch.zeros(
             (batch, self.config.in_channels, height, width), device=context.device, dtype=self.dtype
         ).to(memory_format=torch.channels_last)
+        args = [sample, _timestep(500, sample.device), context.expand(batch, -1, -1)]
         with torch.inference_mode():
-            self.compiled(
-                sample, _timestep(500, sample.device), encoder_hidden_states=context.expand(batch, -1, -1),
-                return_dict=False,
-            )
-        sizes = self.compiled_batches.setdefault((height, width), [])
+            if graph == "shallow":
+                _, features = self.modules["full"](*args)
+                args.append(features.contiguous(memory_format=torch.channels_last))
+            self.compiled[graph](*args)
+        sizes = self.compiled_batches.setdefault((graph, height, width), [])
         sizes.append(batch)
         sizes.sort()
         return time.perf_counter() - started
 
+    def _fit(self, graph: str, sample: torch.Tensor, kwargs: dict) -> int | None:
+        """The compiled batch size this call pads up to, or None to run eager."""
+        if kwargs.get("timestep_cond") is not None or kwargs.get("cross_attention_kwargs"):
+            return None
+        fits = [b for b in self.compiled_batches.get((graph, *sample.shape[-2:]), []) if b >= sample.shape[0]]
+        return fits[0] if fits else None
+
     def __call__(self, sample: torch.Tensor, timestep, encoder_hidden_states: torch.Tensor, **kwargs):
         rows = sample.shape[0]
-        fits = [b for b in self.compiled_batches.get(tuple(sample.shape[-2:]), []) if b >= rows]
-        if not fits or kwargs.get("timestep_cond") is not None or kwargs.get("cross_attention_kwargs"):
+        size = self._fit("unet", sample, kwargs)
+        if size is None and self._fit("full", sample, kwargs) and set(kwargs) <= {"return_dict", "timestep_cond"}:
+            return (self.full(sample, timestep, encoder_hidden_states)[0],)  # DeepCache's full graph: the same output
+        if size is None:
             return self.eager(sample, timestep, encoder_hidden_states=encoder_hidden_states, **kwargs)
-        pad = fits[0] - rows
-        if pad:  # repeat the last row: every op in the UNet works per image
-            sample = torch.cat([sample, sample[-1:].expand(pad, -1, -1, -1)])
-            encoder_hidden_states = torch.cat([encoder_hidden_states, encoder_hidden_states[-1:].expand(pad, -1, -1)])
+        sample, encoder_hidden_states = _pad(size, sample, encoder_hidden_states)
         # One timestep dtype for every scheduler (ints for DDIM, floats for Euler), so they share one compiled graph.
-        timestep = _timestep(timestep, sample.device)
-        out = self.compiled(sample.contiguous(memory_format=torch.channels_last), timestep,
-                            encoder_hidden_states=encoder_hidden_states, **kwargs)
+        out = self.compiled["unet"](sample, _timestep(timestep, sample.device),
+                                    encoder_hidden_states=encoder_hidden_states, **kwargs)
         prediction = out[0] if isinstance(out, tuple) else out.sample
         return (prediction[:rows],)
+
+    def full(self, sample, timestep, encoder_hidden_states, timestep_cond=None):
+        """DeepCache's full step: (output, features), compiled where a "full" bucket fits."""
+        from generator.deepcache import unet_full
+
+        rows = sample.shape[0]
+        size = self._fit("full", sample, {"timestep_cond": timestep_cond})
+        if size is None:
+            return unet_full(self.eager, sample, timestep, encoder_hidden_states, timestep_cond=timestep_cond)
+        sample, encoder_hidden_states = _pad(size, sample, encoder_hidden_states)
+        out, features = self.compiled["full"](sample, _timestep(timestep, sample.device), encoder_hidden_states)
+        return out[:rows], features[:rows]
+
+    def shallow(self, sample, timestep, encoder_hidden_states, features, timestep_cond=None):
+        """DeepCache's shallow step on kept `features`, compiled where a "shallow" bucket fits."""
+        from generator.deepcache import unet_shallow
+
+        rows = sample.shape[0]
+        features = features[-rows:]
+        size = self._fit("shallow", sample, {"timestep_cond": timestep_cond})
+        if size is None:
+            return unet_shallow(
+                self.eager, sample, timestep, encoder_hidden_states, features, timestep_cond=timestep_cond
+            )
+        sample, encoder_hidden_states, features = _pad(size, sample, encoder_hidden_states, features)
+        out = self.compiled["shallow"](sample, _timestep(timestep, sample.device), encoder_hidden_states, features)
+        return out[:rows]
+
+
+def _pad(size: int, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Each tensor padded to `size` rows by repeating its last row (every op in the UNet works per image), 4-d ones
+    channels-last."""
+    padded = []
+    for x in tensors:
+        if size > x.shape[0]:
+            x = torch.cat([x, x[-1:].expand(size - x.shape[0], *x.shape[1:])])
+        padded.append(x.contiguous(memory_format=torch.channels_last) if x.ndim == 4 else x)
+    return tuple(padded)
 
 
 def _timestep(timestep, device: torch.device) -> torch.Tensor:
@@ -120,11 +173,17 @@ def optimize(
     channels_last: bool = True,
     buckets: list[Bucket] | tuple[Bucket, ...] = (),
     guidance: bool = True,
+    cond_only: bool = False,
+    deep_cache: bool = False,
 ) -> dict:
-    """Apply the fast path to a loaded model in place; returns {bucket: compile seconds}.
+    """Apply the fast path to a loaded model in place; returns {graph: compile seconds}.
 
     `guidance`: compile the UNet batch of classifier-free guidance (2 × images), as the model's default
     guidance scale uses; a request without guidance then runs padded into the same graph.
+    `cond_only`: compile the batch of the prompts alone too (1 × images), which steps after a request's
+    `guidance_cutoff` run, instead of padding them back to the guided batch.
+    `deep_cache`: compile DeepCache's full and shallow steps (`deep_cache_interval` > 1) for the same batches
+    instead; a plain call runs the full graph, whose output is the same.
     """
     check_sdpa(model)
     if channels_last:
@@ -138,15 +197,22 @@ def optimize(
     unet = model.unet if isinstance(model.unet, BucketedUNet) else BucketedUNet(model.unet)
     model.unet = unet
     context = _empty_prompt_context(model)
+    graphs = ("full", "shallow") if deep_cache else ("unet",)
     times = {}
     for bucket in buckets:
         if bucket.width % factor or bucket.height % factor:
             raise ValueError(f"compile bucket {bucket} is not a multiple of the VAE factor {factor}")
-        batch = bucket.images * (2 if guidance else 1)
-        seconds = unet.compile_for(batch, bucket.height // factor, bucket.width // factor, context)
-        times[f"{bucket.width}x{bucket.height}x{bucket.images}"] = seconds
-        logger.info("compiled the UNet for %sx%s, %d images, in %.1fs", bucket.width, bucket.height,
-                    bucket.images, seconds)
+        batches = {bucket.images * (2 if guidance else 1)}
+        if cond_only:
+            batches.add(bucket.images)
+        for batch in sorted(batches):
+            for graph in graphs:
+                seconds = unet.compile_for(batch, bucket.height // factor, bucket.width // factor, context, graph)
+                times[f"{bucket.width}x{bucket.height}x{bucket.images}:{graph}:{batch}"] = seconds
+                logger.info("compiled the UNet's %s graph for %sx%s, batch %d, in %.1fs", graph, bucket.width,
+                            bucket.height, batch, seconds)
+    if deep_cache:
+        model.cache["fast_path"]["deep_cache"] = True
     return times
 
 

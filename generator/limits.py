@@ -26,6 +26,7 @@ DRAWN_SEED_BELOW = 2**32  # a request without a seed gets one drawn from [0, 2**
 MAX_MASK_BLUR = 64  # pixels
 MAX_INPAINT_PADDING = 256  # pixels
 MAX_HIRES_SCALE = 4.0
+MAX_DEEP_CACHE_INTERVAL = 10  # steps; DeepCache's quality falls off quickly past about 5
 # How the hires fix upscales the first pass: in latent space (bilinear, or nearest neighbour), or in pixel space
 # with Lanczos (decode, upscale, encode again).
 HIRES_UPSCALERS = ("latent", "latent-nearest", "lanczos")
@@ -113,6 +114,25 @@ FIELDS: dict[str, FieldSpec] = {
         FieldSpec("hires_upscaler", str, "latent", choices=HIRES_UPSCALERS),
         FieldSpec("hires_steps", int, 0, min=0, setting="JOB_MAX_STEPS", help="0: the same as steps"),
         FieldSpec("hires_strength", float, 0.5, min=0.0, max=1.0, min_exclusive=True),
+        # Fewer UNet evaluations per image (generator/pipeline.py); both defaults run every evaluation.
+        FieldSpec(
+            "guidance_cutoff",
+            float,
+            1.0,
+            min=0.0,
+            max=1.0,
+            min_exclusive=True,
+            help="classifier-free guidance runs for this share of the steps, the rest run the prompt's half alone; "
+            "1: guidance on every step",
+        ),
+        FieldSpec(
+            "deep_cache_interval",
+            int,
+            1,
+            min=1,
+            max=MAX_DEEP_CACHE_INTERVAL,
+            help="the UNet's deep blocks run every this many steps and are reused between (DeepCache); 1: off",
+        ),
     )
 }
 

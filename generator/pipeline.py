@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageFilter
 
-from generator import images, limits
+from generator import deepcache, images, limits
 from generator.limits import MAX_IMAGES_PER_REQUEST, MAX_SEED, MAX_SIDE
 from generator.loading import LoadedModel
 from generator.pngmeta import png_bytes
@@ -65,6 +65,10 @@ class GenerationRequest:
     hires_steps: int = 0  # 0: the same as steps
     hires_strength: float = 0.5
     vae_tile_size: int = 0  # pixels; 0: the VAE encodes and decodes whole images
+    # Fewer UNet evaluations (limits.FIELDS): guidance only on the first `guidance_cutoff` share of the steps, and
+    # the deep blocks recomputed every `deep_cache_interval` steps (1: every step, the exact loop).
+    guidance_cutoff: float = 1.0
+    deep_cache_interval: int = 1
 
     @property
     def mode(self) -> str:
@@ -223,8 +227,16 @@ def _check_image_fields(model: LoadedModel, request: GenerationRequest) -> None:
     """The img2img, inpainting, variation, hires and tiling fields, against limits.FIELDS and the images."""
     for name in (
         "strength", "mask_blur", "inpaint_full_res_padding", "subseed_strength", "hires_scale", "hires_strength",
+        "guidance_cutoff",
     ):
         _check_range(name, getattr(request, name))
+    spec = limits.FIELDS["deep_cache_interval"]
+    if not _is_int(request.deep_cache_interval) or not spec.min <= request.deep_cache_interval <= spec.max:
+        raise ValueError(
+            f"deep_cache_interval must be an integer from {spec.min} to {spec.max}, got {request.deep_cache_interval!r}"
+        )
+    if request.deep_cache_interval > 1:
+        deepcache.check_supported(getattr(model.unet, "eager", model.unet))
     if not isinstance(request.inpaint_full_res, bool):
         raise ValueError(f"inpaint_full_res must be true or false, got {request.inpaint_full_res!r}")
     if request.subseed is not None and (
@@ -292,6 +304,8 @@ def batch_key(request: GenerationRequest) -> tuple:
         key += ("hires", request.hires_scale, request.hires_upscaler, request.hires_steps, request.hires_strength)
     if request.vae_tile_size:
         key += ("tiles", request.vae_tile_size)
+    if request.guidance_cutoff != 1 or request.deep_cache_interval != 1:
+        key += ("evaluations", request.guidance_cutoff, request.deep_cache_interval)
     return key
 
 
@@ -309,7 +323,8 @@ def generate(
     requests = [resolve_request(model, r) for r in requests]
     if len({batch_key(r) for r in requests}) > 1:
         raise ValueError(
-            "requests in one batch must share width, height, steps and scheduler, and mode, strength, hires and tiling"
+            "requests in one batch must share width, height, steps and scheduler, and mode, strength, hires, tiling, "
+            "guidance_cutoff and deep_cache_interval"
         )
     first = requests[0]
     device = model.device
@@ -556,20 +571,28 @@ class _Batch:
             keep_mask = 1 - torch.nn.functional.interpolate(mask, size=shape[2:])
 
         step_kwargs = {"generator": generators} if "generator" in _step_parameters(scheduler) else {}
+        # Guidance runs on the first `guidance_cutoff` share of the steps (at least one); the rest run the prompts'
+        # half alone, a batch of N rows instead of 2N.
+        guided_steps = math.ceil(first.guidance_cutoff * len(timesteps)) if self.use_cfg else 0
+        features = None  # DeepCache: the deep features of the last full step
         for i, t in enumerate(timesteps):
-            model_input = torch.cat([latents] * 2) if self.use_cfg else latents  # (2N or N, C, h, w)
+            guided = i < guided_steps
+            model_input = torch.cat([latents] * 2) if guided else latents  # (2N or N, C, h, w)
             scaled = scheduler.scale_model_input(model_input, t)
             model_input = scaled.to(dtype)
             if condition is not None:
-                model_input = torch.cat([model_input, condition], dim=1)
-            noise_pred = model.unet(
-                model_input,
-                t,
-                encoder_hidden_states=self.prompt_embeds,
-                timestep_cond=self.timestep_cond,
-                return_dict=False,
-            )[0].float()
-            if self.use_cfg:
+                model_input = torch.cat([model_input, condition if guided else condition[-n:]], dim=1)
+            embeds = self.prompt_embeds if guided else self.text_embeds
+            if first.deep_cache_interval == 1:
+                noise_pred = model.unet(
+                    model_input, t, encoder_hidden_states=embeds, timestep_cond=self.timestep_cond, return_dict=False
+                )[0]
+            elif i % first.deep_cache_interval == 0:
+                noise_pred, features = _unet_full(model.unet, model_input, t, embeds, self.timestep_cond)
+            else:
+                noise_pred = _unet_shallow(model.unet, model_input, t, embeds, features, self.timestep_cond)
+            noise_pred = noise_pred.float()
+            if guided:
                 noise_uncond, noise_text = noise_pred.chunk(2)
                 noise_pred = noise_uncond + self.guidance * (noise_text - noise_uncond)
                 if (self.rescale > 0).any():
@@ -618,6 +641,20 @@ class _Batch:
                     f"got {tuple(state.prompt_embeds.shape)}"
                 )
             self.text_embeds = state.prompt_embeds.to(device=self.model.device, dtype=self.text_embeds.dtype)
+
+
+def _unet_full(unet, sample, t, embeds, timestep_cond):
+    """DeepCache's full step (generator/deepcache.py): (output, features); compiled on the fast path."""
+    if hasattr(unet, "full"):  # fastpath.BucketedUNet
+        return unet.full(sample, t, embeds, timestep_cond=timestep_cond)
+    return deepcache.unet_full(unet, sample, t, embeds, timestep_cond=timestep_cond)
+
+
+def _unet_shallow(unet, sample, t, embeds, features, timestep_cond):
+    """DeepCache's shallow step on the last full step's `features`."""
+    if hasattr(unet, "shallow"):
+        return unet.shallow(sample, t, embeds, features, timestep_cond=timestep_cond)
+    return deepcache.unet_shallow(unet, sample, t, embeds, features, timestep_cond=timestep_cond)
 
 
 def _steps_run(steps: int, strength: float | None) -> int:
@@ -862,6 +899,10 @@ def build_manifest(model: LoadedModel, request: GenerationRequest, *, index: int
         extra.update({name: values[name] for name in hires})
     if request.vae_tile_size:
         extra["vae_tile_size"] = request.vae_tile_size
+    if request.guidance_cutoff != 1:
+        extra["guidance_cutoff"] = request.guidance_cutoff
+    if request.deep_cache_interval != 1:
+        extra["deep_cache_interval"] = request.deep_cache_interval
     return {
         "format": "generator-manifest/1",
         **base,
@@ -874,6 +915,7 @@ def build_manifest(model: LoadedModel, request: GenerationRequest, *, index: int
         "dtype": str(model.dtype).removeprefix("torch."),
         "decoder": model.decoder,
         "fast_path": model.cache.get("fast_path", {}),  # channels-last and compiled buckets change low bits
+        **({"engine": model.cache["engine"]} if "engine" in model.cache else {}),  # a worker's choice, and why
         "device_type": model.device.type,
         "versions": {
             "torch": torch.__version__,

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
 import math
+import os
 import socket
 import threading
 import time
@@ -19,6 +21,7 @@ from diffusion_api.jobs import cost, events, services, store
 from diffusion_api.jobs.models import Job
 from diffusion_api.jobs.services import Outcome
 from generator import GenerationRequest, LoadedModel, generate, load_model, make_tiny_model, resolve_request
+from generator.backends import Engine, choose_engine
 from generator.fastpath import optimize, parse_buckets
 
 logger = logging.getLogger(__name__)
@@ -46,16 +49,36 @@ def get_model(name: str) -> LoadedModel:
             if decoder == "tiny" and not (path / "tiny_vae").is_dir():  # tiny where the model has one
                 logger.info("model %s has no tiny_vae/; decoding with its VAE", name)
                 decoder = "vae"
-            model = load_model(
-                path, device=settings.GENERATOR_DEVICE, dtype=settings.GENERATOR_DTYPE, name=name, decoder=decoder
-            )
+            chosen = engine()
+            model = load_model(path, device=chosen.device, dtype=chosen.dtype, name=name, decoder=decoder)
             # Compile buckets are for the default model, the one a worker warms up at start.
-            buckets = parse_buckets(settings.GENERATOR_COMPILE) if name == settings.DEFAULT_MODEL else []
-            compile_seconds = optimize(model, channels_last=settings.GENERATOR_CHANNELS_LAST, buckets=buckets)
+            buckets = []
+            if chosen.backend == "compile" and name == settings.DEFAULT_MODEL:
+                buckets = parse_buckets(settings.GENERATOR_COMPILE)
+                os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(settings.GENERATOR_COMPILE_CACHE_DIR))
+            fewer = settings.GENERATOR_COMPILE_FEWER_EVALS
+            compile_seconds = optimize(
+                model, channels_last=settings.GENERATOR_CHANNELS_LAST, buckets=buckets, cond_only=fewer,
+                deep_cache=fewer,
+            )
+            model.cache["engine"] = chosen.as_dict()  # the manifest records it
             _loaded[name] = model
             logger.info("loaded model %s in %.1fs (compiled: %s)", name, time.monotonic() - started,
                         compile_seconds or "nothing")
         return _loaded[name]
+
+
+@functools.cache
+def engine() -> Engine:
+    """This worker's device, dtype and backend (generator.backends), from its settings and its machine."""
+    return choose_engine(settings.GENERATOR_DEVICE, settings.GENERATOR_DTYPE, settings.GENERATOR_BACKEND)
+
+
+def check_engine() -> Engine:
+    """The engine, logged with the reason it was chosen; raises EngineError where the machine cannot run it."""
+    chosen = engine()
+    logger.info("engine: %s %s %s (%s)", chosen.device, chosen.dtype, chosen.backend, chosen.reason)
+    return chosen
 
 
 def warm_up_in_background() -> threading.Thread:
@@ -189,7 +212,8 @@ class ProgressReporter:
 
 EVENT_INTERVAL = 0.1  # seconds between a job's progress events (every step of a fast model would flood followers)
 
-# The job's img2img, variation and hires fields (generator.limits.FIELDS), passed on as GenerationRequest fields.
+# The job's img2img, variation, hires and speed fields (generator.limits.FIELDS), passed on as GenerationRequest
+# fields.
 MODE_FIELDS = (
     "strength",
     "mask_blur",
@@ -201,6 +225,8 @@ MODE_FIELDS = (
     "hires_upscaler",
     "hires_steps",
     "hires_strength",
+    "guidance_cutoff",
+    "deep_cache_interval",
 )
 
 
@@ -220,7 +246,7 @@ def request_for(job: Job) -> GenerationRequest:
 
 
 def mode_fields(job: Job) -> dict:
-    """The job's img2img, variation and hires fields, and its inputs: PNGs the web process already fitted to
+    """The job's img2img, variation, hires and speed fields, and its inputs: PNGs the web process already fitted to
     width × height (init image RGB; mask L, white = repaint). A txt2img job's are the table's defaults."""
     fields = {name: getattr(job, name) for name in MODE_FIELDS}
     if job.init_image:
@@ -289,6 +315,10 @@ def _record_step_cost(jobs: list[Job], reporter: ProgressReporter) -> None:
     """Tell the API what a step of this model costs here (cost admission, services.model_step_cost_record)."""
     measured = reporter.step_seconds()
     if measured is None:
+        return
+    if any(job.guidance_cutoff < 1 or job.deep_cache_interval > 1 for job in jobs):
+        # Their steps cost less than their rows say (jobs/cost.py): a rate measured on them would admit other jobs
+        # that cannot finish in time.
         return
     steps, seconds = measured
     first = jobs[0]

@@ -5,7 +5,7 @@ import os
 import socket
 import threading
 
-from celery.signals import worker_process_init, worker_ready, worker_shutdown
+from celery.signals import worker_init, worker_process_init, worker_ready, worker_shutdown
 from django.conf import settings
 from django.db import connection
 
@@ -70,9 +70,12 @@ _stop_heartbeat = threading.Event()
 
 
 def _heartbeat_forever(hostname: str, queues: list[str]) -> None:
+    engine = runner.engine().as_dict() if settings.CELERY_TASK_DEFAULT_QUEUE in queues else {}
     while not _stop_heartbeat.is_set():
         try:
-            services.worker_heartbeat(hostname=hostname, pid=os.getpid(), queues=queues, models=list(settings.MODELS))
+            services.worker_heartbeat(
+                hostname=hostname, pid=os.getpid(), queues=queues, models=list(settings.MODELS), engine=engine
+            )
         except Exception:  # the database may be down for a while; keep trying
             logger.warning("worker heartbeat failed", exc_info=True)
         finally:
@@ -90,6 +93,20 @@ def start_heartbeat(sender=None, **kwargs) -> None:
 @worker_shutdown.connect
 def stop_heartbeat(**kwargs) -> None:
     _stop_heartbeat.set()
+
+
+@worker_init.connect
+def refuse_an_engine_this_machine_cannot_run(sender=None, **kwargs) -> None:
+    """A jobs worker checks its dtype and backend before it starts: an explicit one this machine cannot run well (bf16
+    on an AVX2-only CPU, compile without a C++ compiler) stops it with the reason, instead of running 100× slower."""
+    queues = getattr(app.amqp.queues, "consume_from", None) or app.amqp.queues
+    if settings.CELERY_TASK_DEFAULT_QUEUE not in queues:
+        return
+    try:
+        runner.check_engine()
+    except ValueError as error:  # EngineError, or an unknown name
+        logger.critical("the worker cannot start: %s", error)
+        raise SystemExit(f"the worker cannot start: {error}") from error
 
 
 @worker_process_init.connect

@@ -3,6 +3,9 @@
 The unit is the megapixel-row step: one denoising step over width × height pixels for one UNet row. A row is one
 image, or two under classifier-free guidance (the UNet also runs the unconditional prompt), and a batch's rows
 share each step, so a step costs about rate × megapixels × rows.
+
+A job's `guidance_cutoff` (guidance on only that share of the steps) and `deep_cache_interval` (the UNet's deep
+blocks only every k-th step) make its steps cheaper; the estimate does not count that, so it stays an upper bound.
 """
 
 import math

@@ -28,7 +28,8 @@ PARAMETER_FIELDS = (
     "seed",
     "num_images",
     "model",
-    # img2img / inpainting, variations, two-pass high resolution (generator.limits.FIELDS; txt2img leaves the defaults)
+    # img2img / inpainting, variations, two-pass high resolution, fewer UNet evaluations (generator.limits.FIELDS;
+    # a plain txt2img job leaves the defaults)
     "strength",
     "mask_blur",
     "inpaint_full_res",
@@ -40,6 +41,8 @@ PARAMETER_FIELDS = (
     "hires_upscaler",
     "hires_steps",
     "hires_strength",
+    "guidance_cutoff",
+    "deep_cache_interval",
 )
 # A job's input images as stored with it (fitted to its size by the web process), and the mode they give it.
 INPUT_FIELDS = ("mode", "init_image", "init_image_sha256", "mask_image", "mask_sha256")
@@ -94,6 +97,8 @@ class Job(models.Model):
     hires_upscaler = models.CharField(max_length=32, default="latent")
     hires_steps = models.PositiveIntegerField(default=0)
     hires_strength = models.FloatField(default=0.5)
+    guidance_cutoff = models.FloatField(default=1.0)  # share of the steps with classifier-free guidance
+    deep_cache_interval = models.PositiveSmallIntegerField(default=1)  # DeepCache: deep blocks every k steps; 1: off
     # The inputs, already at width × height (PNG in storage, named by content), and their pixel hashes
     # (generator.images.image_sha256): the result cache and the batch claim compare the hashes.
     init_image = models.FileField(max_length=200, blank=True, default="")
@@ -237,6 +242,8 @@ class WorkerHeartbeat(models.Model):
     pid = models.PositiveIntegerField()
     last_seen = models.DateTimeField()
     queues = models.JSONField(default=list)  # the queues it consumes: only "jobs" consumers run jobs
+    # What it runs them with (generator/backends.py): device, dtype, backend and why; {} for a non-job worker.
+    engine = models.JSONField(default=dict)
     models = models.JSONField(default=list)  # the models this worker serves (this name hides the module below)
 
 

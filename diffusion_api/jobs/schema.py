@@ -114,6 +114,8 @@ DETAIL_EXAMPLE = OpenApiExample(
             "hires_upscaler": "latent",
             "hires_steps": 0,
             "hires_strength": 0.5,
+            "guidance_cutoff": 1.0,
+            "deep_cache_interval": 1,
             "mode": "img2img",
         },
         "inputs": {

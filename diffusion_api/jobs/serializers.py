@@ -67,6 +67,11 @@ def _range_above(low, high) -> dict:
 
 
 _STRICT = {int: StrictIntegerField, float: StrictFloatField}
+# A value of the wrong type is told the range too, as an out-of-range one is ({span}: "from 1 to 10", ...).
+_WRONG_TYPE = {
+    int: "must be an integer {span} (a JSON number without a fraction), not {{kind}}.",
+    float: "must be a number {span}, not {{kind}}.",
+}
 
 
 def _request_field(spec: limits.FieldSpec) -> serializers.Field:
@@ -90,8 +95,11 @@ def _request_field(spec: limits.FieldSpec) -> serializers.Field:
             options.update(max_length=high, error_messages={"max_length": f"must be at most {high} characters."})
         return StrictCharField(**options)
     if spec.min_exclusive:
-        return _STRICT[spec.type](**options, **_range_above(low, high))
-    return _STRICT[spec.type](**options, **_range(low, high))
+        span, bounded = f"more than {low} and at most {high}", _range_above(low, high)
+    else:
+        span, bounded = f"from {low} to {high}", _range(low, high)
+    bounded["error_messages"]["invalid"] = _WRONG_TYPE[spec.type].format(span=span)
+    return _STRICT[spec.type](**options, **bounded)
 
 
 class StrictChoiceField(serializers.ChoiceField):

@@ -290,7 +290,8 @@ def job_plan(
     """Resolve defaults and check the limits: the job to write (_job_write), which is queued once it commits.
 
     `init_image` (img2img) and `mask` (inpainting) are checked and fitted to width × height here, in the web
-    process, and stored with the job; `mode_fields` are the table's img2img, variation and hires fields.
+    process, and stored with the job; `mode_fields` are the table's img2img, variation, hires and speed fields
+    (guidance_cutoff, deep_cache_interval).
 
     With `cache` and an explicit seed, a request identical to an earlier succeeded one of the same owner (same
     model files too) gets a new job that holds copies of that job's images at once, without running the model. A
@@ -613,9 +614,19 @@ def job_claim_batch(*, job: Job, worker: str, limit: int) -> list[Job]:
 
 
 # Besides model, size, steps and scheduler, batch mates share what generator.pipeline.batch_key says the loop runs
-# once for the whole batch: the mode, the strength and the hires pass. The engine takes each row's own init image,
-# mask, mask blur, masked-area crop and variation seed, so jobs on different pictures do batch together.
-BATCH_FIELDS = ("mode", "strength", "hires_scale", "hires_upscaler", "hires_steps", "hires_strength")
+# once for the whole batch: the mode, the strength, the hires pass, the step where guidance stops and the DeepCache
+# interval. The engine takes each row's own init image, mask, mask blur, masked-area crop and variation seed, so jobs
+# on different pictures do batch together.
+BATCH_FIELDS = (
+    "mode",
+    "strength",
+    "hires_scale",
+    "hires_upscaler",
+    "hires_steps",
+    "hires_strength",
+    "guidance_cutoff",
+    "deep_cache_interval",
+)
 
 
 def _owners_in_turn(candidates: list[tuple]) -> list[tuple]:
@@ -803,10 +814,15 @@ def job_mark_canceled(*, job_id: UUID, worker: str) -> bool:
     return job_record_outcome(job_id=job_id, worker=worker, outcome=Outcome.CANCELED)
 
 
-def worker_heartbeat(*, hostname: str, pid: int, queues: list[str], models: list[str]) -> None:
+def worker_heartbeat(
+    *, hostname: str, pid: int, queues: list[str], models: list[str], engine: dict | None = None
+) -> None:
     """A live worker says so (every WORKER_HEARTBEAT_SECONDS); health and /metrics read it (selectors)."""
     WorkerHeartbeat.objects.update_or_create(
-        hostname=hostname, defaults={"pid": pid, "last_seen": timezone.now(), "models": models, "queues": queues}
+        hostname=hostname,
+        defaults={
+            "pid": pid, "last_seen": timezone.now(), "models": models, "queues": queues, "engine": engine or {},
+        },
     )
 
 

@@ -503,7 +503,7 @@ def _check_broker() -> dict:
 
 
 def _check_workers() -> dict:
-    alive = list(selectors.workers_alive().values("hostname", "last_seen", "models", "queues"))
+    alive = list(selectors.workers_alive().values("hostname", "last_seen", "models", "queues", "engine"))
     job_workers = [w for w in alive if settings.CELERY_TASK_DEFAULT_QUEUE in w["queues"]]
     return {"ok": bool(job_workers), "alive": len(alive), "job_workers": len(job_workers), "workers": alive}
 

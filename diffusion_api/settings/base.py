@@ -286,12 +286,21 @@ DEFAULT_MODEL = next(iter(MODELS))
 
 # --- Where the worker runs the model.
 GENERATOR_DEVICE = os.environ.get("GENERATOR_DEVICE", "auto")  # auto: cuda when present, else cpu
-GENERATOR_DTYPE = os.environ.get("GENERATOR_DTYPE", "fp32")  # fp32, fp16 or bf16
+# auto (generator/backends.py): bf16 on CPUs with AVX-512 BF16 or AMX, fp32 on other CPUs, fp16 on CUDA. An explicit
+# dtype the machine cannot run natively (bf16 on an AVX2-only CPU) stops the worker at start, naming what is missing.
+GENERATOR_DTYPE = os.environ.get("GENERATOR_DTYPE", "auto")  # auto, fp32, fp16 or bf16
+# auto: torch.compile (the GENERATOR_COMPILE buckets) on a CPU with a C++ compiler, eager otherwise; eager; compile.
+GENERATOR_BACKEND = os.environ.get("GENERATOR_BACKEND", "auto")
 # The fast path (generator/fastpath.py). Channels-last memory for the UNet and VAE convolutions.
 GENERATOR_CHANNELS_LAST = env_bool("GENERATOR_CHANNELS_LAST", True)
 # Shapes to torch.compile the default model's UNet for when a worker starts: WIDTHxHEIGHTxIMAGES, comma-separated
 # (e.g. "64x64x1,64x64x4"); smaller batches of one size are padded into a compiled one, other shapes run eager.
 GENERATOR_COMPILE = os.environ.get("GENERATOR_COMPILE", "")
+# Also compile what requests with guidance_cutoff < 1 or deep_cache_interval > 1 run (the prompts-only batch and
+# DeepCache's full and shallow steps): four graphs a bucket instead of one, so a longer first start.
+GENERATOR_COMPILE_FEWER_EVALS = env_bool("GENERATOR_COMPILE_FEWER_EVALS", False)
+# inductor's on-disk cache of compiled kernels: a restarted worker compiles its buckets again, but faster.
+GENERATOR_COMPILE_CACHE_DIR = Path(os.environ.get("GENERATOR_COMPILE_CACHE_DIR", VAR_DIR / "compile-cache"))
 GENERATOR_DECODER = os.environ.get("GENERATOR_DECODER", "vae")  # vae, or tiny: the model's own tiny_vae/ decoder
 
 # --- Request limits: going over any of them is a 400 that names the allowed range.

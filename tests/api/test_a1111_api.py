@@ -168,6 +168,17 @@ def test_batch_size_times_n_iter_is_the_number_of_images_and_seed_minus_one_is_d
     assert [f"Seed: {job.seed + i}," in text for i, text in enumerate(info["infotexts"])] == [True] * 4
 
 
+def test_native_speed_fields_have_no_a1111_name_and_keep_their_defaults(alice_client, finish_jobs):
+    response = txt2img(alice_client, cfg_scale=7.0)
+    assert response.status_code == 200, response.content
+    assert (only_job().guidance_cutoff, only_job().deep_cache_interval) == (1.0, 1)
+    assert "Steps: 2, Sampler:" in json.loads(response.json()["info"])["infotexts"][0]
+    assert fields_named(txt2img(alice_client, guidance_cutoff=0.5, deep_cache_interval=2)) == {
+        "guidance_cutoff",
+        "deep_cache_interval",
+    }
+
+
 def test_variation_seed_and_strength(alice_client, finish_jobs):
     txt2img(alice_client, seed=5, subseed=9, subseed_strength=0.25)
     job = only_job()

@@ -67,8 +67,8 @@ def test_padding_into_a_bigger_batch_changes_nothing(tiny):
         calls.append(sample.shape[0])
         return unet.eager(sample, timestep, **kwargs)
 
-    unet.compiled = fake_compiled
-    unet.compiled_batches[(32, 32)] = [8]
+    unet.compiled = {"unet": fake_compiled}
+    unet.compiled_batches[("unet", 32, 32)] = [8]
     sample = torch.randn(3, 4, 32, 32)
     context = torch.randn(3, 77, model.text_encoder.config.hidden_size)
     with torch.inference_mode():
@@ -85,10 +85,10 @@ def test_compiled_bucket_serves_its_shape_and_smaller_batches(tiny):
     model = load_model(tiny, dtype="bf16")
     eager = pixels(model)
     times = optimize(model, buckets=[Bucket(64, 64, 2)])
-    assert list(times) == ["64x64x2"] and model.unet.compiled_batches == {(32, 32): [4]}
+    assert list(times) == ["64x64x2:unet:4"] and model.unet.compiled_batches == {("unet", 32, 32): [4]}
     served = []
-    compiled = model.unet.compiled
-    model.unet.compiled = lambda sample, *args, **kwargs: served.append(sample.shape[0]) or compiled(
+    compiled = model.unet.compiled["unet"]
+    model.unet.compiled["unet"] = lambda sample, *args, **kwargs: served.append(sample.shape[0]) or compiled(
         sample, *args, **kwargs
     )
     assert psnr(pixels(model), eager) > 35  # 2 images: the compiled batch of 4 rows, as compiled
@@ -132,3 +132,31 @@ def test_tiny_decoder(tiny, tmp_path, reference):
     # Same latents, another decoder: different pixels (an untrained one), so the tiny decoder really ran.
     assert not np.array_equal(np.stack([np.asarray(i.image) for i in images]).astype(np.float64), reference)
 
+
+
+def test_deep_cache_steps_and_the_prompts_only_batch_use_their_own_graphs(tiny):
+    """Guidance cut-off and DeepCache route to the "full" and "shallow" graphs, padded like the plain one (the graphs
+    here are eager stand-ins; benchmarks/bench_per_image.py compiles them for real)."""
+    from generator.deepcache import FullUNet, ShallowUNet
+
+    model = load_model(tiny)
+    request = GenerationRequest(prompt="a red circle", steps=6, seed=2, guidance_scale=4.0, guidance_cutoff=0.5,
+                                deep_cache_interval=3)
+    eager = pixels(model, request)
+    unet = model.unet = BucketedUNet(model.unet)
+    served = []
+
+    def stand_in(graph, module):
+        return lambda sample, *args: served.append((graph, sample.shape[0])) or module(sample, *args)
+
+    unet.compiled = {
+        "full": stand_in("full", FullUNet(unet.eager)), "shallow": stand_in("shallow", ShallowUNet(unet.eager)),
+    }
+    unet.compiled_batches = {("full", 32, 32): [2, 4], ("shallow", 32, 32): [2, 4]}
+    assert np.array_equal(pixels(model, request), eager)
+    # 1 image: 2 guided rows, padded to 4 where a 4-row graph fits; 1 prompts-only row padded to 2.
+    assert served == [("full", 2), ("shallow", 2), ("shallow", 2), ("full", 2), ("shallow", 2), ("shallow", 2)]
+    served.clear()
+    plain = GenerationRequest(prompt="a red circle", steps=2, seed=2, guidance_scale=4.0)
+    generate(model, [plain])
+    assert served == [("full", 2)] * 2  # a plain call runs the full graph when no plain one was compiled

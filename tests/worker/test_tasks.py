@@ -7,7 +7,7 @@ from PIL import Image
 
 from diffusion_api.jobs import selectors, services
 from diffusion_api.jobs.models import Job, JobStatus
-from generator import read_manifest
+from generator import backends, read_manifest
 from worker import runner, tasks
 
 pytestmark = pytest.mark.django_db
@@ -230,24 +230,30 @@ def test_fast_path_settings_reach_the_model(user, published, settings, monkeypat
     from generator import fastpath
 
     settings.GENERATOR_DTYPE = "bf16"
+    settings.GENERATOR_BACKEND = "compile"
     settings.GENERATOR_DECODER = "tiny"  # the tiny test model has no tiny_vae/: its VAE decodes
     settings.GENERATOR_COMPILE = "32x32x1"
+    # The engine as a bf16-capable CPU with a compiler would choose it, whatever this CPU is.
+    monkeypatch.setattr(
+        runner, "engine", lambda: backends.choose_engine("cpu", "bf16", "compile", flags=frozenset({"avx512_bf16"}))
+    )
     # Compiling is left out (tests/generator/test_fastpath.py compiles for real): a job that outlasts a third of
     # its lease would look lost here, since the lease thread's connection cannot see the test's transaction.
     compiled_for = []
     monkeypatch.setattr(
         fastpath.BucketedUNet,
         "compile_for",
-        lambda self, batch, h, w, context: compiled_for.append((batch, h, w)) or 0.0,
+        lambda self, batch, h, w, context, graph="unet": compiled_for.append((batch, h, w, graph)) or 0.0,
     )
     monkeypatch.setattr(runner, "_loaded", {})
     model = runner.get_model("tiny")
     assert model.dtype == torch.bfloat16 and model.decoder == "vae"
     assert model.unet.eager.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
-    assert compiled_for == [(2, 16, 16)]  # 1 image under guidance = 2 UNet rows, at the 32 px model's 16² latents
+    assert compiled_for == [(2, 16, 16, "unet")]  # 1 image under guidance = 2 UNet rows, at 32 px's 16² latents
     job = services.job_create(owner=user, prompt="a red circle", steps=2, seed=1)
     assert tasks.run_job(str(job.id)) == "succeeded"
-    assert read_manifest(selectors.image_png(image=job.images.get()))["dtype"] == "bfloat16"
+    manifest = read_manifest(selectors.image_png(image=job.images.get()))
+    assert manifest["dtype"] == "bfloat16" and manifest["engine"]["backend"] == "compile"
 
 
 def test_worker_process_start_warms_up_the_default_model(settings, monkeypatch):
