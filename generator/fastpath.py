@@ -21,7 +21,9 @@ from __future__ import annotations
 import logging
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch._inductor.config
@@ -57,32 +59,63 @@ def parse_buckets(text: str) -> list[Bucket]:
 
 
 GRAPHS = ("unet", "full", "shallow")  # the plain UNet, and DeepCache's full and shallow steps (generator/deepcache.py)
+BACKENDS = ("compile", "openvino")
+
+
+class PlainUNet(torch.nn.Module):
+    """The UNet's plain call with positional tensors in, the prediction out: what a backend compiles."""
+
+    def __init__(self, unet):
+        super().__init__()
+        self.unet = unet
+
+    def forward(self, sample, timestep, encoder_hidden_states):
+        return self.unet(sample, timestep, encoder_hidden_states=encoder_hidden_states, return_dict=False)[0]
 
 
 class BucketedUNet:
-    """The UNet, compiled for the batch shapes in `compiled_batches`; eager for every other shape.
+    """The UNet, compiled for the shapes in `graphs`; eager for every other shape.
 
     A plain callable, not a module, so the compiled and eager paths do not register the weights twice;
     other attributes (`parameters`, `device` …) are the eager UNet's. Besides the plain call, `full` and `shallow`
     run DeepCache's two kinds of step, compiled where a bucket of theirs was.
+
+    `backend`: "compile" (torch.compile with inductor's weight freezing) or "openvino" (the UNet converted to
+    OpenVINO with static shapes, fp32; its converted models are kept in `cache_dir` under `cache_key` for the next
+    start).
     """
 
-    def __init__(self, unet: torch.nn.Module):
+    def __init__(
+        self, unet: torch.nn.Module, backend: str = "compile", cache_dir: Path | None = None, cache_key: str = ""
+    ):
         from generator.deepcache import FullUNet, ShallowUNet
 
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
         self.eager = unet
-        # Freezing makes the weights constants, so oneDNN packs them once instead of on every call (the UNet
-        # call at SD 1.5 size, 256², went from 1.56 s to 1.09 s). It is set for the whole process: neither
-        # torch.compile(options={"freezing": True}) nor config.patch around the compile froze anything
-        # (their profiles still showed aten::mkldnn_convolution, unfused and unpacked).
-        torch._inductor.config.freezing = True
-        self.modules = {"unet": unet, "full": FullUNet(unet), "shallow": ShallowUNet(unet)}
-        self.compiled = {graph: torch.compile(module, dynamic=False) for graph, module in self.modules.items()}
-        # (graph, latent h, latent w) → the UNet batch sizes compiled, ascending
-        self.compiled_batches: dict[tuple[str, int, int], list[int]] = {}
+        self.backend = backend
+        self.cache_dir, self.cache_key = cache_dir, cache_key  # cache_key: the model's weights (its content hash)
+        self.modules = {"unet": PlainUNet(unet), "full": FullUNet(unet), "shallow": ShallowUNet(unet)}
+        self._compiled = {}
+        if backend == "compile":
+            # Freezing makes the weights constants, so oneDNN packs them once instead of on every call (the UNet
+            # call at SD 1.5 size, 256², went from 1.56 s to 1.09 s). It is set for the whole process: neither
+            # torch.compile(options={"freezing": True}) nor config.patch around the compile froze anything
+            # (their profiles still showed aten::mkldnn_convolution, unfused and unpacked).
+            torch._inductor.config.freezing = True
+            self._compiled = {graph: torch.compile(module, dynamic=False) for graph, module in self.modules.items()}
+        self.graphs: dict[tuple[str, int, int, int], Callable] = {}  # (graph, batch, latent h, latent w) → callable
 
     def __getattr__(self, name: str):
         return getattr(self.eager, name)
+
+    @property
+    def compiled_batches(self) -> dict[tuple[str, int, int], list[int]]:
+        """(graph, latent h, latent w) → the batch sizes compiled, ascending."""
+        batches: dict[tuple[str, int, int], list[int]] = {}
+        for graph, batch, height, width in sorted(self.graphs):
+            batches.setdefault((graph, height, width), []).append(batch)
+        return batches
 
     def compile_for(self, batch: int, height: int, width: int, context: torch.Tensor, graph: str = "unet") -> float:
         """Compile `graph` for UNet inputs (batch, C, height, width) with text context like `context` (1, T, D);
@@ -91,48 +124,59 @@ class BucketedUNet:
         sample = torch.zeros(
             (batch, self.config.in_channels, height, width), device=context.device, dtype=self.dtype
         ).to(memory_format=torch.channels_last)
-        args = [sample, _timestep(500, sample.device), context.expand(batch, -1, -1)]
+        args = [sample, _timestep(500, sample.device), context.expand(batch, -1, -1).contiguous()]
         with torch.inference_mode():
             if graph == "shallow":
                 _, features = self.modules["full"](*args)
                 args.append(features.contiguous(memory_format=torch.channels_last))
-            self.compiled[graph](*args)
-        sizes = self.compiled_batches.setdefault((graph, height, width), [])
-        sizes.append(batch)
-        sizes.sort()
+            if self.backend == "compile":
+                run = self._compiled[graph]
+            else:
+                run = _openvino_graph(self.modules[graph], args, self._cache_path(graph, args))
+            run(*args)  # torch.compile compiles at the first call of a shape
+        self.graphs[(graph, batch, height, width)] = run
         return time.perf_counter() - started
 
-    def _fit(self, graph: str, sample: torch.Tensor, kwargs: dict) -> int | None:
-        """The compiled batch size this call pads up to, or None to run eager."""
+    def _cache_path(self, graph: str, args: list[torch.Tensor]) -> Path | None:
+        if self.cache_dir is None:
+            return None
+        import openvino
+
+        shapes = "-".join("x".join(map(str, a.shape)) or "0" for a in args)
+        version = re.sub(r"[^\w.]", "_", openvino.__version__)  # it holds slashes
+        return self.cache_dir / "openvino" / f"{self.cache_key}-{graph}-{shapes}-{version}" / "model.xml"
+
+    def _fit(self, graph: str, sample: torch.Tensor, kwargs: dict) -> Callable | None:
+        """The compiled graph this call pads up to (smallest batch that holds it), or None to run eager."""
         if kwargs.get("timestep_cond") is not None or kwargs.get("cross_attention_kwargs"):
             return None
-        fits = [b for b in self.compiled_batches.get((graph, *sample.shape[-2:]), []) if b >= sample.shape[0]]
-        return fits[0] if fits else None
+        batches = self.compiled_batches.get((graph, *sample.shape[-2:]), [])
+        fits = [b for b in batches if b >= sample.shape[0]]
+        return (fits[0], self.graphs[(graph, fits[0], *sample.shape[-2:])]) if fits else None
 
     def __call__(self, sample: torch.Tensor, timestep, encoder_hidden_states: torch.Tensor, **kwargs):
         rows = sample.shape[0]
-        size = self._fit("unet", sample, kwargs)
-        if size is None and self._fit("full", sample, kwargs) and set(kwargs) <= {"return_dict", "timestep_cond"}:
+        fit = self._fit("unet", sample, kwargs)
+        if fit is None and self._fit("full", sample, kwargs) and set(kwargs) <= {"return_dict", "timestep_cond"}:
             return (self.full(sample, timestep, encoder_hidden_states)[0],)  # DeepCache's full graph: the same output
-        if size is None:
+        if fit is None:
             return self.eager(sample, timestep, encoder_hidden_states=encoder_hidden_states, **kwargs)
+        size, run = fit
         sample, encoder_hidden_states = _pad(size, sample, encoder_hidden_states)
         # One timestep dtype for every scheduler (ints for DDIM, floats for Euler), so they share one compiled graph.
-        out = self.compiled["unet"](sample, _timestep(timestep, sample.device),
-                                    encoder_hidden_states=encoder_hidden_states, **kwargs)
-        prediction = out[0] if isinstance(out, tuple) else out.sample
-        return (prediction[:rows],)
+        return (run(sample, _timestep(timestep, sample.device), encoder_hidden_states)[:rows],)
 
     def full(self, sample, timestep, encoder_hidden_states, timestep_cond=None):
         """DeepCache's full step: (output, features), compiled where a "full" bucket fits."""
         from generator.deepcache import unet_full
 
         rows = sample.shape[0]
-        size = self._fit("full", sample, {"timestep_cond": timestep_cond})
-        if size is None:
+        fit = self._fit("full", sample, {"timestep_cond": timestep_cond})
+        if fit is None:
             return unet_full(self.eager, sample, timestep, encoder_hidden_states, timestep_cond=timestep_cond)
+        size, run = fit
         sample, encoder_hidden_states = _pad(size, sample, encoder_hidden_states)
-        out, features = self.compiled["full"](sample, _timestep(timestep, sample.device), encoder_hidden_states)
+        out, features = run(sample, _timestep(timestep, sample.device), encoder_hidden_states)
         return out[:rows], features[:rows]
 
     def shallow(self, sample, timestep, encoder_hidden_states, features, timestep_cond=None):
@@ -141,14 +185,39 @@ class BucketedUNet:
 
         rows = sample.shape[0]
         features = features[-rows:]
-        size = self._fit("shallow", sample, {"timestep_cond": timestep_cond})
-        if size is None:
+        fit = self._fit("shallow", sample, {"timestep_cond": timestep_cond})
+        if fit is None:
             return unet_shallow(
                 self.eager, sample, timestep, encoder_hidden_states, features, timestep_cond=timestep_cond
             )
+        size, run = fit
         sample, encoder_hidden_states, features = _pad(size, sample, encoder_hidden_states, features)
-        out = self.compiled["shallow"](sample, _timestep(timestep, sample.device), encoder_hidden_states, features)
-        return out[:rows]
+        return run(sample, _timestep(timestep, sample.device), encoder_hidden_states, features)[:rows]
+
+
+def _openvino_graph(module: torch.nn.Module, example: list[torch.Tensor], cache: Path | None) -> Callable:
+    """`module` converted to OpenVINO for exactly the shapes of `example`, compiled for the CPU in fp32; a callable
+    on torch tensors. The converted model is saved at `cache` (an .xml path) and read from there next time."""
+    import openvino as ov
+
+    core = ov.Core()
+    if cache is not None and cache.is_file():
+        converted = core.read_model(cache)
+    else:
+        converted = ov.convert_model(module, example_input=tuple(example))
+        if cache is not None:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            ov.save_model(converted, cache, compress_to_fp16=False)
+    config = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": torch.get_num_threads()}
+    compiled = core.compile_model(converted, "CPU", config)
+    request = compiled.create_infer_request()
+
+    def run(*tensors: torch.Tensor):
+        results = request.infer([t.detach().float().contiguous().numpy() for t in tensors])
+        outputs = [torch.from_numpy(results[output].copy()) for output in compiled.outputs]
+        return outputs[0] if len(outputs) == 1 else tuple(outputs)
+
+    return run
 
 
 def _pad(size: int, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -175,6 +244,8 @@ def optimize(
     guidance: bool = True,
     cond_only: bool = False,
     deep_cache: bool = False,
+    backend: str = "compile",
+    cache_dir: Path | None = None,
 ) -> dict:
     """Apply the fast path to a loaded model in place; returns {graph: compile seconds}.
 
@@ -182,6 +253,7 @@ def optimize(
     guidance scale uses; a request without guidance then runs padded into the same graph.
     `cond_only`: compile the batch of the prompts alone too (1 × images), which steps after a request's
     `guidance_cutoff` run, instead of padding them back to the guided batch.
+    `backend`: "compile" (torch.compile) or "openvino"; `cache_dir`: where OpenVINO keeps its converted models.
     `deep_cache`: compile DeepCache's full and shallow steps (`deep_cache_interval` > 1) for the same batches
     instead; a plain call runs the full graph, whose output is the same.
     """
@@ -194,7 +266,11 @@ def optimize(
     if not buckets:
         return {}
     factor = model.vae_scale_factor
-    unet = model.unet if isinstance(model.unet, BucketedUNet) else BucketedUNet(model.unet)
+    if backend == "openvino" and model.dtype != torch.float32:
+        raise ValueError(f"the OpenVINO backend runs fp32 models; this one is {model.dtype}")
+    unet = model.unet
+    if not isinstance(unet, BucketedUNet):
+        unet = BucketedUNet(unet, backend, cache_dir, f"{model.content_hash[:16]}-{str(model.dtype)[6:]}")
     model.unet = unet
     context = _empty_prompt_context(model)
     graphs = ("full", "shallow") if deep_cache else ("unet",)
@@ -211,6 +287,7 @@ def optimize(
                 times[f"{bucket.width}x{bucket.height}x{bucket.images}:{graph}:{batch}"] = seconds
                 logger.info("compiled the UNet's %s graph for %sx%s, batch %d, in %.1fs", graph, bucket.width,
                             bucket.height, batch, seconds)
+    model.cache["fast_path"]["backend"] = backend
     if deep_cache:
         model.cache["fast_path"]["deep_cache"] = True
     return times

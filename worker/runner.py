@@ -53,13 +53,14 @@ def get_model(name: str) -> LoadedModel:
             model = load_model(path, device=chosen.device, dtype=chosen.dtype, name=name, decoder=decoder)
             # Compile buckets are for the default model, the one a worker warms up at start.
             buckets = []
-            if chosen.backend == "compile" and name == settings.DEFAULT_MODEL:
+            if chosen.backend != "eager" and name == settings.DEFAULT_MODEL:
                 buckets = parse_buckets(settings.GENERATOR_COMPILE)
                 os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(settings.GENERATOR_COMPILE_CACHE_DIR))
             fewer = settings.GENERATOR_COMPILE_FEWER_EVALS
             compile_seconds = optimize(
                 model, channels_last=settings.GENERATOR_CHANNELS_LAST, buckets=buckets, cond_only=fewer,
-                deep_cache=fewer,
+                deep_cache=fewer, backend="compile" if chosen.backend == "eager" else chosen.backend,
+                cache_dir=settings.GENERATOR_COMPILE_CACHE_DIR,
             )
             model.cache["engine"] = chosen.as_dict()  # the manifest records it
             _loaded[name] = model

@@ -41,7 +41,8 @@ def model_version(name: str) -> str:
     digest = hashlib.sha256()
     # The workers' numerics change pixels too: a cached image must come from the same dtype, decoder and kernels.
     digest.update(
-        f"{settings.GENERATOR_DTYPE}\0{settings.GENERATOR_DECODER}\0{settings.GENERATOR_CHANNELS_LAST}\0"
+        f"{settings.GENERATOR_DTYPE}\0{settings.GENERATOR_BACKEND}\0{settings.GENERATOR_DECODER}\0"
+        f"{settings.GENERATOR_CHANNELS_LAST}\0"
         f"{settings.GENERATOR_COMPILE}\n".encode()
     )
     for file in sorted(p for p in path.rglob("*") if p.is_file()):

@@ -136,3 +136,31 @@ def test_bench_service_event_streams_on_postgres_and_redis():
     found = re.search(r"20 event streams over 2 jobs: (\d+) progress events, .* p99 [\d.]+ ms; (\d+) streams got", out)
     assert found and int(found.group(1)) >= 20 and int(found.group(2)) == 20, out
     assert re.search(r"GET job, 10 connections, with the streams: p50 [\d.]+ ms", out), out
+
+
+def test_bench_per_image_times_stock_exact_and_fewer_evaluations(tmp_path):
+    from benchmarks import bench_per_image
+    from generator import TinyModelConfig, make_tiny_model
+
+    folder = make_tiny_model(tmp_path / "tiny", TinyModelConfig(sample_size=16))
+    out = tmp_path / "per-image.json"
+    assert bench_per_image.main(["--model", str(folder), "--side", "32", "--steps", "4", "--repeats", "1",
+                                 "--no-compile", "--dtype", "fp32", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    paths = report["paths"]
+    assert paths["stock"]["unet_rows"] == {"full": 10, "shallow": 0}  # PNDM: 5 iterations, 2 rows each
+    assert paths["fewer"]["unet_rows"] == {"full": 3, "shallow": 5}  # 3 of 5 guided; steps 0 and 3 full
+    assert paths["exact"]["psnr_vs_stock"] > 40 and paths["fewer"]["psnr_vs_stock"] < paths["exact"]["psnr_vs_stock"]
+    assert all(p["seconds_per_image"] > 0 and p["achieved_gflops"] > 0 for p in paths.values())
+
+
+def test_evals_quality_compares_settings_with_the_exact_path(tmp_path):
+    from benchmarks import evals_quality
+
+    assert evals_quality.main(["--prompts", "1", "--images-per-prompt", "1", "--configs", "exact", "cutoff=0.5",
+                               "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "evals.json").read_text())
+    exact, cut = report["rows"]
+    assert exact["fid_vs_exact"] == pytest.approx(0, abs=1e-6) and exact["unet_rows_full"] == 40
+    assert cut["unet_rows_full"] == 30 and cut["psnr_vs_exact"] > 10 and report["fid_noise_floor"] > 0
+    assert "| guidance_cutoff=0.5 | ddim, 20 |" in (tmp_path / "evals.md").read_text()

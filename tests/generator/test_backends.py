@@ -48,7 +48,20 @@ def test_explicit_choices_the_machine_runs_are_kept():
     assert (engine.dtype, engine.backend) == ("fp32", "eager")
     with pytest.raises(EngineError, match="no CUDA device"):
         choose_engine("cuda", "auto", "auto", flags=AMX, cuda_available=False)
-    with pytest.raises(ValueError, match="unknown backend 'openvino'"):
+    with pytest.raises(ValueError, match="unknown backend 'onnx'"):
+        choose_engine("cpu", "auto", "onnx", flags=AMX, cuda_available=False)
+
+
+def test_openvino_is_fp32_on_the_cpu_and_refused_when_missing(monkeypatch):
+    pytest.importorskip("openvino")
+    engine = choose_engine("cpu", "auto", "openvino", flags=AMX, cuda_available=False)
+    assert (engine.dtype, engine.backend) == ("fp32", "openvino")
+    with pytest.raises(EngineError, match="runs fp32 here; GENERATOR_DTYPE=bf16"):
+        choose_engine("cpu", "bf16", "openvino", flags=AMX, cuda_available=False)
+    with pytest.raises(EngineError, match="runs on the CPU"):
+        choose_engine("cuda", "auto", "openvino", flags=AMX, cuda_available=True)
+    monkeypatch.setattr("importlib.util.find_spec", lambda name, *args: None)
+    with pytest.raises(EngineError, match="needs the openvino package"):
         choose_engine("cpu", "auto", "openvino", flags=AMX, cuda_available=False)
 
 

@@ -63,12 +63,11 @@ def test_padding_into_a_bigger_batch_changes_nothing(tiny):
     unet = BucketedUNet(model.unet)
     calls = []
 
-    def fake_compiled(sample, timestep, **kwargs):
+    def fake_compiled(sample, timestep, context):
         calls.append(sample.shape[0])
-        return unet.eager(sample, timestep, **kwargs)
+        return unet.eager(sample, timestep, encoder_hidden_states=context, return_dict=False)[0]
 
-    unet.compiled = {"unet": fake_compiled}
-    unet.compiled_batches[("unet", 32, 32)] = [8]
+    unet.graphs[("unet", 8, 32, 32)] = fake_compiled
     sample = torch.randn(3, 4, 32, 32)
     context = torch.randn(3, 77, model.text_encoder.config.hidden_size)
     with torch.inference_mode():
@@ -86,10 +85,11 @@ def test_compiled_bucket_serves_its_shape_and_smaller_batches(tiny):
     eager = pixels(model)
     times = optimize(model, buckets=[Bucket(64, 64, 2)])
     assert list(times) == ["64x64x2:unet:4"] and model.unet.compiled_batches == {("unet", 32, 32): [4]}
+    assert read_manifest(generate(model, [REQUEST])[0].images[0].png)["fast_path"]["backend"] == "compile"
     served = []
-    compiled = model.unet.compiled["unet"]
-    model.unet.compiled["unet"] = lambda sample, *args, **kwargs: served.append(sample.shape[0]) or compiled(
-        sample, *args, **kwargs
+    compiled = model.unet.graphs[("unet", 4, 32, 32)]
+    model.unet.graphs[("unet", 4, 32, 32)] = lambda sample, *args: served.append(sample.shape[0]) or compiled(
+        sample, *args
     )
     assert psnr(pixels(model), eager) > 35  # 2 images: the compiled batch of 4 rows, as compiled
     one = GenerationRequest(prompt="a blue square", steps=2, seed=1)
@@ -149,10 +149,9 @@ def test_deep_cache_steps_and_the_prompts_only_batch_use_their_own_graphs(tiny):
     def stand_in(graph, module):
         return lambda sample, *args: served.append((graph, sample.shape[0])) or module(sample, *args)
 
-    unet.compiled = {
-        "full": stand_in("full", FullUNet(unet.eager)), "shallow": stand_in("shallow", ShallowUNet(unet.eager)),
-    }
-    unet.compiled_batches = {("full", 32, 32): [2, 4], ("shallow", 32, 32): [2, 4]}
+    for graph, module in (("full", FullUNet(unet.eager)), ("shallow", ShallowUNet(unet.eager))):
+        for batch in (2, 4):
+            unet.graphs[(graph, batch, 32, 32)] = stand_in(graph, module)
     assert np.array_equal(pixels(model, request), eager)
     # 1 image: 2 guided rows, padded to 4 where a 4-row graph fits; 1 prompts-only row padded to 2.
     assert served == [("full", 2), ("shallow", 2), ("shallow", 2), ("full", 2), ("shallow", 2), ("shallow", 2)]
@@ -160,3 +159,26 @@ def test_deep_cache_steps_and_the_prompts_only_batch_use_their_own_graphs(tiny):
     plain = GenerationRequest(prompt="a red circle", steps=2, seed=2, guidance_scale=4.0)
     generate(model, [plain])
     assert served == [("full", 2)] * 2  # a plain call runs the full graph when no plain one was compiled
+
+
+def test_openvino_graphs_match_eager_fp32_and_are_kept_for_the_next_start(tiny, tmp_path):
+    pytest.importorskip("openvino")
+    request = GenerationRequest(prompt="a red circle", steps=4, seed=2, guidance_scale=4.0, guidance_cutoff=0.5,
+                                deep_cache_interval=2)
+    model = load_model(tiny)
+    eager = {"plain": pixels(model, REQUEST), "fewer": pixels(model, request)}
+    times = optimize(model, buckets=[Bucket(64, 64, 2)], backend="openvino", cache_dir=tmp_path, cond_only=True,
+                     deep_cache=True)
+    assert sorted(times) == ["64x64x2:full:2", "64x64x2:full:4", "64x64x2:shallow:2", "64x64x2:shallow:4"]
+    served = []
+    for key, run in list(model.unet.graphs.items()):
+        model.unet.graphs[key] = lambda *args, key=key, run=run: served.append(key[:2]) or run(*args)
+    for name, req in (("plain", REQUEST), ("fewer", request)):
+        assert np.abs(pixels(model, req) - eager[name]).max() <= 1  # fp32 both: at most one level apart
+    assert ("full", 4) in served and ("shallow", 2) in served  # 2 images: 4 rows guided, 2 after the cut-off
+    saved = sorted(p.parent.name.split("-")[2] for p in (tmp_path / "openvino").glob("*/model.xml"))
+    assert saved == ["full", "full", "shallow", "shallow"]
+    again = load_model(tiny)
+    optimize(again, buckets=[Bucket(64, 64, 2)], backend="openvino", cache_dir=tmp_path, cond_only=True,
+             deep_cache=True)  # reads the saved models
+    assert np.abs(pixels(again, request) - eager["fewer"]).max() <= 1
