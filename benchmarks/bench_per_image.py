@@ -1,7 +1,7 @@
 """Seconds per image at SD 1.5 size: stock diffusers in fp32 against the project's engine, exact and with fewer
 UNet evaluations, in one run.
 
-    python -m benchmarks.bench_per_image --side 256 --repeats 3 --cutoff 0.5 --interval 3 [--dtype auto|fp32|bf16]
+    python -m benchmarks.bench_per_image --side 256 --repeats 3 --fewer 0.5:2 0.5:3 [--dtype auto|fp32] [--backend …]
 
 Paths, all on the same SD 1.5-architecture weights (random, from benchmarks/bench_engine.py's configs; PNDM, 20 steps,
 guidance 7.5, one image, the same prompt and seed):
@@ -9,9 +9,9 @@ guidance 7.5, one image, the same prompt and seed):
 - stock: diffusers' `StableDiffusionPipeline`, fp32, as it comes (SDPA attention);
 - exact: `generate` on the engine `--dtype` picks (auto: generator.backends' choice for this CPU), channels-last, the
   UNet compiled with frozen weights for this size; every UNet evaluation runs;
-- fewer: the same engine with `guidance_cutoff=--cutoff` and `deep_cache_interval=--interval`.
+- fewer C:K: the same engine with `guidance_cutoff=C` and `deep_cache_interval=K`, one path per `--fewer` pair.
 
-One untimed warm-up call per path, then `--repeats` rounds interleaved (stock, exact, fewer, stock, ...); medians.
+One untimed warm-up call per path, then `--repeats` rounds interleaved (stock, exact, fewer…, stock, ...); medians.
 Each path's PSNR is against stock's image. Achieved FLOP/s counts the UNet's FLOPs per image (full rows, shallow
 rows, torch's FlopCounterMode) over the path's seconds per image, beside this run's matmul peak in that dtype
 (benchmarks/cpu_peak.py); the VAE decode and text encoder are in the seconds but not in the FLOPs.
@@ -85,8 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--scheduler", default="pndm")
     parser.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16"])
-    parser.add_argument("--cutoff", type=float, default=0.5, help="guidance_cutoff of the fewer path")
-    parser.add_argument("--interval", type=int, default=3, help="deep_cache_interval of the fewer path")
+    parser.add_argument("--fewer", nargs="+", default=["0.5:2"], metavar="CUTOFF:INTERVAL",
+                        help="one path per guidance_cutoff:deep_cache_interval pair (default 0.5:2)")
     parser.add_argument("--backend", default="auto", choices=["auto", "eager", "compile", "openvino"],
                         help="the engine's backend (default: generator.backends' choice)")
     parser.add_argument("--no-compile", action="store_true", help="the same as --backend eager")
@@ -110,7 +110,10 @@ def main(argv: list[str] | None = None) -> int:
 
     exact = GenerationRequest(prompt=PROMPT, width=args.side, height=args.side, steps=args.steps,
                               guidance_scale=GUIDANCE_SCALE, scheduler=args.scheduler, seed=SEED)
-    fewer = replace(exact, guidance_cutoff=args.cutoff, deep_cache_interval=args.interval)
+    fewer = {}
+    for pair in args.fewer:
+        cutoff, interval = pair.split(":")
+        fewer[f"fewer {pair}"] = (float(cutoff), int(interval))
 
     def stock():
         return np.asarray(pipe(prompt=PROMPT, height=args.side, width=args.side, num_inference_steps=args.steps,
@@ -120,7 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     def ours(request):
         return lambda: np.asarray(generate(fast, [request])[0].images[0].image)
 
-    paths = {"stock": stock, "exact": ours(exact), "fewer": ours(fewer)}
+    paths = {"stock": stock, "exact": ours(exact)}
+    for label, (cutoff, interval) in fewer.items():
+        paths[label] = ours(replace(exact, guidance_cutoff=cutoff, deep_cache_interval=interval))
     warm = {}
     for label, run in paths.items():
         warm[label] = timed(run)
@@ -140,8 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     peak = {name: cpu_peak.measure(dtypes[name])["matmul"] for name in {"fp32", engine.dtype}}
     results = {}
     for label in paths:
-        if label == "fewer":
-            full_rows, shallow_rows = evaluations(iterations, args.cutoff, args.interval, True)
+        if label in fewer:
+            full_rows, shallow_rows = evaluations(iterations, *fewer[label], True)
         else:
             full_rows, shallow_rows = 2 * iterations, 0
         gflop = full_rows * full_gflop + shallow_rows * shallow_gflop
@@ -167,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine_info(),
         "engine": engine.as_dict(),
         "settings": {"side": args.side, "steps": args.steps, "scheduler": args.scheduler, "guidance": GUIDANCE_SCALE,
-                     "cutoff": args.cutoff, "interval": args.interval, "repeats": args.repeats},
+                     "fewer": args.fewer, "repeats": args.repeats},
         "compile_seconds": compile_seconds,
         "compile_graphs": compile_times,
         "unet_gflop": {"full_row": full_gflop, "shallow_row": shallow_gflop},

@@ -145,12 +145,13 @@ def test_bench_per_image_times_stock_exact_and_fewer_evaluations(tmp_path):
     folder = make_tiny_model(tmp_path / "tiny", TinyModelConfig(sample_size=16))
     out = tmp_path / "per-image.json"
     assert bench_per_image.main(["--model", str(folder), "--side", "32", "--steps", "4", "--repeats", "1",
-                                 "--no-compile", "--dtype", "fp32", "--json", str(out)]) == 0
+                                 "--no-compile", "--dtype", "fp32", "--fewer", "0.5:3", "--json", str(out)]) == 0
     report = json.loads(out.read_text())
     paths = report["paths"]
     assert paths["stock"]["unet_rows"] == {"full": 10, "shallow": 0}  # PNDM: 5 iterations, 2 rows each
-    assert paths["fewer"]["unet_rows"] == {"full": 3, "shallow": 5}  # 3 of 5 guided; steps 0 and 3 full
-    assert paths["exact"]["psnr_vs_stock"] > 40 and paths["fewer"]["psnr_vs_stock"] < paths["exact"]["psnr_vs_stock"]
+    assert paths["fewer 0.5:3"]["unet_rows"] == {"full": 3, "shallow": 5}  # 3 of 5 guided; steps 0 and 3 full
+    assert paths["exact"]["psnr_vs_stock"] > 40
+    assert paths["fewer 0.5:3"]["psnr_vs_stock"] < paths["exact"]["psnr_vs_stock"]
     assert all(p["seconds_per_image"] > 0 and p["achieved_gflops"] > 0 for p in paths.values())
 
 
