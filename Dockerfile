@@ -4,12 +4,14 @@
 # image is which build of torch is installed:
 #
 #   docker build -t diffusion-service:cpu .                                # torch 2.13.0+cpu
-#   docker build -t diffusion-service:gpu --build-arg TORCH_VARIANT=cu128 .  # torch 2.13.0+cu128
+#   docker build -t diffusion-service:gpu --build-arg TORCH_VARIANT=cu130 .  # torch 2.13.0+cu130
 #
 # TORCH_VARIANT names a PyTorch wheel index, ${TORCH_INDEX}/${TORCH_VARIANT}: `cpu`, or a CUDA build of the
 # pinned torch that the host's NVIDIA driver supports (cu126, cu128, cu130 …; see the index for which exist).
-# CUDA wheels bring the CUDA runtime and cuDNN as pip packages, so no CUDA base image is needed: the NVIDIA
-# Container Toolkit on the host mounts the driver into the container.
+# The GPU variant is cu130 (CUDA 13.0, NVIDIA driver 580 or newer), the CUDA that scripts/gpu_check.sh is written
+# for (docs/gpu.md); compose's worker builds it and runs it in fp16 with SDPA attention. CUDA wheels bring the CUDA
+# runtime, cuDNN and Triton as pip packages, so no CUDA base image is needed: the NVIDIA Container Toolkit on the
+# host mounts the driver into the container, and g++ below also serves Triton's kernel launchers (torch.compile).
 
 ARG PYTHON_VERSION=3.11
 

@@ -7,7 +7,8 @@ interpolated as compose does) and changes only what differs between a container 
   database for this module and REDIS_URL's (flushed) database; `minio` → the test's local S3 server (moto), with a
   fresh bucket, which image links are signed for too; the API's bind 0.0.0.0:8000 → 127.0.0.1:<free>;
 - container paths: /app/var → a temporary folder, /opt/venv/bin → this venv, MODELS → the 32×32 tiny model;
-- the GPU: GENERATOR_DEVICE=cuda → cpu (no GPU on the test machines);
+- the GPU: GENERATOR_DEVICE=cuda → cpu and its GENERATOR_DTYPE=fp16 → fp32 (no GPU on the test machines, and the
+  worker refuses fp16 on a CPU without AVX-512 FP16);
 - WEBHOOK_ALLOW_PRIVATE → true: the test's webhook receiver is on loopback, which production refuses;
 - the secrets .env.example leaves blank on purpose (SECRET_KEY, POSTGRES_PASSWORD, MINIO_ROOT_PASSWORD) → test
   values (moto takes any key).
@@ -89,6 +90,8 @@ def local_environment(
     env["PATH"] = env["PATH"].replace("/opt/venv/bin", VENV_BIN).replace("$PATH", os.environ["PATH"])
     if env.get("GENERATOR_DEVICE") == "cuda":
         env["GENERATOR_DEVICE"] = "cpu"
+        if env.get("GENERATOR_DTYPE") == "fp16":
+            env["GENERATOR_DTYPE"] = "fp32"
     env["WEBHOOK_ALLOW_PRIVATE"] = "true"
     # The host's own variables a container does not have but a local process needs (HOME, locale, BLAS tuning).
     return {

@@ -76,6 +76,7 @@ def test_the_worker_reserves_one_nvidia_gpu_and_runs_on_cuda(compose, variables)
     devices = worker["deploy"]["resources"]["reservations"]["devices"]
     assert devices == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
     assert service_environment(worker, variables)["GENERATOR_DEVICE"] == "cuda"
+    assert service_environment(worker, variables)["GENERATOR_DTYPE"] == "fp16"  # what scripts/gpu_check.sh times
     assert as_argv(worker["command"])[:9] == ["celery", "-A", "diffusion_api", "worker", "-c", "1", "-Q", "jobs", "-n"]
     # Its own image, with a CUDA build of torch; the CPU worker is the same command on the CPU image.
     assert worker["image"] != compose["services"]["api"]["image"]
