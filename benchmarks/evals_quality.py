@@ -4,9 +4,9 @@
         --configs exact cutoff=0.5 interval=3 cutoff=0.5,interval=3 scheduler=unipc,steps=12 --out var/evals
 
 Every configuration generates the evaluation's three prompt sets (generator.evaluation.image_sets: the same prompts,
-the same image seeds) with the model's defaults changed only by its `key=value` pairs: `cutoff`
-(guidance_cutoff), `interval` (deep_cache_interval), `scheduler`, `steps`; `exact` changes nothing. For each it
-reports
+the same image seeds) with the model's defaults (or `--scheduler`, `--steps`) changed only by its `key=value`
+pairs: `cutoff` (guidance_cutoff), `interval` (deep_cache_interval), `scheduler`, `steps`; `exact` changes
+nothing. For each it reports
 
 - attribute accuracy, over all images, per prompt set and per attribute (generator.evaluation.report);
 - FID on the model's CLIP image features against the exact path's images (same prompts and seeds), and against real
@@ -109,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prompts", type=int, default=32, help="prompts per prompt set")
     parser.add_argument("--images-per-prompt", type=int, default=2)
     parser.add_argument("--prompt-seed", type=int, default=PROMPT_SEED)
+    parser.add_argument("--scheduler", help="the exact path's scheduler (default: the model's)")
+    parser.add_argument("--steps", type=int, help="the exact path's steps (default: the model's)")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
@@ -118,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     clip, note = ClipFeatures.try_for_model(model, skipped="FID")
     if clip is None:
         parser.error(note)
-    sampling = resolve_sampling(model)
+    sampling = resolve_sampling(model, scheduler=args.scheduler, steps=args.steps)
     count = len(PROMPT_SETS) * args.prompts * args.images_per_prompt
     real_a = real_sets(count, args.prompts)[0]
     real_features = clip.images(real_a.images)

@@ -30,7 +30,7 @@ def test_the_folder_is_small_fp16_safetensors():
 def test_defaults_and_schedule():
     info = read_model_info(BUILTIN, "shapes64")
     assert (info.defaults.width, info.defaults.height) == (64, 64)
-    assert info.defaults.scheduler == "ddim" and info.defaults.steps == 20
+    assert info.defaults.scheduler == "unipc" and info.defaults.steps == 12  # benchmarks/evals_quality.py
     scheduler = json.loads((BUILTIN / "scheduler" / "scheduler_config.json").read_text())
     assert scheduler["rescale_betas_zero_snr"] is True and scheduler["prediction_type"] == "v_prediction"
     assert scheduler["timestep_spacing"] == "trailing"
