@@ -35,10 +35,9 @@ from benchmarks.bench_engine import cpu_flags
 from generator.evaluate import load_for_evaluation
 from generator.evaluation.features import ClipFeatures
 from generator.evaluation.image_sets import (
-    IMAGE_SEED_STRIDE,
     PROMPT_SEED,
     PROMPT_SETS,
-    ImageSet,
+    generate_images,
     generate_in_batches,
     real_sets,
     resolve_sampling,
@@ -78,21 +77,10 @@ def evaluations(steps: int, cutoff: float, interval: int, guided: bool) -> tuple
 
 
 def generate_set(model, prompt_sets, sampling, fields: dict, images_per_prompt: int, seed_offset: int, batch: int):
-    requests, sets = [], []
-    for name in PROMPT_SETS:
-        for i, case in enumerate(prompt_sets[name]):
-            request = sampling.request(case.prompt, seed=IMAGE_SEED_STRIDE * i + seed_offset,
-                                       num_images=images_per_prompt)
-            requests.append(replace(request, **fields))
-            sets.append(name)
-    per_request, seconds = generate_in_batches(model, requests, batch=batch)
-    images, prompts, names = [], [], []
-    for request, name, generated in zip(requests, sets, per_request):
-        for image in generated:
-            images.append(np.asarray(image.convert("RGB")))
-            prompts.append(request.prompt)
-            names.append(name)
-    return ImageSet(np.stack(images), prompts, names), seconds
+    scheduling = {k: v for k, v in fields.items() if k in ("scheduler", "steps")}
+    rest = {k: v for k, v in fields.items() if k not in scheduling}
+    return generate_images(model, prompt_sets, images_per_prompt, replace(sampling, **scheduling), batch=batch,
+                           seed_offset=seed_offset, fields=rest)
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:

@@ -132,12 +132,19 @@ def generate_images(
     *,
     batch: int = 32,
     log: Callable[[str], None] | None = None,
+    seed_offset: int = 0,
+    fields: dict | None = None,
 ) -> tuple[ImageSet, float]:
-    """Every prompt's images, and the seconds spent in `generate` (loading, rendering and metrics excluded)."""
+    """Every prompt's images, and the seconds spent in `generate` (loading, rendering and metrics excluded).
+
+    Prompt i's images have seeds IMAGE_SEED_STRIDE × i + `seed_offset` + j; `fields` sets other request fields
+    (guidance_cutoff, deep_cache_interval …)."""
     requests, sets = [], []
     for name in PROMPT_SETS:
         for i, case in enumerate(prompt_sets[name]):
-            requests.append(sampling.request(case.prompt, seed=IMAGE_SEED_STRIDE * i, num_images=images_per_prompt))
+            requests.append(sampling.request(
+                case.prompt, seed=IMAGE_SEED_STRIDE * i + seed_offset, num_images=images_per_prompt, **(fields or {})
+            ))
             sets.append(name)
     per_request, seconds = generate_in_batches(model, requests, batch=batch, log=log)
     images, prompts, image_sets = [], [], []

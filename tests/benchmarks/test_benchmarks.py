@@ -158,8 +158,8 @@ def test_bench_per_image_times_stock_exact_and_fewer_evaluations(tmp_path):
 def test_evals_quality_compares_settings_with_the_exact_path(tmp_path):
     from benchmarks import evals_quality
 
-    assert evals_quality.main(["--prompts", "1", "--images-per-prompt", "1", "--configs", "exact", "cutoff=0.5",
-                               "--out", str(tmp_path)]) == 0
+    assert evals_quality.main(["--prompts", "1", "--images-per-prompt", "1", "--scheduler", "ddim", "--steps", "20",
+                               "--configs", "exact", "cutoff=0.5", "--out", str(tmp_path)]) == 0
     report = json.loads((tmp_path / "evals.json").read_text())
     exact, cut = report["rows"]
     assert exact["fid_vs_exact"] == pytest.approx(0, abs=1e-6) and exact["unet_rows_full"] == 40
