@@ -60,6 +60,11 @@ def main(argv: list[str] | None = None) -> int:
     variation.add_argument("--hires-strength", type=float, default=0.5)
     variation.add_argument("--hires-upscaler", default="latent", choices=list(HIRES_UPSCALERS))
     variation.add_argument("--vae-tile-size", type=int, default=0, help="tiled VAE, tile side in pixels (0: off)")
+    fewer = gen.add_argument_group("fewer UNet evaluations (docs/speed.md)")
+    fewer.add_argument("--guidance-cutoff", type=float, default=1.0,
+                       help="guidance on this share of the steps, in (0, 1] (default 1: every step)")
+    fewer.add_argument("--deep-cache-interval", type=int, default=1,
+                       help="DeepCache: the deep blocks run every this many steps, 1 to 10 (default 1: off)")
 
     tiny = commands.add_parser("make-tiny", help="write a small random model folder for tests and demos")
     tiny.add_argument("--out", type=Path, required=True)
@@ -114,6 +119,8 @@ def _generate(args: argparse.Namespace) -> int:
                 hires_steps=args.hires_steps,
                 hires_strength=args.hires_strength,
                 vae_tile_size=args.vae_tile_size,
+                guidance_cutoff=args.guidance_cutoff,
+                deep_cache_interval=args.deep_cache_interval,
             ),
         )
     except (ModelLoadError, ValueError, OSError) as error:  # OSError: an input image that cannot be read
@@ -123,7 +130,9 @@ def _generate(args: argparse.Namespace) -> int:
     from generator.fastpath import Bucket, optimize
 
     buckets = [Bucket(request.width, request.height, request.num_images)] if args.compile else []
-    optimize(model, buckets=buckets, guidance=request.guidance_scale > 1)
+    fewer = request.guidance_cutoff < 1 or request.deep_cache_interval > 1
+    optimize(model, buckets=buckets, guidance=request.guidance_scale > 1, cond_only=request.guidance_cutoff < 1,
+             deep_cache=fewer)
 
     bar = tqdm(total=None, desc=f"{request.scheduler}, seed {request.seed}", unit="step")
 

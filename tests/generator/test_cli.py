@@ -51,3 +51,13 @@ def test_cli_reports_bad_input_without_a_traceback(tiny_model_dir, tmp_path, cap
 def test_cli_makes_a_tiny_model(tmp_path):
     assert main(["make-tiny", "--out", str(tmp_path / "m"), "--sample-size", "16"]) == 0
     assert (tmp_path / "m" / "model_index.json").is_file()
+
+
+def test_cli_fewer_evaluations(tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "fewer.png"
+    common = ["generate", "--model", str(tiny_model_dir), "--prompt", "a red circle", "--steps", "4", "--seed", "3"]
+    assert main([*common, "--guidance-cutoff", "0.5", "--deep-cache-interval", "2", "--out", str(out)]) == 0
+    manifest = read_manifest(out.read_bytes())
+    assert (manifest["guidance_cutoff"], manifest["deep_cache_interval"]) == (0.5, 2)
+    assert main([*common, "--deep-cache-interval", "0", "--out", str(out)]) == 2
+    assert "deep_cache_interval must be an integer from 1 to 10" in capsys.readouterr().err
