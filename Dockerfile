@@ -58,7 +58,7 @@ COPY generator/ generator/
 COPY worker/ worker/
 COPY deploy/ deploy/
 # var/media exists in the image so a new named volume mounted there is owned by the app user (uploads, job inputs).
-RUN mkdir -p var/models var/media && chown -R app:app var
+RUN mkdir -p var/models var/media var/compile-cache && chown -R app:app var
 # The built-in model (trained on shapes64; MODEL_CARD.md) in the models folder, beside the tiny one made below.
 COPY --chown=10001:10001 models/shapes64/ var/models/shapes64/
 # A numeric user, so platforms that enforce "not root" (Kubernetes runAsNonRoot) can check it.

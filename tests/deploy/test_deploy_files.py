@@ -117,7 +117,10 @@ def test_redis_persists_with_an_append_only_file(compose):
 
 
 def test_named_volumes_hold_postgres_redis_minio_and_the_models(compose, variables):
-    assert set(compose["volumes"]) == {"postgres-data", "redis-data", "minio-data", "models"}
+    assert set(compose["volumes"]) == {"postgres-data", "redis-data", "minio-data", "models", "compile-cache"}
+    # Both workers keep compiled kernels where GENERATOR_COMPILE_CACHE_DIR points (VAR_DIR/compile-cache).
+    for name in ("worker", "worker-cpu"):
+        assert "compile-cache:/app/var/compile-cache" in compose["services"][name]["volumes"], name
     assert "minio-data:/data" in compose["services"]["minio"]["volumes"]
     assert "postgres-data:/var/lib/postgresql/data" in compose["services"]["postgres"]["volumes"]
     # The API reads a model's configs and the workers load it: both mount the models volume where MODELS points.
