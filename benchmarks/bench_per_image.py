@@ -23,6 +23,7 @@ import argparse
 import gc
 import json
 import math
+import os
 import shlex
 import statistics
 import sys
@@ -92,9 +93,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-compile", action="store_true", help="the same as --backend eager")
     parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR)
     parser.add_argument("--model", type=Path, help="another model folder (default: the SD 1.5-size one, built once)")
+    parser.add_argument("--compile-cache", type=Path,
+                        help="inductor's kernel cache and OpenVINO's converted models here, as a worker keeps them in "
+                             "GENERATOR_COMPILE_CACHE_DIR (run twice: the second compile is a restart's)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
 
+    if args.compile_cache:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(args.compile_cache)  # read when inductor first compiles
     engine = choose_engine("cpu", args.dtype, "eager" if args.no_compile else args.backend)
     print(f"engine: {engine.dtype} {engine.backend} ({engine.reason})", flush=True)
     folder = args.model or sd15_model_folder(args.cache_dir)
@@ -104,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     buckets = [Bucket(args.side, args.side, 1)] if engine.backend != "eager" else []
     compile_times = optimize(fast, channels_last=True, buckets=buckets, cond_only=True, deep_cache=True,
-                             backend="openvino" if engine.backend == "openvino" else "compile")
+                             backend="openvino" if engine.backend == "openvino" else "compile",
+                             cache_dir=args.compile_cache)
     compile_seconds = time.perf_counter() - started
     print(f"compiled in {compile_seconds:.0f} s: {compile_times}", flush=True)
 
