@@ -64,12 +64,16 @@ lint: $(VENV)/.installed-dev
 /usr/bin/chromium:
 	command -v apt-get >/dev/null && (apt-get install -y -q chromium || (apt-get update -q && apt-get install -y -q chromium))
 
+# wrk (Debian package) loads the API in the service benchmarks' smoke tests; installed once if missing.
+/usr/bin/wrk:
+	command -v apt-get >/dev/null && (apt-get install -y -q wrk || (apt-get update -q && apt-get install -y -q wrk))
+
 # newman (pinned in package.json and package-lock.json) runs the Postman collection in tests/deploy.
 node_modules/.installed: package.json package-lock.json
 	npm ci --no-audit --no-fund
 	touch $@
 
-test: $(VENV)/.installed-dev /usr/bin/chromium node_modules/.installed lint
+test: $(VENV)/.installed-dev /usr/bin/chromium /usr/bin/wrk node_modules/.installed lint
 	# The venv first on PATH, as in the image: tests run compose's own commands (`python manage.py …`, hadolint).
 	PATH="$(CURDIR)/$(BIN):$$PATH" DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) \
 		$(BIN)/python -m pytest -q --durations=25

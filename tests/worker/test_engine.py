@@ -15,6 +15,7 @@ from worker import runner, tasks
 def test_the_heartbeat_carries_the_engine(settings, monkeypatch):
     settings.GENERATOR_DTYPE, settings.GENERATOR_BACKEND = "fp32", "eager"
     monkeypatch.setattr(tasks._stop_heartbeat, "wait", lambda seconds: tasks._stop_heartbeat.set())
+    monkeypatch.setattr(tasks.connection, "close", lambda: None)  # the test's transaction holds this connection
     tasks._stop_heartbeat.clear()
     tasks._heartbeat_forever("engine-test@host", [settings.CELERY_TASK_DEFAULT_QUEUE])
     tasks._stop_heartbeat.clear()

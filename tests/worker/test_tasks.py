@@ -125,7 +125,10 @@ def test_production_code_holds_no_fault_injection():
     sources = [
         p for folder in ("diffusion_api", "worker", "generator", "scripts") for p in (root / folder).rglob("*.py")
     ]
-    assert [str(p) for p in sources if re.search(r"\bFAULT_|SIGKILL", p.read_text())] == []
+    assert [str(p) for p in sources if re.search(r"\bFAULT_", p.read_text())] == []
+    # What runs in production kills nothing; scripts may stop their own children (scripts/gpu_check.py does).
+    running = [p for p in sources if p.parts[len(root.parts)] != "scripts"]
+    assert [str(p) for p in running if "SIGKILL" in p.read_text()] == []
 
 
 def test_prompt_too_long_for_the_tokenizer_fails_with_a_clear_message(user, published):
