@@ -16,6 +16,7 @@ _EXPORTS = {
     "LoadedModel": "generator.loading",
     "check_model_folder": "generator.loading",
     "load_model": "generator.loading",
+    "LoraSpec": "generator.lora",
     "ModelLoadError": "generator.model_info",
     "read_model_info": "generator.model_info",
     "GeneratedImage": "generator.pipeline",

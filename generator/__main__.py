@@ -71,13 +71,18 @@ def main(argv: list[str] | None = None) -> int:
     tiny.add_argument("--sample-size", type=int, default=64, help="image side in pixels")
     tiny.add_argument("--seed", type=int, default=0)
     tiny.add_argument("--inpainting", action="store_true", help="a 9-input-channel (inpainting) UNet")
+    tiny.add_argument("--sdxl", action="store_true", help="an SDXL folder (two text encoders, added time ids)")
 
     args = parser.parse_args(argv)
     if args.command == "make-tiny":
-        from generator.tiny import TinyModelConfig, make_tiny_model
+        from generator.tiny import TinyModelConfig, TinySDXLConfig, make_tiny_model, make_tiny_sdxl
 
-        config = TinyModelConfig(sample_size=args.sample_size, seed=args.seed, inpainting=args.inpainting)
-        path = make_tiny_model(args.out, config)
+        if args.sdxl:
+            config = TinySDXLConfig(sample_size=args.sample_size, seed=args.seed, inpainting=args.inpainting)
+            path = make_tiny_sdxl(args.out, config)
+        else:
+            config = TinyModelConfig(sample_size=args.sample_size, seed=args.seed, inpainting=args.inpainting)
+            path = make_tiny_model(args.out, config)
         print(f"wrote a tiny model to {path}")
         return 0
     return _generate(args)

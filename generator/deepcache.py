@@ -12,7 +12,8 @@ the exact loop).
     out = unet_shallow(unet, x, t, context, features)             # the next k - 1 steps
 
 Both follow `UNet2DConditionModel.forward` line for line for what SD-family UNets use (time, class and added
-embeddings, cross-attention); `unet_full`'s output equals `unet(...)`'s. ControlNet residuals, attention masks and
+embeddings, cross-attention; SDXL's pooled embeds and time ids come in as `added_cond_kwargs`); `unet_full`'s output
+equals `unet(...)`'s. ControlNet residuals, attention masks and
 GLIGEN are not supported here.
 """
 

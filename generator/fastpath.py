@@ -14,6 +14,9 @@
   height, images) shape, when the worker starts. A batch smaller than a compiled one of the same size
   is padded up to it (images in a batch do not see each other, so the padding changes nothing but
   time); any other shape runs the eager UNet, so no request waits for a compile.
+- SDXL runs its UNet eager: the graphs take the plain call's three tensors, and SDXL's `added_cond_kwargs` (pooled
+  embeds, time ids) would need every graph, its padding and the OpenVINO conversion to take two more, so `optimize`
+  compiles no bucket for it and a call with added inputs never picks a graph.
 """
 
 from __future__ import annotations
@@ -105,6 +108,12 @@ class BucketedUNet:
             torch._inductor.config.freezing = True
             self._compiled = {graph: torch.compile(module, dynamic=False) for graph, module in self.modules.items()}
         self.graphs: dict[tuple[str, int, int, int], Callable] = {}  # (graph, batch, latent h, latent w) → callable
+        # The text context's T each graph was compiled for. A weighted or long prompt's context (several windows of
+        # the tokenizer's length, generator.prompts) has another T: it runs eager, as any other unbucketed shape,
+        # rather than fail a static graph or recompile one for each T. A graph set here by hand takes any T.
+        self.context_tokens: dict[tuple[str, int, int, int], int] = {}
+        # Set by generator.lora while a LoRA is active on the eager UNet: the graphs hold the UNet without it.
+        self.eager_only = False
 
     def __getattr__(self, name: str):
         return getattr(self.eager, name)
@@ -135,6 +144,7 @@ class BucketedUNet:
                 run = _openvino_graph(self.modules[graph], args, self._cache_path(graph, args))
             run(*args)  # torch.compile compiles at the first call of a shape
         self.graphs[(graph, batch, height, width)] = run
+        self.context_tokens[(graph, batch, height, width)] = context.shape[1]
         return time.perf_counter() - started
 
     def _cache_path(self, graph: str, args: list[torch.Tensor]) -> Path | None:
@@ -146,18 +156,23 @@ class BucketedUNet:
         version = re.sub(r"[^\w.]", "_", openvino.__version__)  # it holds slashes
         return self.cache_dir / "openvino" / f"{self.cache_key}-{graph}-{shapes}-{version}" / "model.xml"
 
-    def _fit(self, graph: str, sample: torch.Tensor, kwargs: dict) -> Callable | None:
+    def _fit(self, graph: str, sample: torch.Tensor, context: torch.Tensor, kwargs: dict) -> Callable | None:
         """The compiled graph this call pads up to (smallest batch that holds it), or None to run eager."""
-        if kwargs.get("timestep_cond") is not None or kwargs.get("cross_attention_kwargs"):
+        if self.eager_only or kwargs.get("timestep_cond") is not None or kwargs.get("cross_attention_kwargs"):
+            return None
+        if kwargs.get("added_cond_kwargs") is not None:  # SDXL: the graphs take no added inputs (module docstring)
             return None
         batches = self.compiled_batches.get((graph, *sample.shape[-2:]), [])
+        tokens = context.shape[1]  # (N, T, D)
         fits = [b for b in batches if b >= sample.shape[0]]
+        fits = [b for b in fits if self.context_tokens.get((graph, b, *sample.shape[-2:]), tokens) == tokens]
         return (fits[0], self.graphs[(graph, fits[0], *sample.shape[-2:])]) if fits else None
 
     def __call__(self, sample: torch.Tensor, timestep, encoder_hidden_states: torch.Tensor, **kwargs):
         rows = sample.shape[0]
-        fit = self._fit("unet", sample, kwargs)
-        if fit is None and self._fit("full", sample, kwargs) and set(kwargs) <= {"return_dict", "timestep_cond"}:
+        fit = self._fit("unet", sample, encoder_hidden_states, kwargs)
+        plain_kwargs = set(kwargs) <= {"return_dict", "timestep_cond"}
+        if fit is None and plain_kwargs and self._fit("full", sample, encoder_hidden_states, kwargs):
             return (self.full(sample, timestep, encoder_hidden_states)[0],)  # DeepCache's full graph: the same output
         if fit is None:
             return self.eager(sample, timestep, encoder_hidden_states=encoder_hidden_states, **kwargs)
@@ -166,30 +181,30 @@ class BucketedUNet:
         # One timestep dtype for every scheduler (ints for DDIM, floats for Euler), so they share one compiled graph.
         return (run(sample, _timestep(timestep, sample.device), encoder_hidden_states)[:rows],)
 
-    def full(self, sample, timestep, encoder_hidden_states, timestep_cond=None):
+    def full(self, sample, timestep, encoder_hidden_states, timestep_cond=None, added_cond_kwargs=None):
         """DeepCache's full step: (output, features), compiled where a "full" bucket fits."""
         from generator.deepcache import unet_full
 
         rows = sample.shape[0]
-        fit = self._fit("full", sample, {"timestep_cond": timestep_cond})
+        kwargs = {"timestep_cond": timestep_cond, "added_cond_kwargs": added_cond_kwargs}
+        fit = self._fit("full", sample, encoder_hidden_states, kwargs)
         if fit is None:
-            return unet_full(self.eager, sample, timestep, encoder_hidden_states, timestep_cond=timestep_cond)
+            return unet_full(self.eager, sample, timestep, encoder_hidden_states, **kwargs)
         size, run = fit
         sample, encoder_hidden_states = _pad(size, sample, encoder_hidden_states)
         out, features = run(sample, _timestep(timestep, sample.device), encoder_hidden_states)
         return out[:rows], features[:rows]
 
-    def shallow(self, sample, timestep, encoder_hidden_states, features, timestep_cond=None):
+    def shallow(self, sample, timestep, encoder_hidden_states, features, timestep_cond=None, added_cond_kwargs=None):
         """DeepCache's shallow step on kept `features`, compiled where a "shallow" bucket fits."""
         from generator.deepcache import unet_shallow
 
         rows = sample.shape[0]
         features = features[-rows:]
-        fit = self._fit("shallow", sample, {"timestep_cond": timestep_cond})
+        kwargs = {"timestep_cond": timestep_cond, "added_cond_kwargs": added_cond_kwargs}
+        fit = self._fit("shallow", sample, encoder_hidden_states, kwargs)
         if fit is None:
-            return unet_shallow(
-                self.eager, sample, timestep, encoder_hidden_states, features, timestep_cond=timestep_cond
-            )
+            return unet_shallow(self.eager, sample, timestep, encoder_hidden_states, features, **kwargs)
         size, run = fit
         sample, encoder_hidden_states, features = _pad(size, sample, encoder_hidden_states, features)
         return run(sample, _timestep(timestep, sample.device), encoder_hidden_states, features)[:rows]
@@ -262,6 +277,9 @@ def optimize(
         for module in (model.unet, model.vae, model.tiny_vae):
             if module is not None:
                 module.to(memory_format=torch.channels_last)
+    if model.is_sdxl and buckets:  # SDXL's UNet runs eager (module docstring): nothing to compile
+        logger.warning("not compiling %d bucket(s): an SDXL UNet runs eager on the fast path", len(buckets))
+        buckets = []
     model.cache["fast_path"] = {"channels_last": channels_last, "buckets": [vars(b) for b in buckets]}
     if not buckets:
         return {}
@@ -301,9 +319,12 @@ def check_sdpa(model: LoadedModel) -> None:
     for name, processor in unet.attn_processors.items():
         if not isinstance(processor, AttnProcessor2_0):
             raise ValueError(f"UNet attention {name} uses {type(processor).__name__}, not SDPA (AttnProcessor2_0)")
-    implementation = getattr(model.text_encoder.config, "_attn_implementation", "sdpa")
-    if implementation != "sdpa":
-        raise ValueError(f"the text encoder's attention is {implementation!r}, not 'sdpa'")
+    for text_encoder in (model.text_encoder, model.text_encoder_2):  # text_encoder_2: SDXL's, else None
+        if text_encoder is None:
+            continue
+        implementation = getattr(text_encoder.config, "_attn_implementation", "sdpa")
+        if implementation != "sdpa":
+            raise ValueError(f"the text encoder's attention is {implementation!r}, not 'sdpa'")
 
 
 @torch.inference_mode()

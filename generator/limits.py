@@ -64,7 +64,8 @@ FIELDS: dict[str, FieldSpec] = {
             REQUIRED,
             min=1,
             setting="JOB_MAX_PROMPT_CHARS",
-            help="also at most the model's max_prompt_tokens tokens",
+            help="A1111 weighting syntax: (word:1.3), (word), [word], \\( for a literal bracket; longer than the "
+            "model's max_prompt_tokens it is encoded in windows of that many tokens, at most 8",
         ),
         FieldSpec("negative_prompt", str, "", setting="JOB_MAX_PROMPT_CHARS"),
         FieldSpec(

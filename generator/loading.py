@@ -1,4 +1,4 @@
-"""Load a diffusers-layout Stable Diffusion folder (SD 1.x/2.x) from local disk, never from a hub."""
+"""Load a diffusers-layout Stable Diffusion folder (SD 1.x/2.x, SDXL) from local disk, never from a hub."""
 
 from __future__ import annotations
 
@@ -8,25 +8,26 @@ from pathlib import Path
 
 import torch
 
-from generator.model_info import ModelDefaults, ModelLoadError, read_json, read_model_info
+from generator.model_info import (  # noqa: F401  (check_model_folder and REQUIRED_FILES are this module's API too)
+    REQUIRED_FILES,
+    ModelDefaults,
+    ModelLoadError,
+    check_model_folder,
+    read_json,
+    read_model_info,
+    sdxl_parts,
+)
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
-# Each part of the layout: the files it must hold (any one of a tuple will do).
-REQUIRED_FILES = {
-    "tokenizer": [("tokenizer.json", "vocab.json")],
-    "text_encoder": [("config.json",), ("model.safetensors", "pytorch_model.bin")],
-    "unet": [("config.json",), ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")],
-    "vae": [("config.json",), ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")],
-    "scheduler": [("scheduler_config.json",)],
-}
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
 DECODERS = ("vae", "tiny")  # tiny: the model's own `tiny_vae/` folder (an AutoencoderKL distilled to AutoencoderTiny)
 
 
 @dataclass
 class LoadedModel:
-    """The five components of a Stable Diffusion model, on one device in one dtype."""
+    """The five components of a Stable Diffusion model, on one device in one dtype; SDXL adds a second tokenizer
+    and text encoder (`is_sdxl`)."""
 
     name: str
     path: Path
@@ -42,10 +43,25 @@ class LoadedModel:
     tiny_vae: torch.nn.Module | None = None  # diffusers.AutoencoderTiny, the fast path's cheap decoder (`tiny_vae/`)
     decoder: str = "vae"  # which decodes the images: "vae" (the AutoencoderKL) or "tiny" (tiny_vae)
     cache: dict = field(default_factory=dict)  # per-model derived values (e.g. preview matrix)
+    tokenizer_2: object | None = None  # SDXL: transformers.CLIPTokenizer
+    text_encoder_2: torch.nn.Module | None = None  # SDXL: transformers.CLIPTextModelWithProjection
+    # model_index.json's pipeline settings that change the conditioning (SDXL: force_zeros_for_empty_prompt,
+    # requires_aesthetics_score)
+    pipeline_config: dict = field(default_factory=dict)
+
+    @property
+    def is_sdxl(self) -> bool:
+        """Two text encoders, pooled text embeddings and added time ids (StableDiffusionXLPipeline)."""
+        return self.text_encoder_2 is not None
 
     @property
     def vae_scale_factor(self) -> int:
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def vae_dtype(self) -> torch.dtype:
+        """The VAE's dtype: the model's, but fp32 for an fp16 SDXL whose VAE config sets `force_upcast`."""
+        return getattr(self.vae, "dtype", self.dtype)
 
     @property
     def max_prompt_tokens(self) -> int:
@@ -71,32 +87,6 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(DTYPES)}")
     return DTYPES[dtype]
-
-
-def check_model_folder(path: str | Path) -> Path:
-    """Raise ModelLoadError naming every missing part of the layout; return the folder's path."""
-    path = Path(path)
-    if not path.is_dir():
-        raise ModelLoadError(f"model folder {path} does not exist or is not a folder")
-    problems = []
-    if not (path / "model_index.json").is_file():
-        problems.append("model_index.json")
-    for part, requirements in REQUIRED_FILES.items():
-        if not (path / part).is_dir():
-            problems.append(f"{part}/")
-            continue
-        for choices in requirements:
-            if not any((path / part / name).is_file() for name in choices):
-                problems.append(f"{part}/{' or '.join(choices)}")
-    if problems:
-        raise ModelLoadError(
-            f"model folder {path} is not a complete diffusers Stable Diffusion layout; missing: " + ", ".join(problems)
-        )
-    for config in [path / "model_index.json", path / "scheduler" / "scheduler_config.json"] + [
-        path / part / "config.json" for part in ("text_encoder", "unet", "vae")
-    ]:
-        read_json(config)
-    return path
 
 
 def hash_model_folder(path: Path) -> str:
@@ -147,12 +137,22 @@ def load_model(
     tokenizer = load("tokenizer", lambda p: CLIPTokenizer.from_pretrained(p, local_files_only=True))
     text_encoder = load("text_encoder", lambda p: CLIPTextModel.from_pretrained(p, local_files_only=True, dtype=dtype))
     unet = load("unet", lambda p: UNet2DConditionModel.from_pretrained(p, local_files_only=True, torch_dtype=dtype))
-    vae = load("vae", lambda p: AutoencoderKL.from_pretrained(p, local_files_only=True, torch_dtype=dtype))
+    tokenizer_2 = text_encoder_2 = None
+    pipeline_config = {}
+    if sdxl_parts(path):
+        tokenizer_2, text_encoder_2, pipeline_config = _load_sdxl_parts(path, unet, dtype, load)
+    elif unet.config.addition_embed_type == "text_time":
+        raise ModelLoadError(f"{path / 'unet'} is an SDXL UNet, but model_index.json names no text_encoder_2")
+    # SDXL's VAE overflows in fp16: like StableDiffusionXLPipeline (`force_upcast`), it encodes and decodes in fp32.
+    # SD 1.x pipelines do not upcast, and neither does this loop for them.
+    upcast = text_encoder_2 is not None and read_json(path / "vae" / "config.json").get("force_upcast", True)
+    vae_dtype = torch.float32 if upcast and dtype == torch.float16 else dtype
+    vae = load("vae", lambda p: AutoencoderKL.from_pretrained(p, local_files_only=True, torch_dtype=vae_dtype))
     tiny_vae = None
     if decoder == "tiny":
         tiny_vae = load("tiny_vae", lambda p: AutoencoderTiny.from_pretrained(p, local_files_only=True,
                                                                               torch_dtype=dtype))
-    for module in (text_encoder, unet, vae, tiny_vae):
+    for module in (text_encoder, text_encoder_2, unet, vae, tiny_vae):
         if module is not None:
             module.to(device).eval().requires_grad_(False)
 
@@ -172,4 +172,39 @@ def load_model(
         defaults=info.defaults,
         tiny_vae=tiny_vae,
         decoder=decoder,
+        tokenizer_2=tokenizer_2,
+        text_encoder_2=text_encoder_2,
+        pipeline_config=pipeline_config,
     )
+
+
+def _load_sdxl_parts(path: Path, unet: torch.nn.Module, dtype: torch.dtype, load):
+    """SDXL's second tokenizer and text encoder, and model_index.json's conditioning settings (with the defaults
+    StableDiffusionXLPipeline takes when the file has none)."""
+    from transformers import CLIPTextModelWithProjection, CLIPTokenizer
+
+    if unet.config.addition_embed_type != "text_time":
+        raise ModelLoadError(
+            f"model folder {path} names a text_encoder_2, but its UNet's addition_embed_type is "
+            f"{unet.config.addition_embed_type!r}, not 'text_time' (SDXL's)"
+        )
+    tokenizer_2 = load("tokenizer_2", lambda p: CLIPTokenizer.from_pretrained(p, local_files_only=True))
+    text_encoder_2 = load(
+        "text_encoder_2", lambda p: CLIPTextModelWithProjection.from_pretrained(p, local_files_only=True, dtype=dtype)
+    )
+    index = read_json(path / "model_index.json")
+    pipeline_config = {
+        "force_zeros_for_empty_prompt": bool(index.get("force_zeros_for_empty_prompt", True)),
+        "requires_aesthetics_score": bool(index.get("requires_aesthetics_score", False)),
+    }
+    # The UNet's added embedding reads the pooled embedding and each time id's embedding (generator.pipeline's
+    # add_time_ids: 6 ids, or 5 with an aesthetic score): a folder whose parts disagree fails here, not mid-job.
+    time_ids = 5 if pipeline_config["requires_aesthetics_score"] else 6
+    given = unet.config.addition_time_embed_dim * time_ids + text_encoder_2.config.projection_dim
+    expected = unet.add_embedding.linear_1.in_features
+    if given != expected:
+        raise ModelLoadError(
+            f"model folder {path}: the UNet's added embedding takes {expected} features, but {time_ids} time ids and "
+            f"text_encoder_2's projection give {given} (is requires_aesthetics_score in model_index.json right?)"
+        )
+    return tokenizer_2, text_encoder_2, pipeline_config

@@ -14,6 +14,13 @@ The same loop makes every mode (`request_mode`):
   A1111's mask blur, "inpaint only the masked area" and paste-back of the kept pixels.
 Any mode may add A1111's variation seed (`subseed`, `subseed_strength`), the two-pass hires fix (`hires_*`) and a
 tiled VAE (`vae_tile_size`).
+
+SDXL folders (`model.is_sdxl`) run through the same loop, as `StableDiffusionXLPipeline` and its img2img and inpaint
+pipelines condition them: the prompt embeds are both text encoders' penultimate hidden states side by side, and every
+UNet call also gets `added_cond_kwargs` (text_encoder_2's pooled, projected embedding and the time ids: original
+size, crop's top left (0, 0), target size, all the pass's own size). An empty negative prompt is zeros where
+model_index.json sets `force_zeros_for_empty_prompt`, and an fp16 SDXL VAE runs in fp32 (`force_upcast`). Not for
+SDXL (refused with a ValueError): prompt weighting syntax, prompts longer than one window, and LoRAs.
 """
 
 from __future__ import annotations
@@ -28,10 +35,13 @@ import numpy as np
 import torch
 from PIL import Image, ImageFilter
 
-from generator import deepcache, images, limits
+from generator import deepcache, images, limits, lora
 from generator.limits import MAX_IMAGES_PER_REQUEST, MAX_SEED, MAX_SIDE
 from generator.loading import LoadedModel
+from generator.lora import LoraSpec
+from generator.lora_info import check_lora_weight
 from generator.pngmeta import png_bytes
+from generator.prompts import check_prompt, chunk_tokens, encode_weighted, is_plain, uses_syntax, weights_record
 from generator.schedulers import SCHEDULERS, make_scheduler, scheduler_error, scheduler_settings
 
 
@@ -69,6 +79,8 @@ class GenerationRequest:
     # the deep blocks recomputed every `deep_cache_interval` steps (1: every step, the exact loop).
     guidance_cutoff: float = 1.0
     deep_cache_interval: int = 1
+    # LoRAs applied to the model for this request, in order, each at its weight (generator.lora).
+    loras: tuple[LoraSpec, ...] = ()
 
     @property
     def mode(self) -> str:
@@ -104,7 +116,8 @@ class StepState:
 
     Besides reading, a callback may `cancel` requests, and may condition the steps that follow on other
     prompt embeddings by assigning `prompt_embeds` (same shape; e.g. `encode_prompts(other_prompts, model)`):
-    the loop then uses them, with the same negative prompts, from the next step on.
+    the loop then uses them, with the same negative prompts, from the next step on. (SDXL: the pooled embeddings
+    and time ids stay the request's.)
     """
 
     step: int  # steps done so far, 1..total
@@ -173,14 +186,10 @@ def resolve_request(model: LoadedModel, request: GenerationRequest) -> Generatio
         raise ValueError("prompt must be a non-empty string")
     if not isinstance(resolved.negative_prompt, str):
         raise ValueError("negative_prompt must be a string")
-    for name in ("prompt", "negative_prompt"):
-        text = getattr(resolved, name)
-        tokens = len(model.tokenizer(text, truncation=False).input_ids) - 2
-        if tokens > model.max_prompt_tokens:
-            raise ValueError(
-                f"{name} is {tokens} tokens long; this model's tokenizer takes at most "
-                f"{model.max_prompt_tokens} (longer prompts are rejected, not truncated)"
-            )
+    for name in ("prompt", "negative_prompt"):  # weighting syntax, and at most MAX_CHUNKS windows (never truncated)
+        check_prompt(getattr(resolved, name), model.tokenizer, name=name)
+        if model.is_sdxl:
+            _check_sdxl_prompt(model, getattr(resolved, name), name)
 
     factor = model.vae_scale_factor
     for name in ("width", "height"):
@@ -220,7 +229,35 @@ def resolve_request(model: LoadedModel, request: GenerationRequest) -> Generatio
     except ValueError as error:
         raise ValueError(f"scheduler {resolved.scheduler!r} cannot run {resolved.steps} steps: {error}") from error
     _check_image_fields(model, resolved)
+    _check_loras(resolved)
+    if model.is_sdxl and resolved.loras:  # generator.lora loads into text_encoder and the UNet only
+        raise ValueError("LoRAs are not supported for SDXL models yet")
     return resolved
+
+
+def _check_sdxl_prompt(model: LoadedModel, text: str, name: str) -> None:
+    """SDXL prompts are encoded as StableDiffusionXLPipeline encodes them: one window, no weighting (both would
+    need each text encoder's windows weighted and the pooled embedding chosen, which nothing here checks yet)."""
+    if uses_syntax(text):
+        raise ValueError(f"{name}: prompt weighting syntax ((word:1.2), [word], BREAK) is not supported for SDXL")
+    for tokenizer in (model.tokenizer, model.tokenizer_2):
+        if len(chunk_tokens(text, tokenizer)) > 1:
+            raise ValueError(
+                f"{name} is longer than one window of {tokenizer.model_max_length - 2} tokens; SDXL models take "
+                "one window (longer prompts are rejected, not truncated)"
+            )
+
+
+def _check_loras(request: GenerationRequest) -> None:
+    """LoraSpecs with weights in generator.lora_info.LORA_WEIGHT_RANGE, each file once. Whether a file fits the
+    model is checked when it is loaded (generator.lora.activate), still before any compute."""
+    loras = request.loras
+    if not isinstance(loras, tuple | list) or not all(isinstance(spec, LoraSpec) for spec in loras):
+        raise ValueError(f"loras must be a tuple of generator.lora.LoraSpec, got {loras!r}")
+    for spec in loras:
+        check_lora_weight(spec.weight, name=spec.name)
+    if len({spec.sha256 for spec in loras}) < len(loras):
+        raise ValueError(f"each LoRA may appear once; got {', '.join(spec.name for spec in loras)}")
 
 
 def _check_image_fields(model: LoadedModel, request: GenerationRequest) -> None:
@@ -292,8 +329,9 @@ def batch_key(request: GenerationRequest) -> tuple:
     """Requests with equal keys can share one denoising loop (one scheduler, one latent shape).
 
     The loop runs one truncated schedule and at most two passes for the whole batch, so the mode, the strength and
-    the hires and tiling settings must match. Everything else is per row: each request's own init image, mask, mask
-    blur, masked-area crop and variation seed, so jobs with different input images do batch together.
+    the hires and tiling settings must match, and so must the LoRAs, which are the model's for the whole batch.
+    Everything else is per row: each request's own init image, mask, mask blur, masked-area crop and variation seed,
+    so jobs with different input images do batch together.
     A txt2img request's key is unchanged from before these modes (its extra fields are at their defaults).
     """
     key = (request.width, request.height, request.steps, request.scheduler)
@@ -306,6 +344,8 @@ def batch_key(request: GenerationRequest) -> tuple:
         key += ("tiles", request.vae_tile_size)
     if request.guidance_cutoff != 1 or request.deep_cache_interval != 1:
         key += ("evaluations", request.guidance_cutoff, request.deep_cache_interval)
+    if request.loras:  # the batch's LoRAs are the model's while it runs: files (by hash), order and weights
+        key += ("loras", tuple((spec.sha256, spec.weight) for spec in request.loras))
     return key
 
 
@@ -324,10 +364,13 @@ def generate(
     if len({batch_key(r) for r in requests}) > 1:
         raise ValueError(
             "requests in one batch must share width, height, steps and scheduler, and mode, strength, hires, tiling, "
-            "guidance_cutoff and deep_cache_interval"
+            "guidance_cutoff, deep_cache_interval and LoRAs"
         )
+    if len({prompt_windows(model, r) for r in requests}) > 1:
+        raise ValueError("requests in one batch must have prompts of as many windows (prompt_windows)")
     first = requests[0]
     device = model.device
+    lora.activate(model, list(first.loras))  # every batch sets its own, none included: nothing stays from the last
 
     seeds = [r.seed + i for r in requests for i in range(r.num_images)]
     image_slices, start = [], 0
@@ -336,12 +379,23 @@ def generate(
         start += r.num_images
     batch = _Batch(model, requests, image_slices, callback)
 
-    # 2. Encode prompts: (N, T, D) conditional, and unconditional for classifier-free guidance
-    batch.text_embeds = encode_prompts([r.prompt for r in requests for _ in range(r.num_images)], model)
+    # 2. Encode prompts: (N, T, D) conditional, and unconditional for classifier-free guidance, in one call so that
+    # both have the same T (a prompt of fewer windows than the longest is padded with the empty prompt's)
+    positives = [r.prompt for r in requests for _ in range(r.num_images)]
+    negatives = [r.negative_prompt for r in requests for _ in range(r.num_images)] if batch.use_cfg else []
+    embeds, pooled = encode_prompts_pooled(positives + negatives, model)  # (N or 2N, T, D); SDXL: (N or 2N, P)
+    if pooled is not None and model.pipeline_config.get("force_zeros_for_empty_prompt"):
+        # An empty negative prompt conditions on zeros, not on the empty prompt's embeddings, as
+        # StableDiffusionXLPipeline does for negative_prompt=None
+        zeros = torch.tensor([False] * len(positives) + [text == "" for text in negatives], device=embeds.device)
+        embeds = embeds.masked_fill(zeros[:, None, None], 0)
+        pooled = pooled.masked_fill(zeros[:, None], 0)
+    batch.text_embeds = embeds[: len(positives)]
     if batch.use_cfg:
-        batch.negative_embeds = encode_prompts(
-            [r.negative_prompt for r in requests for _ in range(r.num_images)], model
-        )
+        batch.negative_embeds = embeds[len(positives) :]
+    if pooled is not None:
+        batch.pooled_embeds = pooled[: len(positives)]
+        batch.negative_pooled_embeds = pooled[len(positives) :] if batch.use_cfg else None
 
     # 3. The inputs of img2img and inpainting, one row per image (a request's rows share its image and mask)
     inputs = [_prepare_inputs(r) for r in requests]
@@ -479,6 +533,8 @@ class _Batch:
             )
         self.text_embeds: torch.Tensor | None = None
         self.negative_embeds: torch.Tensor | None = None
+        self.pooled_embeds: torch.Tensor | None = None  # SDXL: (N, P)
+        self.negative_pooled_embeds: torch.Tensor | None = None
         self.canceled: set[int] = set()
         self.scheduler = None  # the last pass's, for the manifest
         # Each pass's steps as run, so the callback's `total` counts both passes from the first step on.
@@ -510,6 +566,20 @@ class _Batch:
         if self.use_cfg:
             return torch.cat([self.negative_embeds, self.text_embeds])  # (2N, T, D)
         return self.text_embeds
+
+    def added_cond_kwargs(self, width: int, height: int, guided: bool) -> dict | None:
+        """SDXL's added conditioning for a UNet call at width × height, rows as `prompt_embeds` (guided) or
+        `text_embeds`: {"text_embeds": (2N or N, P), "time_ids": (2N or N, K)}. None for SD 1.x."""
+        if self.pooled_embeds is None:
+            return None
+        negative_ids, time_ids = add_time_ids(self.model, width, height)  # (1, K) each
+        n = len(self.pooled_embeds)
+        if not guided:
+            return {"text_embeds": self.pooled_embeds, "time_ids": time_ids.repeat(n, 1)}
+        return {
+            "text_embeds": torch.cat([self.negative_pooled_embeds, self.pooled_embeds]),
+            "time_ids": torch.cat([negative_ids.repeat(n, 1), time_ids.repeat(n, 1)]),
+        }
 
     def run_pass(
         self,
@@ -574,6 +644,8 @@ class _Batch:
         # Guidance runs on the first `guidance_cutoff` share of the steps (at least one); the rest run the prompts'
         # half alone, a batch of N rows instead of 2N.
         guided_steps = math.ceil(first.guidance_cutoff * len(timesteps)) if self.use_cfg else 0
+        # SDXL: pooled embeds and time ids (None for SD 1.x, whose UNet calls take no added_cond_kwargs at all)
+        added = {guided: self.added_cond_kwargs(width, height, guided) for guided in (True, False)}
         features = None  # DeepCache: the deep features of the last full step
         for i, t in enumerate(timesteps):
             guided = i < guided_steps
@@ -583,14 +655,16 @@ class _Batch:
             if condition is not None:
                 model_input = torch.cat([model_input, condition if guided else condition[-n:]], dim=1)
             embeds = self.prompt_embeds if guided else self.text_embeds
+            extra = {} if added[guided] is None else {"added_cond_kwargs": added[guided]}
             if first.deep_cache_interval == 1:
                 noise_pred = model.unet(
-                    model_input, t, encoder_hidden_states=embeds, timestep_cond=self.timestep_cond, return_dict=False
+                    model_input, t, encoder_hidden_states=embeds, timestep_cond=self.timestep_cond, return_dict=False,
+                    **extra,
                 )[0]
             elif i % first.deep_cache_interval == 0:
-                noise_pred, features = _unet_full(model.unet, model_input, t, embeds, self.timestep_cond)
+                noise_pred, features = _unet_full(model.unet, model_input, t, embeds, self.timestep_cond, **extra)
             else:
-                noise_pred = _unet_shallow(model.unet, model_input, t, embeds, features, self.timestep_cond)
+                noise_pred = _unet_shallow(model.unet, model_input, t, embeds, features, self.timestep_cond, **extra)
             noise_pred = noise_pred.float()
             if guided:
                 noise_uncond, noise_text = noise_pred.chunk(2)
@@ -643,18 +717,39 @@ class _Batch:
             self.text_embeds = state.prompt_embeds.to(device=self.model.device, dtype=self.text_embeds.dtype)
 
 
-def _unet_full(unet, sample, t, embeds, timestep_cond):
-    """DeepCache's full step (generator/deepcache.py): (output, features); compiled on the fast path."""
+def _unet_full(unet, sample, t, embeds, timestep_cond, **extra):
+    """DeepCache's full step (generator/deepcache.py): (output, features); compiled on the fast path.
+    `extra`: SDXL's `added_cond_kwargs`, or nothing."""
     if hasattr(unet, "full"):  # fastpath.BucketedUNet
-        return unet.full(sample, t, embeds, timestep_cond=timestep_cond)
-    return deepcache.unet_full(unet, sample, t, embeds, timestep_cond=timestep_cond)
+        return unet.full(sample, t, embeds, timestep_cond=timestep_cond, **extra)
+    return deepcache.unet_full(unet, sample, t, embeds, timestep_cond=timestep_cond, **extra)
 
 
-def _unet_shallow(unet, sample, t, embeds, features, timestep_cond):
+def _unet_shallow(unet, sample, t, embeds, features, timestep_cond, **extra):
     """DeepCache's shallow step on the last full step's `features`."""
     if hasattr(unet, "shallow"):
-        return unet.shallow(sample, t, embeds, features, timestep_cond=timestep_cond)
-    return deepcache.unet_shallow(unet, sample, t, embeds, features, timestep_cond=timestep_cond)
+        return unet.shallow(sample, t, embeds, features, timestep_cond=timestep_cond, **extra)
+    return deepcache.unet_shallow(unet, sample, t, embeds, features, timestep_cond=timestep_cond, **extra)
+
+
+# StableDiffusionXLImg2ImgPipeline's defaults, for a UNet trained with an aesthetic score in its time ids (the refiner)
+AESTHETIC_SCORE, NEGATIVE_AESTHETIC_SCORE = 6.0, 2.5
+
+
+def add_time_ids(model: LoadedModel, width: int, height: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """SDXL's micro-conditioning, (1, K) for the negative and the positive rows, in the model's dtype.
+
+    As StableDiffusionXLPipeline: original size + crop's top left + target size, (h, w) + (0, 0) + (h, w), the image
+    itself (no crop, no upscale). A UNet trained with aesthetic scores (`requires_aesthetics_score` in
+    model_index.json) takes original size + crop + score instead, as StableDiffusionXLImg2ImgPipeline gives it;
+    only there do the negative rows differ."""
+    size, crop = (height, width), (0, 0)
+    if model.pipeline_config.get("requires_aesthetics_score"):
+        positive, negative = size + crop + (AESTHETIC_SCORE,), size + crop + (NEGATIVE_AESTHETIC_SCORE,)
+    else:
+        positive = negative = size + crop + size
+    as_tensor = lambda ids: torch.tensor([ids], dtype=model.dtype, device=model.device)  # noqa: E731
+    return as_tensor(negative), as_tensor(positive)
 
 
 def _steps_run(steps: int, strength: float | None) -> int:
@@ -680,6 +775,15 @@ def slerp(val: float, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
     return mixed.view_as(low).to(low.dtype)
 
 
+def prompt_windows(model: LoadedModel, request: GenerationRequest) -> tuple[int, int]:
+    """How many windows of model_max_length tokens the prompt and the negative prompt take (generator.prompts).
+
+    `generate` pads every row's conditioning to the batch's longest, so requests share a batch only with equal
+    counts: otherwise a plain prompt's pixels would depend on a long prompt batched with it."""
+    prompt, negative = (chunk_tokens(text, model.tokenizer) for text in (request.prompt, request.negative_prompt))
+    return len(prompt), len(negative)
+
+
 def generate_one(
     model: LoadedModel, request: GenerationRequest, *, callback: StepCallback | None = None
 ) -> GenerationResult:
@@ -693,30 +797,70 @@ def encode_prompts(prompts: list[str], model: LoadedModel) -> torch.Tensor:
     PROMPT_CACHE_SIZE prompts' embeddings are kept on the model: the empty negative prompt, and prompts that come
     again, cost no text-encoder call (a real share of a small job's time to its first step). Whatever changes the
     text encoder's weights must clear `model.cache["prompt_embeds"]`.
+
+    A weighted or long prompt takes several windows of model_max_length tokens (generator.prompts); rows of fewer
+    windows than the longest are padded with the empty prompt's, as A1111 pads its unconditional prompt, so that
+    every row has the same T.
+
+    SDXL: both text encoders' penultimate hidden states side by side (D = D1 + D2); `encode_prompts_pooled` gives
+    their pooled embeddings too.
     """
-    kept = model.cache.setdefault("prompt_embeds", OrderedDict())
+    return encode_prompts_pooled(prompts, model)[0]
+
+
+def encode_prompts_pooled(prompts: list[str], model: LoadedModel) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`encode_prompts`' (len(prompts), T, D) and, for SDXL, text_encoder_2's pooled, projected embeddings
+    (len(prompts), P); None for SD 1.x. The cache keeps both, so a cached SDXL prompt costs no encoder call either."""
+    kept = model.cache.setdefault("prompt_embeds", OrderedDict())  # prompt → ((1, T, D), (1, P) or None)
     rows = {}
     for prompt in dict.fromkeys(prompts):
         if prompt in kept:
             kept.move_to_end(prompt)
         else:
-            kept[prompt] = _encode_prompt(prompt, model)
+            if model.is_sdxl:
+                kept[prompt] = _encode_prompt_sdxl(prompt, model)
+            else:
+                kept[prompt] = (_encode_prompt(prompt, model), None)
             if len(kept) > PROMPT_CACHE_SIZE:
                 kept.popitem(last=False)
         rows[prompt] = kept[prompt]
-    return torch.cat([rows[prompt] for prompt in prompts])
+    embeds = [rows[prompt][0] for prompt in prompts]  # (1, T_i, D) each
+    pooled = torch.cat([rows[prompt][1] for prompt in prompts]) if model.is_sdxl else None  # (N, P)
+    tokens = max(e.shape[1] for e in embeds)
+    if any(e.shape[1] < tokens for e in embeds):  # SD 1.x only: an SDXL prompt takes one window
+        empty = encode_prompts([""], model)  # (1, L, D): one window
+        embeds = [torch.cat([e] + [empty] * ((tokens - e.shape[1]) // empty.shape[1]), dim=1) for e in embeds]
+    return torch.cat(embeds), pooled  # (len(prompts), T, D)
 
 
 PROMPT_CACHE_SIZE = 64
 
 
 def _encode_prompt(prompt: str, model: LoadedModel) -> torch.Tensor:
+    """(1, T, D). A prompt with no weighting syntax that fits one window goes the way every prompt always went, so
+    its pixels are what they were; any other is encoded window by window (generator.prompts)."""
+    if not is_plain(prompt, model.tokenizer):
+        return encode_weighted(prompt, model.tokenizer, model.text_encoder, model.device, model.dtype)
     length = model.tokenizer.model_max_length
     tokens = model.tokenizer([prompt], padding="max_length", max_length=length, truncation=True, return_tensors="pt")
     mask = None
     if getattr(model.text_encoder.config, "use_attention_mask", False):
         mask = tokens.attention_mask.to(model.device)
     return model.text_encoder(tokens.input_ids.to(model.device), attention_mask=mask)[0].to(model.dtype)  # (1, T, D)
+
+
+def _encode_prompt_sdxl(prompt: str, model: LoadedModel) -> tuple[torch.Tensor, torch.Tensor]:
+    """(1, T, D1 + D2) and (1, P), as StableDiffusionXLPipeline.encode_prompt: each encoder reads its own tokenizer's
+    ids (no attention mask) and gives its penultimate layer's hidden states; text_encoder_2 also gives the pooled
+    embedding, its end token's state through its projection (`text_embeds`)."""
+    hidden = []
+    for tokenizer, text_encoder in ((model.tokenizer, model.text_encoder), (model.tokenizer_2, model.text_encoder_2)):
+        length = tokenizer.model_max_length
+        ids = tokenizer([prompt], padding="max_length", max_length=length, truncation=True, return_tensors="pt")
+        output = text_encoder(ids.input_ids.to(model.device), output_hidden_states=True)
+        hidden.append(output.hidden_states[-2])  # (1, L, D_i)
+    pooled = output.text_embeds  # (1, P): text_encoder_2's
+    return torch.cat(hidden, dim=-1).to(model.dtype), pooled.to(model.dtype)
 
 
 def alpha_bar_at(alphas_cumprod: torch.Tensor, timestep: float) -> float:
@@ -775,7 +919,7 @@ def decode_latents(model: LoadedModel, latents: torch.Tensor, *, tile_size: int 
 
     `tile_size` (pixels, a multiple of the VAE factor; 0: whole images) decodes overlapping tiles and blends them.
     """
-    latents = latents.to(model.dtype)
+    latents = latents.to(model.dtype if model.decoder == "tiny" else model.vae_dtype)
     if model.decoder == "tiny":  # trained on the UNet's latent space directly (scaling factor included)
         decode = lambda z: model.tiny_vae.decode(z, return_dict=False)[0]  # noqa: E731
     else:
@@ -803,7 +947,7 @@ def encode_pixels(
     factor = model.vae_scale_factor
 
     def encode(part: torch.Tensor) -> torch.Tensor:  # (n, 2C, h, w): mean and standard deviation
-        posterior = model.vae.encode(part.to(model.dtype)).latent_dist
+        posterior = model.vae.encode(part.to(model.vae_dtype)).latent_dist
         return torch.cat([posterior.mean, posterior.std], dim=1)
 
     if tile_size:
@@ -881,6 +1025,9 @@ def build_manifest(model: LoadedModel, request: GenerationRequest, *, index: int
     base = {name: values[name] for name in _TXT2IMG_FIELDS}
     mode = request_mode(request)
     extra = {}
+    for name in ("prompt", "negative_prompt"):  # the fragments and weights a prompt with weighting syntax parsed to
+        if (weights := weights_record(values[name])) is not None:
+            extra[f"{name}_weights"] = weights
     if mode != "txt2img":
         extra.update(mode=mode, strength=request.strength, init_image_sha256=images.image_sha256(request.init_image))
     if mode == "inpaint":
@@ -903,6 +1050,8 @@ def build_manifest(model: LoadedModel, request: GenerationRequest, *, index: int
         extra["guidance_cutoff"] = request.guidance_cutoff
     if request.deep_cache_interval != 1:
         extra["deep_cache_interval"] = request.deep_cache_interval
+    if request.loras:  # by hash: a registry name may later point at another file
+        extra["loras"] = [{"name": s.name, "sha256": s.sha256, "weight": s.weight} for s in request.loras]
     return {
         "format": "generator-manifest/1",
         **base,
@@ -949,7 +1098,7 @@ def fit_preview_matrix(model: LoadedModel, blocks: int = 16, seed: int = 0) -> t
     generator = torch.Generator("cpu").manual_seed(seed)
     colours = torch.rand((1, 3, blocks, blocks), generator=generator) * 2 - 1  # (1, 3, b, b) in [-1, 1]
     image = colours.repeat_interleave(factor, dim=2).repeat_interleave(factor, dim=3)  # (1, 3, b*f, b*f)
-    posterior = model.vae.encode(image.to(model.device, model.dtype)).latent_dist
+    posterior = model.vae.encode(image.to(model.device, model.vae_dtype)).latent_dist
     latents = posterior.mode().float().cpu() * model.vae.config.scaling_factor  # (1, C, b, b)
     x = latents[0].flatten(1).T  # (b*b, C)
     x = torch.cat([x, torch.ones_like(x[:, :1])], dim=1)  # (b*b, C+1)

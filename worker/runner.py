@@ -10,6 +10,7 @@ import os
 import socket
 import threading
 import time
+from collections import OrderedDict
 from pathlib import Path
 
 from celery.exceptions import SoftTimeLimitExceeded
@@ -17,22 +18,37 @@ from django.conf import settings
 from django.db import connection
 from PIL import Image
 
-from diffusion_api.jobs import cost, events, services, store
+from diffusion_api.jobs import catalog, cost, events, services, store
 from diffusion_api.jobs.models import Job
 from diffusion_api.jobs.services import Outcome
+from diffusion_api.registry import services as registry
 from generator import GenerationRequest, LoadedModel, generate, load_model, make_tiny_model, resolve_request
 from generator.backends import Engine, choose_engine
 from generator.fastpath import optimize, parse_buckets
+from generator.lora import LoraSpec
+from generator.model_info import ModelLoadError
+from generator.pipeline import prompt_windows
 
 logger = logging.getLogger(__name__)
 
-_loaded: dict[str, LoadedModel] = {}  # model name → model, loaded once per worker process
+_loaded: OrderedDict[str, LoadedModel] = OrderedDict()  # model name → model, least recently used first
 _loading = threading.Lock()  # the start-up warm-up thread and the first task load under it
+
+
+def served_models() -> list[str] | None:
+    """The models this worker serves (WORKER_MODELS); None: every model."""
+    return None if "*" in settings.WORKER_MODELS else list(settings.WORKER_MODELS)
+
+
+def first_model() -> str:
+    """The model a worker loads at start: the default, unless it serves only others."""
+    served = served_models()
+    return settings.DEFAULT_MODEL if served is None or settings.DEFAULT_MODEL in served else served[0]
 
 
 def ensure_model_files(name: str) -> Path:
     """The model's folder; the tiny default is made here at first start if it does not exist yet."""
-    path = Path(settings.MODELS[name])
+    path = catalog.model_path(name)
     if not (path / "model_index.json").is_file() and path == Path(settings.TINY_MODEL_DIR):
         logger.info("making the tiny default model in %s", path)
         make_tiny_model(path)
@@ -40,33 +56,63 @@ def ensure_model_files(name: str) -> Path:
 
 
 def get_model(name: str) -> LoadedModel:
+    """The model, loaded on first use and kept while the loaded models' weights fit WORKER_MODEL_MEMORY_MB (the least
+    recently used go first; with 0, one model at a time)."""
     with _loading:
-        if name not in _loaded:
-            _loaded.clear()  # one model in memory at a time: a GPU holds one SD model comfortably, not several
-            started = time.monotonic()
-            path = ensure_model_files(name)
-            decoder = settings.GENERATOR_DECODER
-            if decoder == "tiny" and not (path / "tiny_vae").is_dir():  # tiny where the model has one
-                logger.info("model %s has no tiny_vae/; decoding with its VAE", name)
-                decoder = "vae"
-            chosen = engine()
-            model = load_model(path, device=chosen.device, dtype=chosen.dtype, name=name, decoder=decoder)
-            # Compile buckets are for the default model, the one a worker warms up at start.
-            buckets = []
-            if chosen.backend != "eager" and name == settings.DEFAULT_MODEL:
-                buckets = parse_buckets(settings.GENERATOR_COMPILE)
-                os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(settings.GENERATOR_COMPILE_CACHE_DIR))
-            fewer = settings.GENERATOR_COMPILE_FEWER_EVALS
-            compile_seconds = optimize(
-                model, channels_last=settings.GENERATOR_CHANNELS_LAST, buckets=buckets, cond_only=fewer,
-                deep_cache=fewer, backend="compile" if chosen.backend == "eager" else chosen.backend,
-                cache_dir=settings.GENERATOR_COMPILE_CACHE_DIR,
-            )
-            model.cache["engine"] = chosen.as_dict()  # the manifest records it
-            _loaded[name] = model
-            logger.info("loaded model %s in %.1fs (compiled: %s)", name, time.monotonic() - started,
-                        compile_seconds or "nothing")
-        return _loaded[name]
+        if name in _loaded:
+            _loaded.move_to_end(name)
+            return _loaded[name]
+        if settings.WORKER_MODEL_MEMORY_MB <= 0:
+            _loaded.clear()  # free the old model's memory before the new one's is taken
+        model = _load(name)
+        _loaded[name] = model
+        budget = settings.WORKER_MODEL_MEMORY_MB * 2**20
+        while len(_loaded) > 1 and sum(model_bytes(m) for m in _loaded.values()) > budget:
+            evicted, _ = _loaded.popitem(last=False)
+            logger.info("unloaded model %s (WORKER_MODEL_MEMORY_MB=%d)", evicted, settings.WORKER_MODEL_MEMORY_MB)
+        return model
+
+
+def loaded_models() -> list[str]:
+    return list(_loaded)
+
+
+def model_bytes(model: LoadedModel) -> int:
+    """Bytes of the model's weights and buffers: what unloading it frees."""
+    unet = getattr(model.unet, "eager", model.unet)
+    modules = [model.text_encoder, model.text_encoder_2, unet, model.vae, model.tiny_vae]
+    return sum(
+        t.numel() * t.element_size()
+        for module in modules
+        if module is not None
+        for t in [*module.parameters(), *module.buffers()]
+    )
+
+
+def _load(name: str) -> LoadedModel:
+    started = time.monotonic()
+    path = ensure_model_files(name)
+    decoder = settings.GENERATOR_DECODER
+    if decoder == "tiny" and not (path / "tiny_vae").is_dir():  # tiny where the model has one
+        logger.info("model %s has no tiny_vae/; decoding with its VAE", name)
+        decoder = "vae"
+    chosen = engine()
+    model = load_model(path, device=chosen.device, dtype=chosen.dtype, name=name, decoder=decoder)
+    # Compile buckets are for the model a worker warms up at start.
+    buckets = []
+    if chosen.backend != "eager" and name == first_model():
+        buckets = parse_buckets(settings.GENERATOR_COMPILE)
+        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(settings.GENERATOR_COMPILE_CACHE_DIR))
+    fewer = settings.GENERATOR_COMPILE_FEWER_EVALS
+    compile_seconds = optimize(
+        model, channels_last=settings.GENERATOR_CHANNELS_LAST, buckets=buckets, cond_only=fewer,
+        deep_cache=fewer, backend="compile" if chosen.backend == "eager" else chosen.backend,
+        cache_dir=settings.GENERATOR_COMPILE_CACHE_DIR,
+    )
+    model.cache["engine"] = chosen.as_dict()  # the manifest records it
+    logger.info("loaded model %s in %.1fs (compiled: %s)", name, time.monotonic() - started,
+                compile_seconds or "nothing")
+    return model
 
 
 @functools.cache
@@ -87,9 +133,9 @@ def warm_up_in_background() -> threading.Thread:
 
     def load() -> None:
         try:
-            get_model(settings.DEFAULT_MODEL)
+            get_model(first_model())
         except Exception:  # the first job loads again and fails with the reason
-            logger.exception("warming up model %s failed", settings.DEFAULT_MODEL)
+            logger.exception("warming up model %s failed", first_model())
 
     thread = threading.Thread(target=load, daemon=True, name="warm-up")
     thread.start()
@@ -233,6 +279,7 @@ MODE_FIELDS = (
 
 def request_for(job: Job) -> GenerationRequest:
     return GenerationRequest(
+        loras=lora_specs(job),
         prompt=job.prompt,
         negative_prompt=job.negative_prompt,
         width=job.width,
@@ -244,6 +291,21 @@ def request_for(job: Job) -> GenerationRequest:
         num_images=job.num_images,
         **mode_fields(job),
     )
+
+
+def lora_specs(job: Job) -> tuple[LoraSpec, ...]:
+    """The job's LoRAs, found in the registry as they were when it was submitted; ValueError if one was disabled,
+    broke or changed since (its pixels would not be what the job's manifest says)."""
+    specs = []
+    for item in job.loras:
+        try:
+            lora = catalog.lora_record(item["name"])
+        except catalog.ModelUnavailable as error:
+            raise ValueError(str(error)) from error
+        if lora.sha256 != item["sha256"]:
+            raise ValueError(f"LoRA {item['name']!r} changed on disk since the job was submitted; submit it again")
+        specs.append(LoraSpec(name=lora.name, path=lora.path, weight=item["weight"], sha256=lora.sha256))
+    return tuple(specs)
 
 
 def mode_fields(job: Job) -> dict:
@@ -285,7 +347,17 @@ def run_jobs(jobs: list[Job]) -> dict:
 
 
 def _run(jobs: list[Job], lease: LeaseKeeper, outcomes: dict) -> None:
-    model = get_model(jobs[0].model)
+    name = jobs[0].model
+    try:
+        model = get_model(name)
+    except (ModelLoadError, catalog.ModelUnavailable) as error:
+        # Its files broke after the scan, or it was disabled meanwhile: its jobs fail with the reason, and the
+        # registry offers it no more until a scan finds it whole. The worker goes on serving its other models.
+        logger.error("model %s could not be loaded: %s", name, error)
+        registry.model_mark_unusable(name=name, problem=str(error))
+        for job in jobs:
+            outcomes[job.id] = record(job, Outcome.FAILED, lease, error=f"model {name!r} could not be loaded: {error}")
+        return
     runnable, requests = [], []
     for job in jobs:
         # A bad request the API could not see (e.g. too many prompt tokens, a lost input file), or an input the
@@ -295,13 +367,20 @@ def _run(jobs: list[Job], lease: LeaseKeeper, outcomes: dict) -> None:
             runnable.append(job)
         except (ValueError, *store.STORE_ERRORS) as error:
             outcomes[job.id] = record(job, Outcome.FAILED, lease, error=str(error))
-    if not runnable:
-        return
-    reporter = ProgressReporter(runnable, lease, settings.JOB_PROGRESS_INTERVAL)
+    # Prompts of more windows (long or weighted) pad the others' conditioning: such jobs run as batches of their own.
+    groups: dict[tuple, list[int]] = {}
+    for i, request in enumerate(requests):
+        groups.setdefault(prompt_windows(model, request), []).append(i)
+    for rows in groups.values():
+        _run_batch(model, [runnable[i] for i in rows], [requests[i] for i in rows], lease, outcomes)
+
+
+def _run_batch(model, jobs: list[Job], requests: list, lease: LeaseKeeper, outcomes: dict) -> None:
+    reporter = ProgressReporter(jobs, lease, settings.JOB_PROGRESS_INTERVAL)
     results = generate(model, requests, callback=reporter)
     if not any(result.canceled for result in results):  # a canceled row leaves the batch: its steps got cheaper
-        _record_step_cost(runnable, reporter)
-    for job, result in zip(runnable, results, strict=True):
+        _record_step_cost(jobs, reporter)
+    for job, result in zip(jobs, results, strict=True):
         if result.canceled:
             outcomes[job.id] = record(job, Outcome.CANCELED, lease)
             continue

@@ -5,13 +5,13 @@ import os
 import socket
 import threading
 
-from celery.signals import worker_init, worker_process_init, worker_ready, worker_shutdown
+from celery.signals import celeryd_after_setup, worker_init, worker_process_init, worker_ready, worker_shutdown
 from django.conf import settings
 from django.db import connection
 
 from diffusion_api.celery import DELIVER_WEBHOOK_TASK, RUN_JOB_TASK, app
-from diffusion_api.jobs import services, webhooks
-from diffusion_api.jobs.queue import publish_webhook
+from diffusion_api.jobs import catalog, services, webhooks
+from diffusion_api.jobs.queue import is_jobs_queue, publish_webhook, queue_for_model
 from diffusion_api.logs import job_context
 from worker import runner
 
@@ -29,7 +29,7 @@ def run_job(job_id: str) -> str:
     # The message is a wake-up: the worker takes the job that is fairest to run now (services.job_claim_next),
     # which is not necessarily the one the message names.
     with job_context(job_id):
-        job = services.job_claim_next(worker=worker_name())
+        job = services.job_claim_next(worker=worker_name(), models=runner.served_models())
         if job is None:
             logger.info("no job is queued (message for %s); skipping", job_id)
             return "skipped"
@@ -70,12 +70,12 @@ _stop_heartbeat = threading.Event()
 
 
 def _heartbeat_forever(hostname: str, queues: list[str]) -> None:
-    engine = runner.engine().as_dict() if settings.CELERY_TASK_DEFAULT_QUEUE in queues else {}
+    runs_jobs = any(is_jobs_queue(queue) for queue in queues)
+    engine = runner.engine().as_dict() if runs_jobs else {}
+    models = settings.WORKER_MODELS if runs_jobs else []  # ["*"]: every model
     while not _stop_heartbeat.is_set():
         try:
-            services.worker_heartbeat(
-                hostname=hostname, pid=os.getpid(), queues=queues, models=list(settings.MODELS), engine=engine
-            )
+            services.worker_heartbeat(hostname=hostname, pid=os.getpid(), queues=queues, models=models, engine=engine)
         except Exception:  # the database may be down for a while; keep trying
             logger.warning("worker heartbeat failed", exc_info=True)
         finally:
@@ -93,6 +93,21 @@ def start_heartbeat(sender=None, **kwargs) -> None:
 @worker_shutdown.connect
 def stop_heartbeat(**kwargs) -> None:
     _stop_heartbeat.set()
+
+
+@celeryd_after_setup.connect
+def consume_the_served_models_queues(sender=None, instance=None, **kwargs) -> None:
+    """A worker started on the jobs queue (`-Q jobs`) consumes each of its models' queues (jobs.<name>): those
+    WORKER_MODELS names, or with "*" every model offered now, and the plain queue too."""
+    queues = instance.app.amqp.queues
+    if settings.CELERY_TASK_DEFAULT_QUEUE not in (queues.consume_from or {}):
+        return
+    served = runner.served_models()
+    for name in catalog.model_names() if served is None else served:
+        queues.select_add(queue_for_model(name))
+    if served is not None:
+        queues.deselect(settings.CELERY_TASK_DEFAULT_QUEUE)
+    logger.info("consuming %s", ", ".join(sorted(queues.consume_from)))
 
 
 @worker_init.connect
@@ -116,5 +131,5 @@ def warm_up_model(**kwargs) -> None:
     On a thread: this signal's handler must return within seconds, and a compile takes minutes.
     """
     queues = getattr(app.amqp.queues, "consume_from", None) or app.amqp.queues
-    if settings.CELERY_TASK_DEFAULT_QUEUE in queues:
+    if any(is_jobs_queue(queue) for queue in queues):
         runner.warm_up_in_background()

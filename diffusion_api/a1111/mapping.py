@@ -267,6 +267,27 @@ def model_for(value) -> str | None:
     return next((name for name in catalog.model_names() if name.lower() == wanted), None)
 
 
+# A1111's LoRA tag: <lora:name> or <lora:name:weight> (a third part, the text encoder's own weight, is refused).
+LORA_TAG = re.compile(r"<lora:([^:<>]+)((?::[^:<>]*)*)>")
+
+
+def split_lora_tags(prompt: str) -> tuple[str, list[dict], str | None]:
+    """The prompt without its `<lora:…>` tags, the LoRAs they name as native `loras`, and an error message or None."""
+    loras = []
+    for found in LORA_TAG.finditer(prompt):
+        name, rest = found.group(1).strip(), found.group(2).split(":")[1:]
+        if len(rest) > 1:
+            return prompt, [], f"{found.group(0)}: separate text encoder and UNet weights are not supported"
+        try:
+            weight = float(rest[0]) if rest else 1.0
+        except ValueError:
+            return prompt, [], f"{found.group(0)}: the weight must be a number"
+        if any(lora["name"] == name for lora in loras):
+            return prompt, [], f"{found.group(0)}: LoRA {name!r} appears twice"
+        loras.append({"name": name, "weight": weight})
+    return LORA_TAG.sub("", prompt).strip(), loras, None
+
+
 def _off(value, off) -> bool:
     """`value` equals an "off" value, booleans only as booleans (False is not 0)."""
     if isinstance(value, bool) or isinstance(off, bool):
@@ -302,6 +323,12 @@ def to_native(data, *, img2img: bool, user_model: str | None) -> dict:
     a = {name: value for name, value in serializer.validated_data.items() if value is not None}
 
     native = {}
+    if "prompt" in a:
+        a["prompt"], loras, message = split_lora_tags(a["prompt"])
+        if message:
+            errors["prompt"] = [message]
+        elif loras:
+            native["loras"] = loras
     for name, target in (
         ("prompt", "prompt"),
         ("negative_prompt", "negative_prompt"),

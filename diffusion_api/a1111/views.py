@@ -5,6 +5,7 @@ holding a thread (adrf's async view, events.wait_for_end) and answers as A1111 d
 import base64
 import hashlib
 import json
+from pathlib import Path
 
 from adrf.views import APIView
 from asgiref.sync import sync_to_async
@@ -318,11 +319,11 @@ class SdModelsView(A1111View):
                     "title": mapping.model_title(name),
                     "model_name": name,
                     "hash": mapping.model_hash(name),
-                    "sha256": None,
+                    "sha256": getattr(catalog.model_record(name), "sha256", None) or None,
                     "filename": name,
                     "config": None,
                 }
-                for name in catalog.model_names()
+                for name in catalog.model_names(request.user)
             ]
         )
 
@@ -357,7 +358,18 @@ LatentUpscaleModesView = _list_view(
     schema.NameOnly.__class__(many=True),
     lambda: [{"name": name} for name in mapping.LATENT_UPSCALE_MODES],
 )
-LorasView = _list_view("LoRAs (none until the model registry lands)", schema.Lora.__class__(many=True), list)
+class LorasView(A1111View):
+    @extend_schema(
+        summary="The registry's LoRAs this user may apply, as <lora:name:weight> in a prompt",
+        responses={200: schema.Lora.__class__(many=True), 401: schema.UNAUTHORIZED},
+    )
+    def get(self, request):
+        return Response(
+            [
+                {"name": name, "alias": name, "path": Path(catalog.lora_record(name).path).name, "metadata": {}}
+                for name in catalog.lora_names(request.user)
+            ]
+        )
 ScriptsView = _list_view("Scripts (none)", schema.Scripts, lambda: {"txt2img": [], "img2img": []})
 
 

@@ -28,6 +28,7 @@ PARAMETER_FIELDS = (
     "seed",
     "num_images",
     "model",
+    "loras",  # [{"name", "weight", "sha256"}], sorted by name: applied to the model for this job (jobs/loras.py)
     # img2img / inpainting, variations, two-pass high resolution, fewer UNet evaluations (generator.limits.FIELDS;
     # a plain txt2img job leaves the defaults)
     "strength",
@@ -75,6 +76,7 @@ class Job(models.Model):
 
     # The request, as resolved (defaults filled in, seed drawn).
     model = models.CharField(max_length=100)
+    loras = models.JSONField(default=list, blank=True)  # [{"name", "weight", "sha256"}] sorted by name; [] for none
     prompt = models.TextField()
     negative_prompt = models.TextField(blank=True, default="")
     width = models.PositiveIntegerField()
@@ -116,6 +118,8 @@ class Job(models.Model):
     # The running worker renews this; past it, the sweeper takes the job back (see services.job_sweep).
     lease_expires_at = models.DateTimeField(null=True, blank=True)
     published_at = models.DateTimeField(null=True, blank=True)  # last hand-over to the broker
+    # Why a queued job waits beyond its turn: no live worker serves its model (set at submission and by the sweeper).
+    waiting_reason = models.CharField(max_length=300, blank=True, default="")
 
     # Create is idempotent per (owner, Idempotency-Key); the fingerprint tells a retry from a different body.
     idempotency_key = models.CharField(max_length=255, null=True, blank=True)

@@ -170,8 +170,16 @@ ModelsAnswer = inline_serializer(
                     },
                     required=False,
                 ),
+                "kind": serializers.CharField(
+                    required=False, allow_null=True, help_text="sd1, sd2, sdxl or custom; null for a MODELS entry"
+                ),
+                "inpainting": serializers.BooleanField(required=False),
+                "limits": serializers.DictField(required=False, help_text="max_pixels, max_steps of this model"),
                 "size_multiple_of": serializers.IntegerField(required=False),
-                "max_prompt_tokens": serializers.IntegerField(required=False),
+                "max_prompt_tokens": serializers.IntegerField(
+                    required=False, help_text="tokens of one window; a prompt may take up to 8 windows"
+                ),
+                "served": serializers.BooleanField(required=False, help_text="a live worker serves it"),
             },
             many=True,
         ),
@@ -238,3 +246,22 @@ def paginated(name: str, item) -> serializers.Serializer:
             "results": item,
         },
     )
+
+
+LorasAnswer = inline_serializer(
+    "Loras",
+    {
+        "loras": inline_serializer(
+            "Lora",
+            {
+                "name": serializers.CharField(),
+                "kind": serializers.CharField(help_text="the base model kind it was made for: sd1, sd2, sdxl, custom"),
+                "format": serializers.CharField(),
+                "rank": serializers.IntegerField(),
+                "sha256": serializers.CharField(),
+            },
+            many=True,
+        ),
+        "weight_range": serializers.ListField(child=serializers.FloatField()),
+    },
+)

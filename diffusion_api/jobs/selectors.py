@@ -10,6 +10,7 @@ from django.utils import timezone
 
 from diffusion_api.jobs import store
 from diffusion_api.jobs.models import ImageState, Job, JobImage, JobStatus, ModelStepCost, WorkerHeartbeat
+from diffusion_api.jobs.queue import is_jobs_queue
 from diffusion_api.queries import one_or_none
 
 
@@ -75,6 +76,32 @@ def workers_alive() -> QuerySet[WorkerHeartbeat]:
     """Workers whose heartbeat (services.worker_heartbeat) is recent: within 3 WORKER_HEARTBEAT_SECONDS."""
     horizon = timezone.now() - timezone.timedelta(seconds=3 * settings.WORKER_HEARTBEAT_SECONDS)
     return WorkerHeartbeat.objects.filter(last_seen__gte=horizon)
+
+
+def models_served() -> set[str] | None:
+    """Models some live jobs worker serves (WORKER_MODELS); None when one serves every model."""
+    served: set[str] = set()
+    for queues, models in workers_alive().values_list("queues", "models"):
+        if any(is_jobs_queue(queue) for queue in queues):
+            if "*" in models:
+                return None
+            served.update(models)
+    return served
+
+
+def models_waiting_for_a_worker() -> list[str]:
+    """Models with queued jobs that no live worker serves."""
+    served = models_served()
+    if served is None:
+        return []
+    queued = Job.objects.filter(status=JobStatus.QUEUED).values_list("model", flat=True).distinct()
+    return sorted(set(queued) - served)
+
+
+def waiting_reason(model: str, served: set[str] | None) -> str:
+    if served is None or model in served:
+        return ""
+    return f"no live worker serves model {model!r}; the job waits in its queue until one does"
 
 
 # A host that has not measured a model for this long no longer counts (it has probably left the fleet).

@@ -33,8 +33,8 @@ from diffusion_api.jobs.models import (
     WebhookDelivery,
     WorkerHeartbeat,
 )
-from diffusion_api.jobs.queue import publish_job, publish_webhook, queued_job_ids
-from generator.torch_free import images, limits
+from diffusion_api.jobs.queue import publish_job, publish_webhook, queue_for_model, queued_messages
+from generator.torch_free import LORA_WEIGHT_RANGE, PromptSyntaxError, check_prompt, images, limits, uses_syntax
 
 # The request fields a job stores, in the table's order (generator.limits.FIELDS has library-only ones too).
 JOB_REQUEST_FIELDS = [name for name, spec in limits.FIELDS.items() if spec.api]
@@ -277,6 +277,7 @@ def job_plan(
     seed: int | None = None,
     num_images: int = 1,
     model: str | None = None,
+    loras: list[dict] | None = None,
     retry_of: Job | None = None,
     idempotency_key: str | None = None,
     request_fingerprint: str = "",
@@ -301,9 +302,12 @@ def job_plan(
         raise TypeError(f"job_create got unknown fields {sorted(unknown)}")
     model = model or settings.DEFAULT_MODEL
     try:
-        info = catalog.model_info(model)
+        info = catalog.model_info(model, owner)
     except catalog.ModelUnavailable as error:
         raise ValidationError({"model": str(error)}) from error
+    loras = _resolve_loras(loras or [], model=model, owner=owner)
+    model_limits = catalog.model_limits(model)
+    max_pixels = min(settings.JOB_MAX_PIXELS, model_limits.get("max_pixels", settings.JOB_MAX_PIXELS))
     seed_given = seed is not None
     # Defaults and limits: the one table in generator.limits (the serializer and the library read it too).
     request = limits.resolve_defaults(
@@ -325,11 +329,23 @@ def job_plan(
     guidance_scale, scheduler, seed = request["guidance_scale"], request["scheduler"], request["seed"]
 
     errors = limits.size_errors(
-        width, height, factor=info.vae_scale_factor, settings=settings, max_pixels=settings.JOB_MAX_PIXELS, model=model
+        width, height, factor=info.vae_scale_factor, settings=settings, max_pixels=max_pixels, model=model
     )
+    if steps > model_limits.get("max_steps", steps):
+        errors["steps"] = f"model {model!r} takes at most {model_limits['max_steps']} steps, got {steps}"
     # Decided from the model's scheduler config, so a scheduler the worker would refuse is never queued.
     if message := limits.scheduler_error(scheduler, steps, info.scheduler_config):
         errors["scheduler"] = message
+    for name in ("prompt", "negative_prompt"):  # A1111's weighting syntax; the worker counts the tokens
+        try:
+            check_prompt(request[name], name=name)
+        except PromptSyntaxError as error:
+            errors[name] = str(error)
+        else:
+            if info.sdxl and uses_syntax(request[name]):
+                errors[name] = f"model {model!r} is SDXL, whose prompts take no weighting syntax here yet"
+    if info.sdxl and loras:
+        errors["loras"] = f"model {model!r} is SDXL, which takes no LoRAs here yet"
     if message := limits.seed_error(seed, num_images):
         errors["seed"] = message
     if request["subseed"] is not None and (message := limits.seed_error(request["subseed"], num_images)):
@@ -342,7 +358,7 @@ def job_plan(
         factor=info.vae_scale_factor,
         mode=mode,
         settings=settings,
-        max_pixels=settings.JOB_MAX_PIXELS,
+        max_pixels=max_pixels,
     ):
         errors["hires_scale"] = message
     if errors:
@@ -352,6 +368,7 @@ def job_plan(
 
     resolved = {
         "model": model,
+        "loras": loras,
         **{name: request[name] for name in JOB_REQUEST_FIELDS},
         "model_version": catalog.model_version(model),
         # The cache keys on the inputs' pixels too: the same prompt and seed on another picture is another job.
@@ -396,6 +413,37 @@ def job_plan(
     return JobPlan(fields={**resolved, **stored_inputs, "progress_total": steps, **client})
 
 
+MAX_LORAS = 8
+
+
+def _resolve_loras(loras: list[dict], *, model: str, owner) -> list[dict]:
+    """A request's `[{"name", "weight"}]` as the job stores it: each LoRA known, enabled, the owner's to use, made for
+    the model's kind and weighted within range, with its hash; sorted by name, so equal sets batch together."""
+    if len(loras) > MAX_LORAS:
+        raise ValidationError({"loras": f"at most {MAX_LORAS} LoRAs at once, got {len(loras)}"})
+    names = [item["name"] for item in loras]
+    if len(set(names)) < len(names):
+        raise ValidationError({"loras": "each LoRA may appear once"})
+    low, high = LORA_WEIGHT_RANGE
+    resolved, errors = [], []
+    for item in loras:
+        name, weight = item["name"], float(item.get("weight", 1.0))
+        try:
+            record = catalog.lora_record(name, owner)
+        except catalog.ModelUnavailable as error:
+            errors.append(str(error))
+            continue
+        if not low <= weight <= high:
+            errors.append(f"LoRA {name!r}: weight must be from {low} to {high}, got {weight}")
+        elif message := catalog.lora_mismatch(record, model):
+            errors.append(message)
+        else:
+            resolved.append({"name": name, "weight": weight, "sha256": record.sha256})
+    if errors:
+        raise ValidationError({"loras": errors})
+    return sorted(resolved, key=lambda item: item["name"])
+
+
 def _job_write(plan: JobPlan) -> Job:
     now = timezone.now()
     if plan.cached_from is not None:
@@ -404,8 +452,9 @@ def _job_write(plan: JobPlan) -> Job:
         _job_ended(job.id)
         logger.info("job served from the cache of %s", plan.cached_from.id, extra={"job_id": str(job.id)})
         return job
-    job = Job.objects.create(**plan.fields, published_at=now)
-    transaction.on_commit(lambda: publish_job(job_id=job.id))
+    reason = selectors.waiting_reason(plan.fields["model"], selectors.models_served())
+    job = Job.objects.create(**plan.fields, published_at=now, waiting_reason=reason)
+    transaction.on_commit(lambda: publish_job(job_id=job.id, model=job.model))
     logger.info(
         "job created by %s: %dx%d, %d steps, %s",
         job.owner,
@@ -546,6 +595,7 @@ def job_claim(*, job_id: UUID, worker: str) -> Job | None:
         progress_step=0,
         worker=token,
         lease_expires_at=now + timedelta(seconds=settings.JOB_LEASE_SECONDS),
+        waiting_reason="",
     )
     if not claimed:
         return None
@@ -553,17 +603,23 @@ def job_claim(*, job_id: UUID, worker: str) -> Job | None:
     return Job.objects.get(id=job_id)
 
 
-def job_claim_next(*, worker: str) -> Job | None:
-    """Claim the queued job that is fairest to run next (selectors.jobs_queued_fairly); None if none is queued.
+def job_claim_next(*, worker: str, models: list[str] | None = None) -> Job | None:
+    """Claim the queued job that is fairest to run next (selectors.jobs_queued_fairly) among those of `models` (the
+    worker's; None: every model); None if none is queued.
 
     A `run_job` message is a wake-up for one job's worth of work, not an order to run the job it names: the broker
     delivers in submission order, so taking the named job would let one user's backlog starve everyone else. Each
-    queued job has a message, so every job is still claimed; a message whose job went first claims another.
+    queued job has a message in its model's queue, so every job is still claimed; a message whose job went first
+    claims another.
     """
-    waiting = list(Job.objects.filter(status=JobStatus.QUEUED).values_list("id", flat=True)[:2])
+    queued = Job.objects.filter(status=JobStatus.QUEUED)
+    fairly = selectors.jobs_queued_fairly()
+    if models is not None:
+        queued, fairly = queued.filter(model__in=models), fairly.filter(model__in=models)
+    waiting = list(queued.values_list("id", flat=True)[:2])
     if len(waiting) < 2:  # none, or only one: fair by itself (the usual case on an idle service), no fair order needed
         return job_claim(job_id=waiting[0], worker=worker) if waiting else None
-    for candidate in selectors.jobs_queued_fairly().values_list("id", flat=True)[:20]:
+    for candidate in fairly.values_list("id", flat=True)[:20]:
         if job := job_claim(job_id=candidate, worker=worker):
             return job
     return None
@@ -626,6 +682,7 @@ BATCH_FIELDS = (
     "hires_strength",
     "guidance_cutoff",
     "deep_cache_interval",
+    "loras",
 )
 
 
@@ -665,7 +722,8 @@ def job_requeue_alone(*, job_id: UUID, worker: str) -> bool:
             published_at=now,
         )
         if requeued:
-            transaction.on_commit(lambda: publish_job(job_id=job_id))
+            model = Job.objects.filter(id=job_id).values_list("model", flat=True).first()
+            transaction.on_commit(lambda: publish_job(job_id=job_id, model=model))
             events.announce(job_id)
     return bool(requeued)
 
@@ -903,7 +961,7 @@ def job_sweep() -> SweepReport:
     report = SweepReport()
     now = timezone.now()
     lost = list(
-        Job.objects.filter(status=JobStatus.RUNNING, lease_expires_at__lt=now).only("id", "attempts", "worker")
+        Job.objects.filter(status=JobStatus.RUNNING, lease_expires_at__lt=now).only("id", "attempts", "worker", "model")
     )
     # A worker process runs one batch at a time: expired jobs of one process were lost together, as a batch.
     per_process = Counter(_process_of(job.worker) for job in lost)
@@ -925,7 +983,7 @@ def job_sweep() -> SweepReport:
                 published_at=now,
             ):
                 report.requeued_alone.append(job.id)
-                publish_job(job_id=job.id)
+                publish_job(job_id=job.id, model=job.model)
                 events.announce(job.id)
         elif job.attempts >= settings.JOB_MAX_ATTEMPTS:
             error = (
@@ -939,24 +997,40 @@ def job_sweep() -> SweepReport:
             status=JobStatus.QUEUED, worker="", progress_step=0, lease_expires_at=None, published_at=now
         ):
             report.requeued.append(job.id)
-            publish_job(job_id=job.id)
+            publish_job(job_id=job.id, model=job.model)
             events.announce(job.id)
 
-    in_broker = queued_job_ids()  # None when the broker cannot be inspected: then re-publish by age alone
+    # Say on each queued job whether a live worker serves its model (selectors.waiting_reason).
+    served = selectors.models_served()
+    for model in Job.objects.filter(status=JobStatus.QUEUED).values_list("model", flat=True).distinct():
+        reason = selectors.waiting_reason(model, served)
+        Job.objects.filter(status=JobStatus.QUEUED, model=model).exclude(waiting_reason=reason).update(
+            waiting_reason=reason
+        )
+
+    in_broker = queued_messages()  # None when the broker cannot be inspected: then re-publish by age alone
     stale = list(
         Job.objects.filter(
             status=JobStatus.QUEUED, published_at__lt=now - timedelta(seconds=settings.JOB_REPUBLISH_AFTER)
-        ).values_list("id", flat=True)
+        ).values_list("id", "model")
     )
     if in_broker is not None:
-        # A message wakes a worker for whichever job is fairest then (job_claim_next), not only the one it names:
-        # what must hold is one waiting message per queued job. Re-publish only the shortfall.
-        missing = Job.objects.filter(status=JobStatus.QUEUED).count() - len(in_broker)
-        stale = [job_id for job_id in stale if str(job_id) not in in_broker][: max(missing, 0)]
-    for job_id in stale:
+        # A message wakes a worker of its model for whichever of that model's jobs is fairest then (job_claim_next),
+        # not only the one it names: what must hold is one waiting message per queued job in each model's queue.
+        # Re-publish only each model's shortfall.
+        waiting = set().union(*in_broker.values())
+        queued = Counter(Job.objects.filter(status=JobStatus.QUEUED).values_list("model", flat=True))
+        missing = {model: n - len(in_broker.get(queue_for_model(model), ())) for model, n in queued.items()}
+        chosen = []
+        for job_id, model in stale:
+            if str(job_id) not in waiting and missing.get(model, 0) > 0:
+                chosen.append((job_id, model))
+                missing[model] -= 1
+        stale = chosen
+    for job_id, model in stale:
         if Job.objects.filter(id=job_id, status=JobStatus.QUEUED).update(published_at=now):
             report.republished.append(job_id)
-            publish_job(job_id=job_id)
+            publish_job(job_id=job_id, model=model)
     if report.requeued or report.failed or report.republished or report.canceled or report.requeued_alone:
         logger.warning(
             "sweep: requeued %s, failed %s, republished %s, canceled %s, requeued alone %s",

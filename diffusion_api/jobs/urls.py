@@ -13,6 +13,7 @@ urlpatterns = [
     path("jobs/<uuid:job_id>/inputs/<str:name>.png", views.JobInputView.as_view(), name="input"),
     path("uploads/", views.UploadCreateView.as_view(), name="uploads"),
     path("models/", views.ModelsView.as_view(), name="models"),
+    path("loras/", views.LorasView.as_view(), name="loras"),
     path("schedulers/", views.SchedulersView.as_view(), name="schedulers"),
     path("health/", views.HealthView.as_view(), name="health"),
 ]

@@ -29,6 +29,7 @@ from diffusion_api.celery import app as celery_app
 from diffusion_api.jobs import catalog, events, schema, selectors, services, store
 from diffusion_api.jobs.models import TERMINAL_STATUSES, JobStatus
 from diffusion_api.jobs.parsers import SafeJSONParser
+from diffusion_api.jobs.queue import is_jobs_queue
 from diffusion_api.jobs.serializers import (
     JobCreateSerializer,
     JobDetailSerializer,
@@ -36,7 +37,7 @@ from diffusion_api.jobs.serializers import (
     UploadSerializer,
 )
 from diffusion_api.jobs.throttling import FailOpenScopedRateThrottle, TokenUsernameThrottle
-from generator.torch_free import SCHEDULERS, limits
+from generator.torch_free import LORA_WEIGHT_RANGE, SCHEDULERS, limits
 
 
 def _get_job_or_404(request, job_id):
@@ -410,20 +411,26 @@ class ModelsView(APIView):
     )
     def get(self, request):
         models = []
-        for name in catalog.model_names():
+        served = selectors.models_served()
+        for name in catalog.model_names(request.user):
             try:
-                info = catalog.model_info(name)
+                info = catalog.model_info(name, request.user)
             except catalog.ModelUnavailable as error:
                 models.append({"name": name, "ready": False, "detail": str(error)})
                 continue
+            record = catalog.model_record(name)
             models.append(
                 {
                     "name": name,
                     "ready": True,
                     "default": name == settings.DEFAULT_MODEL,
+                    "kind": record.kind if record else None,
+                    "inpainting": record.inpainting if record else False,
                     "defaults": vars(info.defaults),
+                    "limits": catalog.model_limits(name),
                     "size_multiple_of": info.vae_scale_factor,
                     "max_prompt_tokens": info.max_prompt_tokens,
+                    "served": served is None or name in served,  # a live worker serves it
                 }
             )
 
@@ -439,6 +446,24 @@ class ModelsView(APIView):
             "max_guidance_scale": highest("guidance_scale"),
         }
         return Response({"models": models, "limits": answer})
+
+
+class LorasView(APIView):
+    @extend_schema(
+        summary="LoRAs a job may apply (`loras: [{name, weight}]`)",
+        responses={200: schema.LorasAnswer, 401: schema.detail("no token")},
+    )
+    def get(self, request):
+        loras = [catalog.lora_record(name, request.user) for name in catalog.lora_names(request.user)]
+        return Response(
+            {
+                "loras": [
+                    {"name": x.name, "kind": x.base_kind, "format": x.format, "rank": x.rank, "sha256": x.sha256}
+                    for x in loras
+                ],
+                "weight_range": list(LORA_WEIGHT_RANGE),
+            }
+        )
 
 
 class SchedulersView(APIView):
@@ -504,8 +529,16 @@ def _check_broker() -> dict:
 
 def _check_workers() -> dict:
     alive = list(selectors.workers_alive().values("hostname", "last_seen", "models", "queues", "engine"))
-    job_workers = [w for w in alive if settings.CELERY_TASK_DEFAULT_QUEUE in w["queues"]]
-    return {"ok": bool(job_workers), "alive": len(alive), "job_workers": len(job_workers), "workers": alive}
+    job_workers = [w for w in alive if any(is_jobs_queue(queue) for queue in w["queues"])]
+    # Models with queued jobs that no live worker serves: those jobs wait until one starts.
+    unserved = selectors.models_waiting_for_a_worker()
+    return {
+        "ok": bool(job_workers),
+        "alive": len(alive),
+        "job_workers": len(job_workers),
+        "workers": alive,
+        "unserved_models": unserved,
+    }
 
 
 @extend_schema_view(

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from django.conf import settings
 from PIL import Image
 
-from diffusion_api.jobs import inputs, services
+from diffusion_api.jobs import catalog, inputs, services
 from diffusion_api.jobs.serializers import JobCreateSerializer
 from diffusion_api.openai_api.errors import OpenAIError
 
@@ -155,13 +155,26 @@ def _integer(data: dict, name: str, low: int, high: int) -> int:
 
 
 def _model(name) -> str:
-    if not isinstance(name, str) or name not in settings.MODELS:
+    """A model name; whether it exists and the user may use it is the registry's to say (check_model, in a thread:
+    this runs on the event loop)."""
+    if not isinstance(name, str) or not name:
+        raise OpenAIError(f"The model '{name}' does not exist.", param="model", code="model_not_found")
+    return name
+
+
+def check_model(name: str | None, user) -> None:
+    """OpenAI's `model_not_found` for a model the catalog does not offer this user."""
+    if name is None:
+        return
+    try:
+        catalog.model_path(name, user)
+    except catalog.ModelUnavailable as error:
         raise OpenAIError(
-            f"The model '{name}' does not exist; available: {', '.join(settings.MODELS)}.",
+            f"The model '{name}' does not exist or you do not have access to it ({error}); available: "
+            f"{', '.join(catalog.model_names(user))}.",
             param="model",
             code="model_not_found",
-        )
-    return name
+        ) from error
 
 
 def _size(size) -> dict:

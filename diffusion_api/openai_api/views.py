@@ -10,7 +10,6 @@ import hashlib
 import json
 import time
 from datetime import timedelta
-from pathlib import Path
 
 from adrf.views import APIView as AsyncAPIView
 from asgiref.sync import sync_to_async
@@ -203,6 +202,7 @@ def _submit(user, parsed: mapping.Request, *, key: str | None, fingerprint: str,
     earlier try under its lock on the user, so two tries cannot both miss the job.
     """
     earlier = None if key is not None else lambda: _earlier_try(user, fingerprint, tries)
+    mapping.check_model(parsed.fields.get("model"), user)
     try:
         return services.job_submit(
             owner=user,
@@ -416,7 +416,7 @@ class ModelsView(OpenAIMixin, APIView):
         responses={200: schema.ModelList, 401: schema.error("no token, or an unknown one")},
     )
     def get(self, request):
-        return Response({"object": "list", "data": model_list()})
+        return Response({"object": "list", "data": model_list(request.user)})
 
 
 class ModelView(OpenAIMixin, APIView):
@@ -427,7 +427,7 @@ class ModelView(OpenAIMixin, APIView):
         responses={200: schema.Model, 401: schema.error("no token"), 404: schema.error("no such model")},
     )
     def get(self, request, model):
-        found = [entry for entry in model_list() if entry["id"] == model]
+        found = [entry for entry in model_list(request.user) if entry["id"] == model]
         if not found:
             raise OpenAIError(
                 f"The model '{model}' does not exist.", status_code=404, param="model", code="model_not_found"
@@ -435,11 +435,14 @@ class ModelView(OpenAIMixin, APIView):
         return Response(found[0])
 
 
-def model_list() -> list[dict]:
-    """The catalog's models as OpenAI lists them (`created`: when the model's folder last changed)."""
+def model_list(user=None) -> list[dict]:
+    """The catalog's models `user` may use, as OpenAI lists them (`created`: when the model's folder last changed)."""
     entries = []
-    for name in catalog.model_names():
-        path = Path(settings.MODELS[name])
+    for name in catalog.model_names(user):
+        try:
+            path = catalog.model_path(name, user)
+        except catalog.ModelUnavailable:  # broken: not listed, as OpenAI lists only what runs
+            continue
         created = int(path.stat().st_mtime) if path.exists() else 0
         entries.append({"id": name, "object": "model", "created": created, "owned_by": OWNED_BY})
     return entries

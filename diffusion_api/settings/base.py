@@ -51,6 +51,7 @@ INSTALLED_APPS = [
     "diffusion_api.jobs",
     "diffusion_api.openai_api",  # OpenAI's Images API at /v1/
     "diffusion_api.a1111",  # A1111's API at /sdapi/v1/
+    "diffusion_api.registry",  # the models and LoRAs on disk (scan_models), managed in the admin
     "axes",  # admin login lockout
     "diffusion_api.accounts",  # hashed API tokens; after rest_framework.authtoken, whose admin it unregisters
 ]
@@ -283,6 +284,13 @@ MODELS = {
     )
 }
 DEFAULT_MODEL = next(iter(MODELS))
+# Beside MODELS, the registry (`manage.py scan_models DIR`, the admin) names more models and the LoRAs.
+
+# --- Which models a worker serves: "*" (every model the service offers when the worker starts) or names, as
+# WORKER_MODELS="shapes64,sd15". It consumes those models' queues (jobs.<name>) and claims only their jobs.
+WORKER_MODELS = [name.strip() for name in os.environ.get("WORKER_MODELS", "*").split(",") if name.strip()]
+# Megabytes of weights a worker keeps loaded; past it, the least recently used models are unloaded. 0: one at a time.
+WORKER_MODEL_MEMORY_MB = env_int("WORKER_MODEL_MEMORY_MB", 0)
 
 # --- Where the worker runs the model.
 GENERATOR_DEVICE = os.environ.get("GENERATOR_DEVICE", "auto")  # auto: cuda when present, else cpu

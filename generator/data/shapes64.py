@@ -56,6 +56,14 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "purple": (150, 50, 200),
     "orange": (250, 140, 20),
 }
+# A style the data set never shows, for the LoRA stage (generator/train/lora.py): each colour word drawn in the next
+# colour round the wheel (red → orange → yellow → green → blue → purple → red). It uses only the palette's own RGB
+# values, the only colours the built-in autoencoder reproduces (docs/experiments).
+HUE_STEP = {"red": "orange", "orange": "yellow", "yellow": "green", "green": "blue", "blue": "purple", "purple": "red"}
+PALETTES: dict[str, dict[str, tuple[int, int, int]]] = {
+    "shapes64": COLOURS,
+    "hue_step": {word: COLOURS[drawn] for word, drawn in HUE_STEP.items()},
+}
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
 SIDES: dict[str, tuple[int, ...]] = {"small": (13, 14, 15), "large": (26, 27, 28, 29, 30)}
 
@@ -363,8 +371,21 @@ def parse_prompt(prompt: str) -> PromptSpec:
 # --- Rendering ------------------------------------------------------------------------------
 
 
-def render(scene: Scene) -> Image.Image:
-    """The scene as a 64 × 64 RGB image: drawn at 4× with PIL, then box-filtered down (anti-aliased edges)."""
+def palette_prompt(prompt: str, palette: str) -> str:
+    """The prompt, in the data set's own colour words, that an image drawn in `palette` fits: "a red circle" drawn in
+    hue_step is "an orange circle" (the article follows the new word)."""
+    drawn = {word: name for word, rgb in PALETTES[palette].items() for name, own in COLOURS.items() if own == rgb}
+    words = "|".join(COLOURS)
+    swapped = re.sub(rf"\b({words})\b", lambda m: drawn[m.group(1)], prompt)
+    return re.sub(rf"\b(a|an) (small |large )?({words})\b", lambda m: f"{_article((m.group(2) or '') + m.group(3))} "
+                  f"{(m.group(2) or '')}{m.group(3)}", swapped)
+
+
+def render(scene: Scene, palette: str = "shapes64") -> Image.Image:
+    """The scene as a 64 × 64 RGB image: drawn at 4× with PIL, then box-filtered down (anti-aliased edges).
+
+    `palette` (PALETTES) is the RGB each colour word is drawn in; "shapes64" is the data set's own."""
+    colours = PALETTES[palette]
     big = Image.new("RGB", (CANVAS * SUPERSAMPLE,) * 2, BACKGROUNDS[scene.background])  # (256, 256)
     draw = ImageDraw.Draw(big)
     for obj in scene.objects:
@@ -373,7 +394,7 @@ def render(scene: Scene) -> Image.Image:
         x0 = round(SUPERSAMPLE * (obj.cx - obj.s / 2))
         y0 = round(SUPERSAMPLE * (obj.cy - obj.s / 2))
         x1, y1 = x0 + SUPERSAMPLE * obj.s - 1, y0 + SUPERSAMPLE * obj.s - 1
-        fill = COLOURS[obj.colour]
+        fill = colours[obj.colour]
         if obj.shape == "circle":
             draw.ellipse([x0, y0, x1, y1], fill=fill)
         elif obj.shape == "square":

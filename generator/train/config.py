@@ -190,8 +190,30 @@ class TinyVaeConfig(CommonConfig):
     export_dir: str = ""  # also copy tiny_vae/ into this model folder ("" : only under output_dir/final)
 
 
+@dataclass
+class LoraConfig(CommonConfig):
+    """A LoRA (peft) on an exported model's UNet that teaches it a style its training data never had: the colour
+    words drawn in another palette (shapes64.PALETTES). Only the LoRA's factors train; the model stays as it is."""
+
+    stage: str = "lora"
+    model_dir: str = "models/shapes64"  # the exported model it adapts (its UNet, text encoder, VAE, schedule)
+    palette: str = "hue_step"  # the style: shapes64.PALETTES
+    rank: int = 8
+    alpha: float = 8.0  # the LoRA's scale is alpha / rank
+    target_modules: list[str] = field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
+    learning_rate: float = 1e-3
+    batch_size: int = 32
+    steps: int = 600
+    warmup_steps: int = 20
+    two_object_fraction: float | None = 0.5
+    latent_pool: int = 4000  # training scenes drawn in the palette and encoded once
+    cond_dropout: float = 0.1
+    sample_prompts: int = 16
+    export_path: str = ""  # also copy the LoRA file here ("" : only under output_dir/final)
+
+
 STAGES: dict[str, type[CommonConfig]] = {
-    "clip": ClipConfig, "vae": VaeConfig, "unet": UnetConfig, "tiny_vae": TinyVaeConfig,
+    "clip": ClipConfig, "vae": VaeConfig, "unet": UnetConfig, "tiny_vae": TinyVaeConfig, "lora": LoraConfig,
 }
 
 

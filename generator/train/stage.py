@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 
 
 class Stage(Protocol):
-    """A stage (clip.py, vae.py, unet.py, tiny_vae.py) as `generator.train.loop.train` uses it.
+    """A stage (clip.py, vae.py, unet.py, tiny_vae.py, lora.py) as `generator.train.loop.train` uses it.
 
     `__init__(config, accelerator)` builds the models and optimizers, passes them through
     `accelerator.prepare` and registers `schedule` for checkpointing; the loop then calls:
@@ -45,6 +45,8 @@ def make_stage(config, accelerator) -> Stage:
         from generator.train.unet import UnetStage as stage_class
     elif config.stage == "tiny_vae":
         from generator.train.tiny_vae import TinyVaeStage as stage_class
+    elif config.stage == "lora":
+        from generator.train.lora import LoraStage as stage_class
     else:
         raise ValueError(f"unknown stage {config.stage!r}")
     return stage_class(config, accelerator)

@@ -50,7 +50,7 @@ def finished_job(db, settings, tiny_model_dir, monkeypatch, tmp_path):
     settings.MEDIA_ROOT = tmp_path / "media"  # the images go through the default storage
     settings.MODELS = {"tiny": tiny_model_dir}
     settings.DEFAULT_MODEL = "tiny"
-    monkeypatch.setattr("diffusion_api.jobs.services.publish_job", lambda *, job_id: True)
+    monkeypatch.setattr("diffusion_api.jobs.services.publish_job", lambda *, job_id, model: True)
     owner = get_user_model().objects.create_user("painter")
     job = services.job_create(owner=owner, prompt="a small red circle in the top left", num_images=2)
     token = services.job_claim(job_id=job.id, worker="w").worker

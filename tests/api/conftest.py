@@ -30,7 +30,7 @@ def media_in_tmp(settings, tmp_path):
 def published(monkeypatch):
     """Job ids handed to the broker, in order (the broker itself is not touched in unit tests)."""
     sent = []
-    monkeypatch.setattr("diffusion_api.jobs.services.publish_job", lambda *, job_id: sent.append(job_id) or True)
+    monkeypatch.setattr("diffusion_api.jobs.services.publish_job", lambda *, job_id, model: sent.append(job_id) or True)
     return sent
 
 

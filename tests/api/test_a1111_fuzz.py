@@ -43,7 +43,7 @@ def token(django_user_model, db, monkeypatch, tiny_model_dir, settings, keep_tes
     settings.MEDIA_ROOT = tmp_path / "media"
     settings.MODELS = {"tiny": tiny_model_dir}
     settings.DEFAULT_MODEL = "tiny"
-    monkeypatch.setattr("diffusion_api.jobs.services.publish_job", lambda *, job_id: True)
+    monkeypatch.setattr("diffusion_api.jobs.services.publish_job", lambda *, job_id, model: True)
 
     async def wait_for_end(job_id, timeout):
         await sync_to_async(succeed)(job_id)

@@ -40,7 +40,7 @@ def test_the_sweeper_counts_wake_ups_not_names(alice, published, monkeypatch):
     services.job_claim(job_id=running.id, worker="w")
     waiting = [services.job_create(owner=alice, prompt=f"w{i}") for i in range(2)]
     Job.objects.update(published_at=timezone.now() - timedelta(hours=1))
-    monkeypatch.setattr(services, "queued_job_ids", lambda: {str(running.id)})
+    monkeypatch.setattr(services, "queued_messages", lambda: {"jobs.tiny": {str(running.id)}})
     republished = services.job_sweep().republished
     assert len(republished) == 1 and republished[0] in {j.id for j in waiting}
 

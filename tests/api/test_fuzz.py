@@ -44,7 +44,7 @@ def token(django_user_model, db, monkeypatch, tiny_model_dir, settings, keep_tes
     settings.MEDIA_ROOT = tmp_path / "media"
     settings.MODELS = {"tiny": tiny_model_dir}
     settings.DEFAULT_MODEL = "tiny"
-    monkeypatch.setattr("diffusion_api.jobs.services.publish_job", lambda *, job_id: True)
+    monkeypatch.setattr("diffusion_api.jobs.services.publish_job", lambda *, job_id, model: True)
     user = django_user_model.objects.create_user("fuzzer", password="fuzz-pw")
     return token_issue(user=user)
 

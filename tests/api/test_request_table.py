@@ -24,7 +24,8 @@ def test_the_table_needs_no_torch():
 
 def test_api_fields_are_the_tables_and_the_apis_own():
     table = [name for name, spec in limits.FIELDS.items() if spec.api]
-    assert list(JobCreateSerializer().fields) == [*table, "model", "webhook_url", "cache", "init_image", "mask"]
+    own = ["model", "loras", "webhook_url", "cache", "init_image", "mask"]
+    assert list(JobCreateSerializer().fields) == [*table, *own]
     assert "guidance_rescale" not in table  # a library field the API does not offer
 
 

@@ -66,20 +66,21 @@ def test_stale_queued_job_is_republished_by_age_when_the_broker_cannot_be_read(a
 @pytest.mark.servers
 def test_a_job_whose_message_is_in_redis_is_not_republished(alice, published, settings):
     from diffusion_api.celery import app
-    from diffusion_api.jobs.queue import queued_job_ids
+    from diffusion_api.jobs.queue import queue_for_model, queued_job_ids
 
     if not settings.REDIS_URL:
         pytest.fail("this test needs REDIS_URL (make test sets it)")
     client = redis.Redis.from_url(settings.REDIS_URL)
-    client.delete(settings.CELERY_TASK_DEFAULT_QUEUE)
+    queue = queue_for_model("tiny")
+    client.delete(queue)
     waiting, lost = (services.job_create(owner=alice, prompt=p) for p in ("waiting", "lost"))
-    app.send_task("worker.tasks.run_job", args=[str(waiting.id)])  # a real message in the real queue
+    app.send_task("worker.tasks.run_job", args=[str(waiting.id)], queue=queue)  # a real message in the real queue
     try:
         assert queued_job_ids() == {str(waiting.id)}
         Job.objects.update(published_at=timezone.now() - timedelta(hours=1))
         assert services.job_sweep().republished == [lost.id]
     finally:
-        client.delete(settings.CELERY_TASK_DEFAULT_QUEUE)
+        client.delete(queue)
 
 
 def test_throttle_lets_requests_through_when_its_cache_is_down(alice_client, published, monkeypatch):

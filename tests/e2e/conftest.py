@@ -45,6 +45,7 @@ def service(tmp_path_factory, tiny_model_dir, e2e_database, e2e_redis, s3_endpoi
         "MODELS": f"tiny={tiny_model_dir}",
         "GENERATOR_DEVICE": "cpu",
         "JOB_MAX_STEPS": "1000",
+        "JOB_MAX_PROMPT_CHARS": "3000",
         "JOB_PROGRESS_INTERVAL": "0.1",
         "JOB_PREVIEW_INTERVAL": "0.05",
         "WORKER_HEARTBEAT_SECONDS": "2",

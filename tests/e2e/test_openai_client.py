@@ -135,11 +135,12 @@ def test_a_client_that_goes_away_mid_wait_leaves_a_job_that_finishes(service, to
 
 
 def test_a_failed_job_is_the_clients_error_and_is_not_retried(client, service, token):
-    """A prompt over the tokenizer's 75 tokens is accepted, and the worker fails the job before any compute."""
+    """A prompt of more windows than the worker encodes (8 of 75 tokens) is accepted by the API, which counts
+    characters only, and the worker fails the job before any compute."""
     session = session_for(token)
     jobs_url = f"{service['base']}/api/v1/jobs/"
     before = session.get(jobs_url, timeout=10).json()["count"]
-    too_long = "red " * 100
+    too_long = "red " * 601  # the service's JOB_MAX_PROMPT_CHARS is 3000 (conftest.py)
     with pytest.raises(openai.InternalServerError) as failed:
         client.images.generate(prompt=too_long, size="32x32", extra_body=FAST)
     assert "tokens" in failed.value.message and failed.value.code == "job_failed"

@@ -121,7 +121,7 @@ def test_crash_between_commit_and_publish(stack):
         from diffusion_api.jobs import services
 
         owner = get_user_model().objects.get(username="fault-tester")
-        services.publish_job = lambda *, job_id: os.kill(os.getpid(), signal.SIGKILL)  # dies in the first on_commit
+        services.publish_job = lambda **_: os.kill(os.getpid(), signal.SIGKILL)  # dies in the first on_commit
         with transaction.atomic():
             for n in range(2):
                 job = services.job_create(owner=owner, prompt=f"lost publish {{n}}", width=32, height=32,

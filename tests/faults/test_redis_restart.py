@@ -65,9 +65,9 @@ def stack(tmp_path_factory, tiny_model_dir, fault_database, own_redis):
 
 
 def queued_job_ids(client: redis.Redis) -> list[str]:
-    """The job id of each message in the `jobs` list (Kombu's JSON envelope around a base64 Celery body)."""
+    """The job id of each message in the tiny model's queue (Kombu's JSON envelope around a base64 Celery body)."""
     ids = []
-    for raw in client.lrange("jobs", 0, -1):
+    for raw in client.lrange("jobs.tiny", 0, -1):
         body = json.loads(base64.b64decode(json.loads(raw)["body"]))
         ids.append(body[0][0])
     return ids

@@ -171,7 +171,7 @@ def test_cancel_one_request_of_a_batch(tiny_model):
         ({"guidance_scale": math.nan}, "guidance_scale must be a finite number"),
         ({"guidance_rescale": 1.5}, "guidance_rescale must be a number from 0 to 1"),
         ({"prompt": "   "}, "prompt must be a non-empty string"),
-        ({"prompt": "red " * 80}, "prompt is 80 tokens long; this model's tokenizer takes at most 75"),
+        ({"prompt": "red " * 601}, "prompt is 601 tokens long, 9 windows of 75"),
         ({"num_images": 0}, "num_images must be an integer from 1 to 16"),
         ({"num_images": 17}, "num_images must be an integer from 1 to 16"),
         ({"seed": -1}, "seed must be an integer from 0"),

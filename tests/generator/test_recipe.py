@@ -29,7 +29,7 @@ def test_the_shipped_recipe_dry_run_prints_every_step_in_order_and_runs_none(cap
     assert main(["--recipe", str(RECIPE), "--dry-run"]) == 0
     printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[")]
     steps = load_recipe(RECIPE)
-    assert len(printed) == len(steps) == 8
+    assert len(printed) == len(steps) == 9
     for line, step in zip(printed, steps):
         assert " ".join(["generator.train", "--config", step.config, *step.overrides]) in line
 

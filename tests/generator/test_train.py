@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +34,10 @@ TINY = {
         steps=3, batch_size=4, channels=16, blocks_per_level=1, eval_images=8, perceptual_layers=[1],
         mixed_precision="no",
     ),
+    "lora": dict(
+        steps=3, batch_size=4, latent_pool=8, sample_prompts=2, rank=2, alpha=4.0, learning_rate=0.05,
+        mixed_precision="no",
+    ),
 }
 COMMON = dict(log_every=1, sample_every=2, checkpoint_every=2, warmup_steps=1)
 
@@ -42,7 +47,7 @@ def tiny_config(stage: str, out: Path, **extra):
 
 
 SHIPPED_CONFIGS = {"clip.yaml": "clip", "clip_attributes.yaml": "clip", "vae.yaml": "vae", "unet.yaml": "unet",
-                   "unet_again.yaml": "unet", "tiny_vae.yaml": "tiny_vae"}
+                   "unet_again.yaml": "unet", "tiny_vae.yaml": "tiny_vae", "lora.yaml": "lora"}
 
 
 def test_every_config_is_checked():
@@ -310,6 +315,28 @@ def test_tiny_vae_stage_trains_a_decoder_the_fast_path_loads(trained, tmp_path):
     assert model.tiny_vae.dtype == torch.float32  # saved in fp16, loaded in the dtype asked for
     assert generate_one(model, GenerationRequest(prompt="a red circle", seed=1)).images[0].image.size == (64, 64)
 
+
+
+def test_lora_stage_adapts_an_exported_model_into_a_file_the_service_applies(trained, tmp_path):
+    from generator.loading import load_model
+    from generator.lora import LoraSpec
+    from generator.lora_info import read_lora_info
+    from generator.pipeline import GenerationRequest, generate_one
+
+    _, _, _, exported = trained
+    shipped = tmp_path / "loras" / "style.safetensors"
+    _run(tiny_config("lora", tmp_path, model_dir=str(exported), export_path=str(shipped)))
+    records = [json.loads(line) for line in (tmp_path / "lora" / "log.jsonl").read_text().splitlines()]
+    assert len([r for r in records if "loss" in r]) == 3 and {"style_accuracy", "plain_accuracy"} <= set(records[-1])
+    info = read_lora_info(shipped)
+    assert info.rank == 2 and info.format == "diffusers" and not info.text_encoder
+    model = load_model(exported)
+    request = GenerationRequest(prompt="a red circle", seed=1, steps=2)
+    spec = LoraSpec(name="style", path=str(shipped), weight=1.0, sha256=info.sha256)
+    base = np.asarray(generate_one(model, request).images[0].image)
+    styled = np.asarray(generate_one(model, replace(request, loras=(spec,))).images[0].image)
+    off = np.asarray(generate_one(model, replace(request, loras=(replace(spec, weight=0.0),))).images[0].image)
+    assert not np.array_equal(styled, base) and np.array_equal(off, base)
 
 
 def test_clip_stage_goes_on_from_a_model_folder_with_the_attribute_loss(trained, tmp_path):

@@ -32,5 +32,5 @@ def media_in_tmp(settings, tmp_path):
 @pytest.fixture
 def published(monkeypatch):
     sent = []
-    monkeypatch.setattr("diffusion_api.jobs.services.publish_job", lambda *, job_id: sent.append(job_id) or True)
+    monkeypatch.setattr("diffusion_api.jobs.services.publish_job", lambda *, job_id, model: sent.append(job_id) or True)
     return sent

@@ -1,4 +1,5 @@
 import io
+from collections import OrderedDict
 
 import numpy as np
 import pytest
@@ -90,7 +91,8 @@ def test_failure_stores_the_message(user, published, monkeypatch, settings, djan
 def test_every_outcome_is_recorded_by_one_service(user, published, monkeypatch, settings):
     settings.WORKER_BATCH_SIZE = 3
     settings.JOB_PROGRESS_INTERVAL = 0
-    good, bad, dropped = (services.job_create(owner=user, prompt=p, steps=3) for p in ("fine", "red " * 90, "dropped"))
+    settings.JOB_MAX_PROMPT_CHARS = 3000  # a prompt of more windows than the worker takes
+    good, bad, dropped = (services.job_create(owner=user, prompt=p, steps=3) for p in ("fine", "red " * 601, "dropped"))
     recorded = []
     real_record = services.job_record_outcome
     monkeypatch.setattr(
@@ -131,11 +133,12 @@ def test_production_code_holds_no_fault_injection():
     assert [str(p) for p in running if "SIGKILL" in p.read_text()] == []
 
 
-def test_prompt_too_long_for_the_tokenizer_fails_with_a_clear_message(user, published):
-    job = services.job_create(owner=user, prompt="red " * 90, steps=1)
+def test_prompt_too_long_for_the_tokenizer_fails_with_a_clear_message(user, published, settings):
+    settings.JOB_MAX_PROMPT_CHARS = 3000  # the web process counts characters; the tokens are the worker's to count
+    job = services.job_create(owner=user, prompt="red " * 601, steps=1)
     assert tasks.run_job(str(job.id)) == "failed"
     job.refresh_from_db()
-    assert "prompt is 90 tokens long" in job.error
+    assert "prompt is 601 tokens long, 9 windows" in job.error
 
 
 def test_model_is_loaded_once_per_process(user, published, monkeypatch):
@@ -205,13 +208,14 @@ def test_cancel_one_job_of_a_batch(user, published, settings, monkeypatch):
 
 def test_a_bad_job_fails_alone_in_its_batch(user, published, settings):
     settings.WORKER_BATCH_SIZE = 2
+    settings.JOB_MAX_PROMPT_CHARS = 3000
     good = services.job_create(owner=user, prompt="fine", steps=1)
-    bad = services.job_create(owner=user, prompt="red " * 90, steps=1)
+    bad = services.job_create(owner=user, prompt="red " * 601, steps=1)
     tasks.run_job(str(good.id))
     good.refresh_from_db()
     bad.refresh_from_db()
     assert good.status == JobStatus.SUCCEEDED
-    assert bad.status == JobStatus.FAILED and "prompt is 90 tokens long" in bad.error
+    assert bad.status == JobStatus.FAILED and "prompt is 601 tokens long" in bad.error
 
 
 def test_a_job_that_lost_a_worker_runs_alone(user, published, settings):
@@ -248,7 +252,7 @@ def test_fast_path_settings_reach_the_model(user, published, settings, monkeypat
         "compile_for",
         lambda self, batch, h, w, context, graph="unet": compiled_for.append((batch, h, w, graph)) or 0.0,
     )
-    monkeypatch.setattr(runner, "_loaded", {})
+    monkeypatch.setattr(runner, "_loaded", OrderedDict())
     model = runner.get_model("tiny")
     assert model.dtype == torch.bfloat16 and model.decoder == "vae"
     assert model.unet.eager.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
@@ -260,7 +264,7 @@ def test_fast_path_settings_reach_the_model(user, published, settings, monkeypat
 
 
 def test_worker_process_start_warms_up_the_default_model(settings, monkeypatch):
-    monkeypatch.setattr(runner, "_loaded", {})
+    monkeypatch.setattr(runner, "_loaded", OrderedDict())
     tasks.warm_up_model()
     for thread in __import__("threading").enumerate():
         if thread.name == "warm-up":
