@@ -47,13 +47,14 @@ serve: $(VENV)/.installed
 train: $(VENV)/.installed
 	$(BIN)/python -m generator.train --recipe configs/recipes/shapes64.yaml
 
-# The built-in model's evaluation report, scheduler sweep, explanatory figures and image modes, written into docs/
+# The built-in model's evaluation report, scheduler sweep, explanatory figures, image modes and style LoRA, written into docs/
 # (the copies the model card links).
 evaluate: $(VENV)/.installed
 	$(BIN)/python -m generator.evaluate --model models/shapes64 --out docs/eval
 	$(BIN)/python -m generator.sweep --model models/shapes64 --out docs/sweep --prompts 8
 	$(BIN)/python -m generator.evaluation.figures --model models/shapes64 --out docs/figures
 	$(BIN)/python -m generator.evaluation.modes --model models/shapes64 --out docs/modes --prompts 16
+	$(BIN)/python -m generator.evaluation.lora_style --model models/shapes64 --out docs/lora
 
 # Style (ruff) and the architecture contracts in pyproject.toml (import-linter).
 lint: $(VENV)/.installed-dev

@@ -1,11 +1,14 @@
 """What many models and LoRAs cost a worker: loading a model cold, switching between loaded models, switching LoRAs.
 
-    python -m benchmarks.bench_models [--model models/shapes64] [--repeats 5] [--dtype fp32] [--json out.json]
+    python -m benchmarks.bench_models [--model models/shapes64 | --sd15] [--repeats 5] [--dtype fp32]
+                                      [--steps N --side PX] [--drop-caches] [--json out.json]
 
-Measured on one model folder and a copy of it (a second model with other bytes on disk), eager (no compile):
+Measured on one model folder loaded twice (two models in memory), eager (no compile). `--sd15` uses the random-weight
+SD 1.5-size folder of benchmarks/bench_engine.py (built once under var/bench-models):
 
-- load: `load_model` from disk, as a worker's first job of a model does (the files are in the page cache after the
-  first round; the first round is reported apart);
+- load: `load_model` from disk, as a worker's first job of a model does. The first round is reported apart: with
+  `--drop-caches` (root only) the kernel's page cache is emptied before it, so it reads the disk; the later rounds
+  read the page cache;
 - image, same model / image after a switch: seconds for one image at the model's defaults, the previous image made
   by the same model or by the other one (both loaded, as under `WORKER_MODEL_MEMORY_MB` large enough for two);
 - LoRA first use / LoRA switch / LoRA off: `generator.lora.activate` loading a LoRA file the first time, switching
@@ -19,10 +22,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -59,19 +64,32 @@ def main() -> None:
     parser.add_argument("--model", default="models/shapes64")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--dtype", default="fp32")
+    parser.add_argument("--sd15", action="store_true", help="the SD 1.5-size random model instead of --model")
+    parser.add_argument("--steps", type=int, help="steps an image (default: the model's)")
+    parser.add_argument("--side", type=int, help="image side in pixels (default: the model's)")
+    parser.add_argument("--drop-caches", action="store_true", help="empty the page cache before the first load (root)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
+    if args.sd15:
+        from benchmarks.bench_engine import DEFAULT_CACHE_DIR, sd15_model_folder
+
+        args.model = str(sd15_model_folder(DEFAULT_CACHE_DIR))
+    size = {} if args.side is None else {"width": args.side, "height": args.side}
 
     work = Path(tempfile.mkdtemp(prefix="bench-models-"))
     try:
-        other = shutil.copytree(args.model, work / "other")
-        (work / "other" / "generator.json").touch()  # other bytes on disk, the same weights
-        load = lambda path: load_model(path, dtype=args.dtype, device="cpu")  # noqa: E731
-        first_load = seconds(lambda: load(args.model))
-        loads = [seconds(lambda: load(args.model)) for _ in range(args.repeats)]
-        a, b = load(args.model), load(other)
-        request = GenerationRequest(prompt=PROMPT, seed=1)
-        image = lambda model, **extra: generate(model, [GenerationRequest(prompt=PROMPT, seed=1, **extra)])  # noqa: E731
+        load = lambda: load_model(args.model, dtype=args.dtype, device="cpu")  # noqa: E731
+        if args.drop_caches:
+            os.sync()
+            Path("/proc/sys/vm/drop_caches").write_text("3\n")  # PermissionError unless root: say so, do not guess
+        first_load = seconds(load)
+        loads = [seconds(load) for _ in range(args.repeats)]
+        a, b = load(), load()
+        request = GenerationRequest(prompt=PROMPT, seed=1, steps=args.steps, **size)
+
+        def image(model, **extra):
+            return generate(model, [replace(request, **extra)])
+
         image(a), image(b)  # warm-up: first calls allocate
         same, switched = [], []
         for _ in range(args.repeats):
@@ -97,8 +115,10 @@ def main() -> None:
         "model": str(args.model),
         "dtype": args.dtype,
         "steps": request.steps or a.defaults.steps,
+        "side": request.width or a.defaults.width,
         "threads": torch.get_num_threads(),
         "load_first_s": round(first_load, 3),
+        "load_first_from_disk": args.drop_caches,
         "load_s": round(median(loads), 3),
         "image_same_model_s": round(median(same), 3),
         "image_after_switch_s": round(median(switched), 3),
