@@ -129,8 +129,9 @@ class FullUNet(torch.nn.Module):
         super().__init__()
         self.unet = unet
 
-    def forward(self, sample, timestep, encoder_hidden_states, timestep_cond=None):
-        return unet_full(self.unet, sample, timestep, encoder_hidden_states, timestep_cond=timestep_cond)
+    def forward(self, sample, timestep, encoder_hidden_states, text_embeds=None, time_ids=None, timestep_cond=None):
+        return unet_full(self.unet, sample, timestep, encoder_hidden_states, timestep_cond=timestep_cond,
+                         added_cond_kwargs=added_inputs(text_embeds, time_ids))
 
 
 class ShallowUNet(torch.nn.Module):
@@ -140,5 +141,12 @@ class ShallowUNet(torch.nn.Module):
         super().__init__()
         self.unet = unet
 
-    def forward(self, sample, timestep, encoder_hidden_states, features, timestep_cond=None):
-        return unet_shallow(self.unet, sample, timestep, encoder_hidden_states, features, timestep_cond=timestep_cond)
+    def forward(self, sample, timestep, encoder_hidden_states, features, text_embeds=None, time_ids=None,
+                timestep_cond=None):
+        return unet_shallow(self.unet, sample, timestep, encoder_hidden_states, features, timestep_cond=timestep_cond,
+                            added_cond_kwargs=added_inputs(text_embeds, time_ids))
+
+
+def added_inputs(text_embeds, time_ids) -> dict | None:
+    """SDXL's `added_cond_kwargs` from the two tensors a compiled graph takes positionally; None for SD 1.x."""
+    return None if text_embeds is None else {"text_embeds": text_embeds, "time_ids": time_ids}

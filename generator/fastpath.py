@@ -14,9 +14,8 @@
   height, images) shape, when the worker starts. A batch smaller than a compiled one of the same size
   is padded up to it (images in a batch do not see each other, so the padding changes nothing but
   time); any other shape runs the eager UNet, so no request waits for a compile.
-- SDXL runs its UNet eager: the graphs take the plain call's three tensors, and SDXL's `added_cond_kwargs` (pooled
-  embeds, time ids) would need every graph, its padding and the OpenVINO conversion to take two more, so `optimize`
-  compiles no bucket for it and a call with added inputs never picks a graph.
+- SDXL's graphs take two more tensors, its `added_cond_kwargs` (pooled embeds and time ids), padded like the rest; a
+  graph compiled with them serves only calls with them, and one compiled without only calls without.
 """
 
 from __future__ import annotations
@@ -72,8 +71,12 @@ class PlainUNet(torch.nn.Module):
         super().__init__()
         self.unet = unet
 
-    def forward(self, sample, timestep, encoder_hidden_states):
-        return self.unet(sample, timestep, encoder_hidden_states=encoder_hidden_states, return_dict=False)[0]
+    def forward(self, sample, timestep, encoder_hidden_states, text_embeds=None, time_ids=None):
+        from generator.deepcache import added_inputs
+
+        added = added_inputs(text_embeds, time_ids)  # SDXL's pooled embeds and time ids, as two more tensors
+        return self.unet(sample, timestep, encoder_hidden_states=encoder_hidden_states, added_cond_kwargs=added,
+                         return_dict=False)[0]
 
 
 class BucketedUNet:
@@ -112,6 +115,7 @@ class BucketedUNet:
         # the tokenizer's length, generator.prompts) has another T: it runs eager, as any other unbucketed shape,
         # rather than fail a static graph or recompile one for each T. A graph set here by hand takes any T.
         self.context_tokens: dict[tuple[str, int, int, int], int] = {}
+        self.takes_added: dict[tuple[str, int, int, int], bool] = {}  # compiled with SDXL's two added inputs
         # Set by generator.lora while a LoRA is active on the eager UNet: the graphs hold the UNet without it.
         self.eager_only = False
 
@@ -126,18 +130,23 @@ class BucketedUNet:
             batches.setdefault((graph, height, width), []).append(batch)
         return batches
 
-    def compile_for(self, batch: int, height: int, width: int, context: torch.Tensor, graph: str = "unet") -> float:
-        """Compile `graph` for UNet inputs (batch, C, height, width) with text context like `context` (1, T, D);
-        seconds."""
+    def compile_for(
+        self, batch: int, height: int, width: int, context: torch.Tensor, graph: str = "unet",
+        added: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> float:
+        """Compile `graph` for UNet inputs (batch, C, height, width) with text context like `context` (1, T, D) and,
+        for SDXL, `added` = (pooled embeds (1, P), time ids (1, K)) like the model's; seconds."""
         started = time.perf_counter()
         sample = torch.zeros(
             (batch, self.config.in_channels, height, width), device=context.device, dtype=self.dtype
         ).to(memory_format=torch.channels_last)
         args = [sample, _timestep(500, sample.device), context.expand(batch, -1, -1).contiguous()]
+        extra = [] if added is None else [x.expand(batch, -1).contiguous() for x in added]
         with torch.inference_mode():
             if graph == "shallow":
-                _, features = self.modules["full"](*args)
+                _, features = self.modules["full"](*args, *extra)
                 args.append(features.contiguous(memory_format=torch.channels_last))
+            args += extra
             if self.backend == "compile":
                 run = self._compiled[graph]
             else:
@@ -145,6 +154,7 @@ class BucketedUNet:
             run(*args)  # torch.compile compiles at the first call of a shape
         self.graphs[(graph, batch, height, width)] = run
         self.context_tokens[(graph, batch, height, width)] = context.shape[1]
+        self.takes_added[(graph, batch, height, width)] = added is not None
         return time.perf_counter() - started
 
     def _cache_path(self, graph: str, args: list[torch.Tensor]) -> Path | None:
@@ -160,26 +170,28 @@ class BucketedUNet:
         """The compiled graph this call pads up to (smallest batch that holds it), or None to run eager."""
         if self.eager_only or kwargs.get("timestep_cond") is not None or kwargs.get("cross_attention_kwargs"):
             return None
-        if kwargs.get("added_cond_kwargs") is not None:  # SDXL: the graphs take no added inputs (module docstring)
-            return None
+        added = kwargs.get("added_cond_kwargs") is not None  # SDXL
         batches = self.compiled_batches.get((graph, *sample.shape[-2:]), [])
         tokens = context.shape[1]  # (N, T, D)
         fits = [b for b in batches if b >= sample.shape[0]]
         fits = [b for b in fits if self.context_tokens.get((graph, b, *sample.shape[-2:]), tokens) == tokens]
+        fits = [b for b in fits if self.takes_added.get((graph, b, *sample.shape[-2:]), False) == added]
         return (fits[0], self.graphs[(graph, fits[0], *sample.shape[-2:])]) if fits else None
 
     def __call__(self, sample: torch.Tensor, timestep, encoder_hidden_states: torch.Tensor, **kwargs):
         rows = sample.shape[0]
         fit = self._fit("unet", sample, encoder_hidden_states, kwargs)
-        plain_kwargs = set(kwargs) <= {"return_dict", "timestep_cond"}
+        plain_kwargs = set(kwargs) <= {"return_dict", "timestep_cond", "added_cond_kwargs"}
+        added = kwargs.get("added_cond_kwargs")
         if fit is None and plain_kwargs and self._fit("full", sample, encoder_hidden_states, kwargs):
-            return (self.full(sample, timestep, encoder_hidden_states)[0],)  # DeepCache's full graph: the same output
+            # DeepCache's full graph: the same output
+            return (self.full(sample, timestep, encoder_hidden_states, added_cond_kwargs=added)[0],)
         if fit is None:
             return self.eager(sample, timestep, encoder_hidden_states=encoder_hidden_states, **kwargs)
         size, run = fit
-        sample, encoder_hidden_states = _pad(size, sample, encoder_hidden_states)
+        sample, encoder_hidden_states, *extra = _pad(size, sample, encoder_hidden_states, *_added_tensors(added))
         # One timestep dtype for every scheduler (ints for DDIM, floats for Euler), so they share one compiled graph.
-        return (run(sample, _timestep(timestep, sample.device), encoder_hidden_states)[:rows],)
+        return (run(sample, _timestep(timestep, sample.device), encoder_hidden_states, *extra)[:rows],)
 
     def full(self, sample, timestep, encoder_hidden_states, timestep_cond=None, added_cond_kwargs=None):
         """DeepCache's full step: (output, features), compiled where a "full" bucket fits."""
@@ -191,8 +203,9 @@ class BucketedUNet:
         if fit is None:
             return unet_full(self.eager, sample, timestep, encoder_hidden_states, **kwargs)
         size, run = fit
-        sample, encoder_hidden_states = _pad(size, sample, encoder_hidden_states)
-        out, features = run(sample, _timestep(timestep, sample.device), encoder_hidden_states)
+        sample, encoder_hidden_states, *extra = _pad(size, sample, encoder_hidden_states,
+                                                     *_added_tensors(added_cond_kwargs))
+        out, features = run(sample, _timestep(timestep, sample.device), encoder_hidden_states, *extra)
         return out[:rows], features[:rows]
 
     def shallow(self, sample, timestep, encoder_hidden_states, features, timestep_cond=None, added_cond_kwargs=None):
@@ -206,8 +219,10 @@ class BucketedUNet:
         if fit is None:
             return unet_shallow(self.eager, sample, timestep, encoder_hidden_states, features, **kwargs)
         size, run = fit
-        sample, encoder_hidden_states, features = _pad(size, sample, encoder_hidden_states, features)
-        return run(sample, _timestep(timestep, sample.device), encoder_hidden_states, features)[:rows]
+        sample, encoder_hidden_states, features, *extra = _pad(
+            size, sample, encoder_hidden_states, features, *_added_tensors(added_cond_kwargs)
+        )
+        return run(sample, _timestep(timestep, sample.device), encoder_hidden_states, features, *extra)[:rows]
 
 
 def _openvino_graph(module: torch.nn.Module, example: list[torch.Tensor], cache: Path | None) -> Callable:
@@ -246,6 +261,11 @@ def _pad(size: int, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
     return tuple(padded)
 
 
+def _added_tensors(added_cond_kwargs: dict | None) -> list[torch.Tensor]:
+    """SDXL's added conditioning as the graphs take it: [pooled embeds, time ids]; [] for SD 1.x."""
+    return [] if added_cond_kwargs is None else [added_cond_kwargs["text_embeds"], added_cond_kwargs["time_ids"]]
+
+
 def _timestep(timestep, device: torch.device) -> torch.Tensor:
     # The UNet's timestep embedding computes in fp32 whatever comes in, so this changes no value.
     return torch.as_tensor(timestep, device=device).to(torch.float32).reshape(())
@@ -277,9 +297,6 @@ def optimize(
         for module in (model.unet, model.vae, model.tiny_vae):
             if module is not None:
                 module.to(memory_format=torch.channels_last)
-    if model.is_sdxl and buckets:  # SDXL's UNet runs eager (module docstring): nothing to compile
-        logger.warning("not compiling %d bucket(s): an SDXL UNet runs eager on the fast path", len(buckets))
-        buckets = []
     model.cache["fast_path"] = {"channels_last": channels_last, "buckets": [vars(b) for b in buckets]}
     if not buckets:
         return {}
@@ -301,7 +318,8 @@ def optimize(
             batches.add(bucket.images)
         for batch in sorted(batches):
             for graph in graphs:
-                seconds = unet.compile_for(batch, bucket.height // factor, bucket.width // factor, context, graph)
+                seconds = unet.compile_for(batch, bucket.height // factor, bucket.width // factor, context, graph,
+                                           _example_added(model, bucket))
                 times[f"{bucket.width}x{bucket.height}x{bucket.images}:{graph}:{batch}"] = seconds
                 logger.info("compiled the UNet's %s graph for %sx%s, batch %d, in %.1fs", graph, bucket.width,
                             bucket.height, batch, seconds)
@@ -325,6 +343,18 @@ def check_sdpa(model: LoadedModel) -> None:
         implementation = getattr(text_encoder.config, "_attn_implementation", "sdpa")
         if implementation != "sdpa":
             raise ValueError(f"the text encoder's attention is {implementation!r}, not 'sdpa'")
+
+
+@torch.inference_mode()
+def _example_added(model: LoadedModel, bucket: Bucket) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """SDXL's added inputs for a compile: the empty prompt's pooled embeds and the bucket's time ids; None for
+    SD 1.x."""
+    if not model.is_sdxl:
+        return None
+    from generator.pipeline import add_time_ids, encode_prompts_pooled
+
+    _, pooled = encode_prompts_pooled([""], model)
+    return pooled, add_time_ids(model, bucket.width, bucket.height)[1]
 
 
 @torch.inference_mode()
