@@ -61,6 +61,8 @@ COPY deploy/ deploy/
 RUN mkdir -p var/models var/media var/compile-cache && chown -R app:app var
 # The built-in model (trained on shapes64; MODEL_CARD.md) in the models folder, beside the tiny one made below.
 COPY --chown=10001:10001 models/shapes64/ var/models/shapes64/
+# Its style LoRA (MODEL_CARD.md): `python manage.py scan_models /app/var/models` registers both.
+COPY --chown=10001:10001 models/loras/ var/models/loras/
 # A numeric user, so platforms that enforce "not root" (Kubernetes runAsNonRoot) can check it.
 USER 10001:10001
 # The tiny random model, made at build time so the API (which reads the model's JSON configs to validate requests)

@@ -508,7 +508,9 @@ def a1111_errors(native_errors: dict) -> dict:
 def infotext(job, index: int) -> str:
     """A1111's "parameters" text of image `index` of a job: prompt, negative prompt, then `Key: value` pairs."""
     sampler, schedule = SAMPLER_OF.get(job.scheduler, (job.scheduler, "Automatic"))
-    lines = [job.prompt]
+    # A1111 keeps a prompt's <lora:…> tags in its infotext, and lists their files' hashes under "Lora hashes".
+    tags = "".join(f"<lora:{lora['name']}:{lora['weight']:g}>" for lora in job.loras)
+    lines = [f"{job.prompt} {tags}" if tags else job.prompt]
     if job.negative_prompt:
         lines.append(f"Negative prompt: {job.negative_prompt}")
     pairs = {
@@ -538,6 +540,8 @@ def infotext(job, index: int) -> str:
                 "Hires upscaler": HR_UPSCALER_NAMES.get(job.hires_upscaler, job.hires_upscaler),
             }
         )
+    if job.loras:
+        pairs["Lora hashes"] = ", ".join(f"{lora['name']}: {lora['sha256'][:12]}" for lora in job.loras)
     pairs["Version"] = "diffusion_api"
     lines.append(", ".join(f"{key}: {_quoted(value)}" for key, value in pairs.items()))
     return "\n".join(lines)

@@ -189,6 +189,11 @@ def test_a1111_reads_lora_tags_from_the_prompt_and_lists_the_loras(library, alic
     assert answer.status_code in (200, 202), answer.content
     (job,) = Job.objects.all()
     assert job.prompt == "a red circle" and [(x["name"], x["weight"]) for x in job.loras] == [("outline", 0.6)]
+    from diffusion_api.a1111.mapping import infotext
+
+    text = infotext(job, 0)  # as A1111 writes it: the tag back in the prompt, the file's hash named
+    assert text.startswith("a red circle <lora:outline:0.6>")
+    assert f"Lora hashes: \"outline: {job.loras[0]['sha256'][:12]}\"" in text
     listed = alice_client.get("/sdapi/v1/loras").json()
     assert {entry["name"] for entry in listed} == {"outline", "sd15_style"}
     assert listed[0]["path"].endswith(".safetensors") and "/" not in listed[0]["path"]  # no server paths
