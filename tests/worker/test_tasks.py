@@ -250,7 +250,7 @@ def test_fast_path_settings_reach_the_model(user, published, settings, monkeypat
     monkeypatch.setattr(
         fastpath.BucketedUNet,
         "compile_for",
-        lambda self, batch, h, w, context, graph="unet": compiled_for.append((batch, h, w, graph)) or 0.0,
+        lambda self, batch, h, w, context, graph="unet", added=None: compiled_for.append((batch, h, w, graph)) or 0.0,
     )
     monkeypatch.setattr(runner, "_loaded", OrderedDict())
     model = runner.get_model("tiny")
